@@ -1,0 +1,342 @@
+//! [`ModelConfig`]: the hyper-parameters of a TarFlow model, stored as JSON in every model file.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Channels per attention head, fixed by the reference implementation.
+pub const HEAD_DIM: usize = 64;
+/// Hidden-layer expansion of the MLPs, fixed by the reference implementation.
+pub const MLP_EXPANSION: usize = 4;
+/// LayerNorm epsilon, PyTorch's default as the reference uses it.
+pub const LAYER_NORM_EPS: f64 = 1e-5;
+
+/// Upper bound on the bytes of weights a config may imply (refused before allocating).
+pub const MAX_WEIGHT_BYTES: u128 = 8 << 30;
+/// Upper bound on the bytes of one attention map (batch 1, one head) a config may imply.
+pub const MAX_ATTENTION_BYTES: u128 = 1 << 30;
+
+/// The hyper-parameters of a TarFlow model, named as the reference's `Model(...)` arguments.
+///
+/// Serialised as JSON inside the `__metadata__` of our `.safetensors` model files.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelConfig {
+    /// Image channels: 1 (gray), 3 (RGB) or 4 (RGBA); any positive count is accepted.
+    pub in_channels: usize,
+    /// Side of the square images, in pixels.
+    pub img_size: usize,
+    /// Side of the square patches, in pixels; must divide `img_size`.
+    pub patch_size: usize,
+    /// Transformer width (a multiple of [`HEAD_DIM`]).
+    pub channels: usize,
+    /// Number of flow blocks.
+    pub num_blocks: usize,
+    /// Attention blocks inside each flow block.
+    pub layers_per_block: usize,
+    /// Affine (true) or volume-preserving additive (false) coupling.
+    #[serde(default = "default_true")]
+    pub nvp: bool,
+    /// Number of classes (0 for an unconditional model).
+    #[serde(default)]
+    pub num_classes: usize,
+    /// Human-readable class names, `num_classes` of them, or empty.
+    #[serde(default)]
+    pub class_names: Vec<String>,
+    /// Gaussian noise sigma used in training (in the [-1, 1] image scale); denoising uses it.
+    /// 0 means the model was trained with uniform dequantisation and is not denoised.
+    #[serde(default)]
+    pub noise_sigma: f32,
+    /// Free-form notes on how the model was made (dataset, command, steps...).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub provenance: BTreeMap<String, serde_json::Value>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+impl ModelConfig {
+    /// A config with the given sizes, no classes, affine coupling and no noise.
+    pub fn new(
+        in_channels: usize,
+        img_size: usize,
+        patch_size: usize,
+        channels: usize,
+        num_blocks: usize,
+        layers_per_block: usize,
+    ) -> Self {
+        Self {
+            in_channels,
+            img_size,
+            patch_size,
+            channels,
+            num_blocks,
+            layers_per_block,
+            nvp: true,
+            num_classes: 0,
+            class_names: Vec::new(),
+            noise_sigma: 0.0,
+            provenance: BTreeMap::new(),
+        }
+    }
+
+    /// Sequence length N: the number of patches per image.
+    pub fn num_patches(&self) -> usize {
+        let side = self.img_size / self.patch_size.max(1);
+        side * side
+    }
+
+    /// Token width D: values per patch (`in_channels * patch_size^2`).
+    pub fn patch_dim(&self) -> usize {
+        self.in_channels * self.patch_size * self.patch_size
+    }
+
+    /// Attention heads per layer.
+    pub fn num_heads(&self) -> usize {
+        self.channels / HEAD_DIM
+    }
+
+    /// Output width of `proj_out`: 2D for affine coupling, D otherwise.
+    pub fn proj_out_dim(&self) -> usize {
+        if self.nvp {
+            2 * self.patch_dim()
+        } else {
+            self.patch_dim()
+        }
+    }
+
+    /// Values per image (`C * H * W`).
+    pub fn image_numel(&self) -> usize {
+        self.in_channels * self.img_size * self.img_size
+    }
+
+    /// The name of class `id`, or its number when the model has no names.
+    pub fn class_name(&self, id: usize) -> String {
+        self.class_names
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| id.to_string())
+    }
+
+    /// The id of a class given by name or number.
+    pub fn class_id(&self, name_or_id: &str) -> Result<usize> {
+        if let Some(i) = self.class_names.iter().position(|n| n == name_or_id) {
+            return Ok(i);
+        }
+        match name_or_id.parse::<usize>() {
+            Ok(i) if i < self.num_classes => Ok(i),
+            _ if self.num_classes == 0 => Err(Error::InvalidInput(format!(
+                "class `{name_or_id}` given, but the model is unconditional"
+            ))),
+            _ => Err(Error::InvalidInput(format!(
+                "unknown class `{name_or_id}`; the model has {}",
+                if self.class_names.is_empty() {
+                    format!("class ids 0..{}", self.num_classes)
+                } else {
+                    format!("classes {}", self.class_names.join(", "))
+                }
+            ))),
+        }
+    }
+
+    /// Every tensor of the reference's state_dict with its shape, in the reference's order.
+    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
+        let (n, d, c) = (self.num_patches(), self.patch_dim(), self.channels);
+        let mut out = vec![("var".to_string(), vec![n, d])];
+        for t in 0..self.num_blocks {
+            let b = format!("blocks.{t}");
+            out.push((format!("{b}.pos_embed"), vec![n, c]));
+            if self.num_classes > 0 {
+                out.push((format!("{b}.class_embed"), vec![self.num_classes, 1, c]));
+            }
+            out.push((format!("{b}.attn_mask"), vec![n, n]));
+            out.push((format!("{b}.proj_in.weight"), vec![c, d]));
+            out.push((format!("{b}.proj_in.bias"), vec![c]));
+            for l in 0..self.layers_per_block {
+                let a = format!("{b}.attn_blocks.{l}");
+                let h = MLP_EXPANSION * c;
+                out.push((format!("{a}.attention.norm.weight"), vec![c]));
+                out.push((format!("{a}.attention.norm.bias"), vec![c]));
+                out.push((format!("{a}.attention.qkv.weight"), vec![3 * c, c]));
+                out.push((format!("{a}.attention.qkv.bias"), vec![3 * c]));
+                out.push((format!("{a}.attention.proj.weight"), vec![c, c]));
+                out.push((format!("{a}.attention.proj.bias"), vec![c]));
+                out.push((format!("{a}.mlp.norm.weight"), vec![c]));
+                out.push((format!("{a}.mlp.norm.bias"), vec![c]));
+                out.push((format!("{a}.mlp.main.0.weight"), vec![h, c]));
+                out.push((format!("{a}.mlp.main.0.bias"), vec![h]));
+                out.push((format!("{a}.mlp.main.2.weight"), vec![c, h]));
+                out.push((format!("{a}.mlp.main.2.bias"), vec![c]));
+            }
+            out.push((format!("{b}.proj_out.weight"), vec![self.proj_out_dim(), c]));
+            out.push((format!("{b}.proj_out.bias"), vec![self.proj_out_dim()]));
+        }
+        out
+    }
+
+    /// Number of trainable parameters (the state_dict without the `var` and `attn_mask` buffers).
+    pub fn parameter_count(&self) -> u128 {
+        self.shape_sizes()
+            .filter(|(name, _)| name != "var" && !name.ends_with("attn_mask"))
+            .map(|(_, n)| n)
+            .sum()
+    }
+
+    fn shape_sizes(&self) -> impl Iterator<Item = (String, u128)> {
+        self.tensor_shapes()
+            .into_iter()
+            .map(|(name, s)| (name, s.iter().map(|&v| v as u128).product::<u128>()))
+    }
+
+    /// Check the config is consistent and would fit in memory; nothing is allocated before this.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidConfig(m));
+        if self.in_channels == 0 || self.img_size == 0 || self.patch_size == 0 {
+            return bad("in_channels, img_size and patch_size must be positive".into());
+        }
+        if self.num_blocks == 0 || self.layers_per_block == 0 {
+            return bad("num_blocks and layers_per_block must be positive".into());
+        }
+        if self.img_size % self.patch_size != 0 {
+            return bad(format!(
+                "img_size {} is not a multiple of patch_size {}",
+                self.img_size, self.patch_size
+            ));
+        }
+        if self.channels == 0 || self.channels % HEAD_DIM != 0 {
+            return bad(format!(
+                "channels {} must be a positive multiple of the head size {HEAD_DIM}",
+                self.channels
+            ));
+        }
+        if !self.class_names.is_empty() && self.class_names.len() != self.num_classes {
+            return bad(format!(
+                "{} class names given for {} classes",
+                self.class_names.len(),
+                self.num_classes
+            ));
+        }
+        if !(self.noise_sigma.is_finite() && self.noise_sigma >= 0.0) {
+            return bad(format!(
+                "noise_sigma {} must be finite and >= 0",
+                self.noise_sigma
+            ));
+        }
+        // Sizes in f64 so that absurd values cannot overflow before they are refused.
+        let f = |v: usize| v as f64;
+        let n = (f(self.img_size) / f(self.patch_size)).powi(2);
+        let attn = n * n * 4.0;
+        if attn > MAX_ATTENTION_BYTES as f64 {
+            return Err(Error::TooLarge {
+                what: format!("the {n}x{n} attention map of one head"),
+                bytes: attn as u128,
+                limit: MAX_ATTENTION_BYTES,
+            });
+        }
+        let d = f(self.in_channels) * f(self.patch_size).powi(2);
+        let (c, k) = (f(self.channels), f(self.num_classes));
+        let per_layer = 12.0 * c * c + 13.0 * c;
+        let per_block = n * c
+            + k * c
+            + n * n
+            + d * c
+            + c
+            + f(self.layers_per_block) * per_layer
+            + (c + 1.0) * 2.0 * d;
+        let bytes = 4.0 * (n * d + f(self.num_blocks) * per_block);
+        if bytes > MAX_WEIGHT_BYTES as f64 {
+            return Err(Error::TooLarge {
+                what: "the weights".into(),
+                bytes: bytes as u128,
+                limit: MAX_WEIGHT_BYTES,
+            });
+        }
+        Ok(())
+    }
+
+    /// Serialise to the JSON stored in model files.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).expect("ModelConfig always serialises")
+    }
+
+    /// Parse the JSON stored in model files.
+    pub fn from_json(json: &str) -> Result<Self> {
+        serde_json::from_str(json)
+            .map_err(|e| Error::InvalidConfig(format!("bad config JSON: {e}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn small() -> ModelConfig {
+        ModelConfig::new(3, 8, 2, 128, 2, 2)
+    }
+
+    #[test]
+    fn sizes_follow_the_reference() {
+        let c = small();
+        assert_eq!(c.num_patches(), 16);
+        assert_eq!(c.patch_dim(), 12);
+        assert_eq!(c.num_heads(), 2);
+        assert_eq!(c.proj_out_dim(), 24);
+        // 2 blocks x (pos 16*128 + proj_in 12*128+128 + 2 layers + proj_out 24*128+24)
+        let layer = 12 * 128 * 128 + 13 * 128;
+        let block = 16 * 128 + 12 * 128 + 128 + 2 * layer + 24 * 128 + 24;
+        assert_eq!(c.parameter_count(), 2 * block as u128);
+        assert!(c.validate().is_ok());
+    }
+
+    #[test]
+    fn inconsistent_configs_are_refused() {
+        let mut c = small();
+        c.img_size = 9;
+        assert!(matches!(c.validate(), Err(Error::InvalidConfig(m)) if m.contains("multiple")));
+        let mut c = small();
+        c.channels = 100;
+        assert!(matches!(c.validate(), Err(Error::InvalidConfig(m)) if m.contains("head")));
+        let mut c = small();
+        c.num_classes = 2;
+        c.class_names = vec!["a".into()];
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn absurd_sizes_are_refused_without_overflow() {
+        let mut c = small();
+        c.img_size = 1 << 20;
+        c.patch_size = 1;
+        assert!(matches!(c.validate(), Err(Error::TooLarge { .. })));
+        let mut c = small();
+        c.channels = 64 << 20;
+        assert!(matches!(c.validate(), Err(Error::TooLarge { .. })));
+        let mut c = small();
+        c.num_blocks = usize::MAX;
+        assert!(matches!(c.validate(), Err(Error::TooLarge { .. })));
+    }
+
+    #[test]
+    fn json_round_trip_and_defaults() {
+        let mut c = small();
+        c.num_classes = 2;
+        c.class_names = vec!["stone".into(), "wood".into()];
+        c.noise_sigma = 0.05;
+        assert_eq!(ModelConfig::from_json(&c.to_json()).unwrap(), c);
+        let minimal = r#"{"in_channels":3,"img_size":8,"patch_size":2,"channels":128,
+            "num_blocks":2,"layers_per_block":2}"#;
+        let m = ModelConfig::from_json(minimal).unwrap();
+        assert!(m.nvp);
+        assert_eq!(m.num_classes, 0);
+        assert_eq!(c.class_id("wood").unwrap(), 1);
+        assert_eq!(c.class_id("0").unwrap(), 0);
+        assert!(
+            c.class_id("glass")
+                .unwrap_err()
+                .to_string()
+                .contains("stone, wood")
+        );
+    }
+}

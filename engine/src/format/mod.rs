@@ -1,0 +1,9 @@
+//! Files: our model format, PyTorch reference checkpoints, and crash-safe writes.
+
+pub mod atomic;
+pub mod model_file;
+pub mod reference;
+
+pub use atomic::write_atomic;
+pub use model_file::{load_model, read_safetensors, save_model, save_reference_safetensors};
+pub use reference::{ConfigHints, infer_config, load_reference, read_reference};

@@ -1,0 +1,146 @@
+//! Our model file: one `.safetensors` with the reference's tensor names and the
+//! [`ModelConfig`] as JSON in `__metadata__["config"]`.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::safetensors::Load;
+use candle_core::{DType, Device};
+use safetensors::{Dtype, SafeTensorError, SafeTensors, tensor::TensorView};
+
+use super::atomic::write_atomic;
+use crate::config::{MAX_WEIGHT_BYTES, ModelConfig};
+use crate::error::{Error, Result};
+use crate::model::{Model, Weights};
+
+/// `__metadata__` key holding the config JSON.
+pub const META_CONFIG: &str = "config";
+/// `__metadata__` key naming the format.
+pub const META_FORMAT: &str = "format";
+/// Value of [`META_FORMAT`] in our files.
+pub const FORMAT_NAME: &str = "tarflow";
+/// `__metadata__` key with the format version.
+pub const META_VERSION: &str = "format_version";
+/// The format version this build writes.
+pub const FORMAT_VERSION: &str = "1";
+
+/// The tensors of a `.safetensors` file and its `__metadata__`.
+#[derive(Debug)]
+pub struct SafetensorsContents {
+    /// Tensors by name, on the requested device, in their stored dtype.
+    pub tensors: Weights,
+    /// The string map from `__metadata__` (empty if none).
+    pub metadata: HashMap<String, String>,
+}
+
+fn bad(path: &Path, reason: impl Into<String>) -> Error {
+    Error::BadFile {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+fn explain(e: SafeTensorError) -> String {
+    match e {
+        SafeTensorError::MetadataIncompleteBuffer => {
+            "the file is truncated: its header promises more tensor data than the file holds".into()
+        }
+        SafeTensorError::HeaderTooSmall => {
+            "the file is too short to hold a safetensors header".into()
+        }
+        SafeTensorError::InvalidHeaderLength => {
+            "the header length runs past the end of the file (truncated or not safetensors)".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Read a file into memory, refusing sizes no model can have.
+pub(crate) fn read_bounded(path: &Path) -> Result<Vec<u8>> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(io)?.len() as u128;
+    if len > 2 * MAX_WEIGHT_BYTES {
+        return Err(Error::TooLarge {
+            what: format!("reading {}", path.display()),
+            bytes: len,
+            limit: 2 * MAX_WEIGHT_BYTES,
+        });
+    }
+    std::fs::read(path).map_err(io)
+}
+
+/// Read every tensor and the metadata of a `.safetensors` file.
+pub fn read_safetensors(path: &Path, device: &Device) -> Result<SafetensorsContents> {
+    let bytes = read_bounded(path)?;
+    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(path, explain(e)))?;
+    let metadata = meta.metadata().clone().unwrap_or_default();
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(path, explain(e)))?;
+    let mut tensors = Weights::new();
+    for (name, view) in st.tensors() {
+        let t = view
+            .load(device)
+            .map_err(|e| bad(path, format!("tensor `{name}` cannot be read: {e}")))?;
+        tensors.insert(name, t);
+    }
+    Ok(SafetensorsContents { tensors, metadata })
+}
+
+/// Load a model saved in our format (config in the metadata).
+pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
+    let contents = read_safetensors(path, device)?;
+    let json = contents.metadata.get(META_CONFIG).ok_or_else(|| {
+        bad(
+            path,
+            "no TarFlow config in its metadata; if it is a PyTorch state_dict, import it \
+             (`tarflow import`, or `load_reference` with a config)",
+        )
+    })?;
+    let config = ModelConfig::from_json(json).map_err(|e| bad(path, e.to_string()))?;
+    Model::from_weights(config, &contents.tensors, device).map_err(|e| e.in_file(path))
+}
+
+/// Serialise a set of f32 tensors and metadata to safetensors bytes.
+pub fn safetensors_bytes(tensors: &Weights, metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+    let mut raw: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let t = t.to_dtype(DType::F32)?.to_device(&Device::Cpu)?;
+        let values = t.flatten_all()?.to_vec1::<f32>()?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        raw.push((name.clone(), t.dims().to_vec(), bytes));
+    }
+    let views: Vec<(String, TensorView<'_>)> = raw
+        .iter()
+        .map(|(name, shape, bytes)| {
+            TensorView::new(Dtype::F32, shape.clone(), bytes)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| Error::InvalidInput(format!("tensor `{name}`: {e}")))
+        })
+        .collect::<Result<_>>()?;
+    safetensors::serialize(views, Some(metadata))
+        .map_err(|e| Error::InvalidInput(format!("cannot serialise: {e}")))
+}
+
+/// The metadata our files carry for `config`.
+pub fn model_metadata(config: &ModelConfig) -> HashMap<String, String> {
+    HashMap::from([
+        (META_FORMAT.to_string(), FORMAT_NAME.to_string()),
+        (META_VERSION.to_string(), FORMAT_VERSION.to_string()),
+        (META_CONFIG.to_string(), config.to_json()),
+    ])
+}
+
+/// Save `model` in our format, atomically (temp file, fsync, rename).
+pub fn save_model(model: &Model, path: &Path) -> Result<()> {
+    let bytes = safetensors_bytes(&model.weights()?, model_metadata(model.config()))?;
+    write_atomic(path, &bytes)
+}
+
+/// Save weights in the reference's layout only (no config), loadable by PyTorch's
+/// `Model.load_state_dict(safetensors.torch.load_file(path))`.
+pub fn save_reference_safetensors(model: &Model, path: &Path) -> Result<()> {
+    let bytes = safetensors_bytes(&model.weights()?, HashMap::new())?;
+    write_atomic(path, &bytes)
+}

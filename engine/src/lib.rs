@@ -1,0 +1,36 @@
+//! # tarflow
+//!
+//! TarFlow (Transformer Autoregressive Flow, Zhai et al. 2024) image models in Rust, exact to
+//! the PyTorch reference (apple/ml-tarflow), on candle: CPU by default, CUDA or Metal by feature.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use tarflow::prelude::*;
+//!
+//! # fn main() -> tarflow::Result<()> {
+//! let device = "cpu".parse::<DeviceChoice>()?.open()?;
+//! let model = load_model(Path::new("assets/models/minetest16.safetensors"), &device)?;
+//! println!("{} classes, {} parameters", model.config().num_classes, model.config().parameter_count());
+//! # Ok(()) }
+//! ```
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod device;
+pub mod error;
+pub mod format;
+pub mod model;
+
+pub use config::ModelConfig;
+pub use device::DeviceChoice;
+pub use error::{Error, Result};
+pub use model::{ForwardOutput, Model, Weights};
+
+/// The types most programs need.
+pub mod prelude {
+    pub use crate::config::ModelConfig;
+    pub use crate::device::DeviceChoice;
+    pub use crate::error::{Error, Result};
+    pub use crate::format::{ConfigHints, load_model, load_reference, save_model};
+    pub use crate::model::{Exec, ForwardOutput, Model, Weights};
+}

@@ -1,0 +1,358 @@
+//! [`Model`]: the whole TarFlow normalizing flow (the reference's `Model`): patchify, the flow
+//! blocks, the learned prior variance, the loss and bits per dimension.
+
+use std::collections::BTreeMap;
+
+use candle_core::{DType, Device, Tensor, Var};
+
+use super::attention::{Attention, AttentionBlock, Mlp};
+use super::layers::{Exec, LayerNorm, Linear};
+use super::meta_block::{MetaBlock, Permutation, causal_mask};
+use super::patchify::{patchify, unpatchify};
+use crate::config::ModelConfig;
+use crate::error::{Error, Result};
+
+/// Named tensors as in the reference's state_dict, ordered by name.
+pub type Weights = BTreeMap<String, Tensor>;
+
+/// Result of a forward (data to noise) pass.
+#[derive(Debug, Clone)]
+pub struct ForwardOutput {
+    /// The latent: output of the last block, (B, N, D).
+    pub z: Tensor,
+    /// Output of every block, in block order, each (B, N, D).
+    pub blocks: Vec<Tensor>,
+    /// Summed log-determinants per item, (B,), per dimension (each block's is `-mean(alpha)`).
+    pub logdets: Tensor,
+}
+
+/// A TarFlow model with its weights on one device.
+#[derive(Debug, Clone)]
+pub struct Model {
+    config: ModelConfig,
+    pub(crate) blocks: Vec<MetaBlock>,
+    /// The prior's per-position variance (N, D); all ones unless trained with `update_prior`.
+    pub(crate) var: Tensor,
+    device: Device,
+}
+
+impl Model {
+    /// Build a model from reference-named weights, checking every name and shape against the
+    /// config first. Weights are converted to f32 and moved to `device`.
+    ///
+    /// Errors name the first missing tensor, a tensor of the wrong shape (with expected and found
+    /// shapes), tensors the config does not account for, or non-finite values.
+    pub fn from_weights(config: ModelConfig, weights: &Weights, device: &Device) -> Result<Self> {
+        config.validate()?;
+        check_weights(&config, weights)?;
+        let get = |name: &str| -> Result<Tensor> {
+            let t = &weights[name];
+            Ok(t.to_dtype(DType::F32)?.to_device(device)?)
+        };
+        let linear = |p: &str| -> Result<Linear> {
+            Ok(Linear::new(
+                get(&format!("{p}.weight"))?,
+                get(&format!("{p}.bias"))?,
+            ))
+        };
+        let norm = |p: &str| -> Result<LayerNorm> {
+            Ok(LayerNorm::new(
+                get(&format!("{p}.weight"))?,
+                get(&format!("{p}.bias"))?,
+            ))
+        };
+        let n = config.num_patches();
+        let mask = causal_mask(n, device)?;
+        let mut blocks = Vec::with_capacity(config.num_blocks);
+        for t in 0..config.num_blocks {
+            let b = format!("blocks.{t}");
+            let mut layers = Vec::with_capacity(config.layers_per_block);
+            for l in 0..config.layers_per_block {
+                let a = format!("{b}.attn_blocks.{l}");
+                layers.push(AttentionBlock {
+                    attention: Attention {
+                        norm: norm(&format!("{a}.attention.norm"))?,
+                        qkv: linear(&format!("{a}.attention.qkv"))?,
+                        proj: linear(&format!("{a}.attention.proj"))?,
+                        num_heads: config.num_heads(),
+                    },
+                    mlp: Mlp {
+                        norm: norm(&format!("{a}.mlp.norm"))?,
+                        fc1: linear(&format!("{a}.mlp.main.0"))?,
+                        fc2: linear(&format!("{a}.mlp.main.2"))?,
+                    },
+                });
+            }
+            let class_embed = if config.num_classes > 0 {
+                Some(get(&format!("{b}.class_embed"))?.squeeze(1)?)
+            } else {
+                None
+            };
+            blocks.push(MetaBlock {
+                proj_in: linear(&format!("{b}.proj_in"))?,
+                pos_embed: get(&format!("{b}.pos_embed"))?,
+                class_embed,
+                layers,
+                proj_out: linear(&format!("{b}.proj_out"))?,
+                permutation: Permutation::for_block(t),
+                nvp: config.nvp,
+                mask: mask.clone(),
+            });
+        }
+        let var = get("var")?;
+        Ok(Self {
+            config,
+            blocks,
+            var,
+            device: device.clone(),
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Mutable access to the configuration's descriptive fields (class names, provenance...).
+    ///
+    /// Changing sizes here does not change the weights; use it for metadata only.
+    pub fn config_mut(&mut self) -> &mut ModelConfig {
+        &mut self.config
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The flow blocks in forward order.
+    pub fn blocks(&self) -> &[MetaBlock] {
+        &self.blocks
+    }
+
+    /// The prior variance (N, D).
+    pub fn prior_var(&self) -> &Tensor {
+        &self.var
+    }
+
+    /// Every tensor under its reference state_dict name, buffers (`var`, `attn_mask`) included.
+    pub fn weights(&self) -> Result<Weights> {
+        let mut w = Weights::new();
+        let lin = |w: &mut Weights, p: String, l: &Linear| {
+            w.insert(format!("{p}.weight"), l.weight.clone());
+            w.insert(format!("{p}.bias"), l.bias.clone());
+        };
+        let ln = |w: &mut Weights, p: String, l: &LayerNorm| {
+            w.insert(format!("{p}.weight"), l.weight.clone());
+            w.insert(format!("{p}.bias"), l.bias.clone());
+        };
+        let n = self.config.num_patches();
+        let tril = Tensor::tril2(n, DType::F32, &self.device)?;
+        w.insert("var".into(), self.var.clone());
+        for (t, blk) in self.blocks.iter().enumerate() {
+            let b = format!("blocks.{t}");
+            w.insert(format!("{b}.pos_embed"), blk.pos_embed.clone());
+            if let Some(c) = &blk.class_embed {
+                w.insert(format!("{b}.class_embed"), c.unsqueeze(1)?);
+            }
+            w.insert(format!("{b}.attn_mask"), tril.clone());
+            lin(&mut w, format!("{b}.proj_in"), &blk.proj_in);
+            lin(&mut w, format!("{b}.proj_out"), &blk.proj_out);
+            for (l, layer) in blk.layers.iter().enumerate() {
+                let a = format!("{b}.attn_blocks.{l}");
+                ln(&mut w, format!("{a}.attention.norm"), &layer.attention.norm);
+                lin(&mut w, format!("{a}.attention.qkv"), &layer.attention.qkv);
+                lin(&mut w, format!("{a}.attention.proj"), &layer.attention.proj);
+                ln(&mut w, format!("{a}.mlp.norm"), &layer.mlp.norm);
+                lin(&mut w, format!("{a}.mlp.main.0"), &layer.mlp.fc1);
+                lin(&mut w, format!("{a}.mlp.main.2"), &layer.mlp.fc2);
+            }
+        }
+        Ok(w)
+    }
+
+    /// Cut images (B, C, H, W) into the model's patch sequence (B, N, D).
+    pub fn patchify(&self, x: &Tensor) -> Result<Tensor> {
+        patchify(x, self.config.patch_size)
+    }
+
+    /// Reassemble a patch sequence (B, N, D) into images (B, C, H, W).
+    pub fn unpatchify(&self, x: &Tensor) -> Result<Tensor> {
+        let c = &self.config;
+        unpatchify(x, c.in_channels, c.img_size, c.img_size, c.patch_size)
+    }
+
+    fn check_images(&self, x: &Tensor) -> Result<()> {
+        let c = &self.config;
+        let want = [c.in_channels, c.img_size, c.img_size];
+        match x.dims() {
+            [_, rest @ ..] if rest == want => Ok(()),
+            d => Err(Error::InvalidInput(format!(
+                "images of shape {d:?} given, the model takes (B, {}, {}, {})",
+                want[0], want[1], want[2]
+            ))),
+        }
+    }
+
+    /// Forward pass (data to noise) on images `x` (B, C, H, W) in [-1, 1], with optional class
+    /// labels (one per item; -1 selects the unconditional embedding).
+    ///
+    /// Uses differentiable ops, so gradients can be taken through it.
+    pub fn forward(&self, x: &Tensor, labels: Option<&[i64]>) -> Result<ForwardOutput> {
+        self.forward_with(x, labels, Exec::Grad)
+    }
+
+    /// Forward pass with a choice of kernels ([`Exec::Fast`] for inference).
+    pub fn forward_with(
+        &self,
+        x: &Tensor,
+        labels: Option<&[i64]>,
+        exec: Exec,
+    ) -> Result<ForwardOutput> {
+        self.check_images(x)?;
+        let x = x.to_dtype(DType::F32)?;
+        let mut h = self.patchify(&x)?;
+        let mut outputs = Vec::with_capacity(self.blocks.len());
+        let mut logdets: Option<Tensor> = None;
+        for blk in &self.blocks {
+            let (y, ld) = blk.forward(&h, labels, exec)?;
+            logdets = Some(match logdets {
+                None => ld,
+                Some(acc) => (acc + ld)?,
+            });
+            outputs.push(y.clone());
+            h = y;
+        }
+        let logdets = logdets.expect("a validated model has at least one block");
+        Ok(ForwardOutput {
+            z: h,
+            blocks: outputs,
+            logdets,
+        })
+    }
+
+    /// The training loss per dimension: `0.5 * mean(z^2) - mean(logdets)` (a scalar tensor).
+    pub fn loss(&self, out: &ForwardOutput) -> Result<Tensor> {
+        Ok(((out.z.sqr()?.mean_all()? * 0.5)? - out.logdets.mean_all()?)?)
+    }
+
+    /// Bits per dimension of each item on 8-bit data, as the reference's `evaluate_bpd.py`:
+    /// `(0.5*mean(z^2) + 0.5*ln(2pi) + ln(128) - logdet) / ln(2)`, shape (B,).
+    pub fn bits_per_dim(&self, out: &ForwardOutput) -> Result<Tensor> {
+        let nll = (out.z.sqr()?.flatten_from(1)?.mean(1)? * 0.5)?;
+        let c = 0.5 * (2.0 * std::f64::consts::PI).ln() + 128f64.ln();
+        Ok((((nll + c)? - &out.logdets)? / std::f64::consts::LN_2)?)
+    }
+
+    /// The loss at `x` and its gradient with respect to `x` (same shape), through autograd.
+    pub fn loss_and_input_grad(&self, x: &Tensor, labels: Option<&[i64]>) -> Result<(f32, Tensor)> {
+        let xv = Var::from_tensor(&x.to_dtype(DType::F32)?.to_device(&self.device)?)?;
+        let out = self.forward(xv.as_tensor(), labels)?;
+        let loss = self.loss(&out)?;
+        let grads = loss.backward()?;
+        let grad = grads
+            .get(xv.as_tensor())
+            .cloned()
+            .ok_or_else(|| Error::InvalidInput("the loss does not depend on the input".into()))?;
+        Ok((loss.to_scalar::<f32>()?, grad))
+    }
+}
+
+/// Check names and shapes of `weights` against `config`, before anything is built.
+pub fn check_weights(config: &ModelConfig, weights: &Weights) -> Result<()> {
+    let expected = config.tensor_shapes();
+    for (name, shape) in &expected {
+        match weights.get(name) {
+            None => {
+                return Err(Error::MissingTensor {
+                    source_name: None,
+                    name: name.clone(),
+                    expected: shape.clone(),
+                });
+            }
+            Some(t) if t.dims() != shape.as_slice() => {
+                return Err(Error::ShapeMismatch {
+                    source_name: None,
+                    name: name.clone(),
+                    expected: shape.clone(),
+                    found: t.dims().to_vec(),
+                });
+            }
+            Some(t)
+                if !matches!(
+                    t.dtype(),
+                    DType::F32 | DType::F16 | DType::BF16 | DType::F64
+                ) =>
+            {
+                return Err(Error::ConfigMismatch {
+                    source_name: None,
+                    reason: format!(
+                        "tensor `{name}` has dtype {:?}, expected a float type",
+                        t.dtype()
+                    ),
+                });
+            }
+            Some(_) => {}
+        }
+    }
+    let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let extra: Vec<&str> = weights
+        .keys()
+        .map(String::as_str)
+        .filter(|k| !known.contains(k))
+        .collect();
+    if !extra.is_empty() {
+        let shown: Vec<&str> = extra.iter().take(5).copied().collect();
+        return Err(Error::ConfigMismatch {
+            source_name: None,
+            reason: format!(
+                "{} tensor(s) that a model with {} blocks x {} layers{} does not have: {}{}",
+                extra.len(),
+                config.num_blocks,
+                config.layers_per_block,
+                if config.num_classes > 0 {
+                    format!(" and {} classes", config.num_classes)
+                } else {
+                    String::new()
+                },
+                shown.join(", "),
+                if extra.len() > shown.len() {
+                    ", ..."
+                } else {
+                    ""
+                }
+            ),
+        });
+    }
+    for (name, _) in &expected {
+        let t = weights[name]
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        if let Some(i) = t.iter().position(|v| !v.is_finite()) {
+            return Err(Error::ConfigMismatch {
+                source_name: None,
+                reason: format!(
+                    "tensor `{name}` holds a non-finite value ({}) at flat index {i}",
+                    t[i]
+                ),
+            });
+        }
+        if name.ends_with("attn_mask") {
+            let n = config.num_patches();
+            let causal = t
+                .iter()
+                .enumerate()
+                .all(|(k, &v)| v == if k % n <= k / n { 1.0 } else { 0.0 });
+            if !causal {
+                return Err(Error::ConfigMismatch {
+                    source_name: None,
+                    reason: format!(
+                        "`{name}` is not the lower-triangular causal mask TarFlow uses"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,146 @@
+//! [`MetaBlock`]: one autoregressive flow step (the reference's `MetaBlock`): a causal transformer
+//! predicting an affine transform of each patch from the patches before it.
+
+use candle_core::{DType, Device, Tensor};
+
+use super::attention::AttentionBlock;
+use super::layers::{Exec, Linear};
+use crate::error::{Error, Result};
+
+/// The sequence order a flow block works in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permutation {
+    /// Patches in raster order (even blocks).
+    Identity,
+    /// Patches in reverse raster order (odd blocks).
+    Flip,
+}
+
+impl Permutation {
+    /// The permutation of block `t`: identity for even t, flip for odd t.
+    pub fn for_block(t: usize) -> Self {
+        if t % 2 == 0 {
+            Self::Identity
+        } else {
+            Self::Flip
+        }
+    }
+
+    /// Apply along `dim` (its own inverse).
+    pub fn apply(self, x: &Tensor, dim: usize) -> Result<Tensor> {
+        Ok(match self {
+            Self::Identity => x.clone(),
+            Self::Flip => x.flip(&[dim])?,
+        })
+    }
+
+    /// Position in the permuted sequence of the patch at raster position `i` (of `n`).
+    pub fn index(self, i: usize, n: usize) -> usize {
+        match self {
+            Self::Identity => i,
+            Self::Flip => n - 1 - i,
+        }
+    }
+}
+
+/// One flow block: `proj_in`, position and class embeddings, attention layers, `proj_out`.
+#[derive(Debug, Clone)]
+pub struct MetaBlock {
+    pub(crate) proj_in: Linear,
+    pub(crate) pos_embed: Tensor,
+    pub(crate) class_embed: Option<Tensor>,
+    pub(crate) layers: Vec<AttentionBlock>,
+    pub(crate) proj_out: Linear,
+    pub(crate) permutation: Permutation,
+    pub(crate) nvp: bool,
+    /// Additive causal mask (N, N): 0 on and below the diagonal, -inf above.
+    pub(crate) mask: Tensor,
+}
+
+/// Additive causal mask of size n: 0 where attention is allowed, -inf elsewhere.
+pub fn causal_mask(n: usize, device: &Device) -> Result<Tensor> {
+    let v: Vec<f32> = (0..n)
+        .flat_map(|i| (0..n).map(move |j| if j <= i { 0.0 } else { f32::NEG_INFINITY }))
+        .collect();
+    Ok(Tensor::from_vec(v, (n, n), device)?)
+}
+
+impl MetaBlock {
+    /// Width of a token (D).
+    pub fn patch_dim(&self) -> usize {
+        self.proj_in.weight.dim(1).unwrap_or(0)
+    }
+
+    /// Class conditioning added to every token, shaped (B, 1, C), or (1, C) for the mean.
+    ///
+    /// A label < 0, or no labels at all, selects the mean of the class embeddings (the
+    /// reference's "dropped label"); a model without classes ignores labels.
+    pub(crate) fn class_term(&self, labels: Option<&[i64]>) -> Result<Option<Tensor>> {
+        let Some(table) = &self.class_embed else {
+            return Ok(None);
+        };
+        let k = table.dim(0)?;
+        let mean = table.mean_keepdim(0)?;
+        let Some(labels) = labels else {
+            return Ok(Some(mean));
+        };
+        let idx: Vec<u32> = labels
+            .iter()
+            .map(|&y| match y {
+                y if y < 0 => Ok(k as u32),
+                y if (y as usize) < k => Ok(y as u32),
+                y => Err(Error::InvalidInput(format!(
+                    "class label {y} is out of range for a model with {k} classes"
+                ))),
+            })
+            .collect::<Result<_>>()?;
+        let idx = Tensor::from_vec(idx, labels.len(), table.device())?;
+        let extended = Tensor::cat(&[table, &mean], 0)?;
+        Ok(Some(extended.index_select(&idx, 0)?.unsqueeze(1)?))
+    }
+
+    /// Split `proj_out`'s output (B, T, 2D or D) into the log-scale alpha and the shift mu.
+    pub(crate) fn split_out(&self, o: &Tensor) -> Result<(Tensor, Tensor)> {
+        let d = self.patch_dim();
+        if self.nvp {
+            Ok((o.narrow(2, 0, d)?, o.narrow(2, d, d)?))
+        } else {
+            Ok((o.zeros_like()?, o.clone()))
+        }
+    }
+
+    /// Forward (data to noise) on `x` (B, N, D): returns the transformed sequence, in the input's
+    /// order, and the block's log-determinant per item (B,), `-mean(alpha)` over (N, D).
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        labels: Option<&[i64]>,
+        exec: Exec,
+    ) -> Result<(Tensor, Tensor)> {
+        let (b, n, _) = x.dims3()?;
+        if let Some(l) = labels
+            && l.len() != b
+        {
+            return Err(Error::InvalidInput(format!(
+                "{} labels for a batch of {b}",
+                l.len()
+            )));
+        }
+        let x = self.permutation.apply(x, 1)?;
+        let pos = self.permutation.apply(&self.pos_embed, 0)?;
+        let mut h = self.proj_in.forward(&x)?.broadcast_add(&pos)?;
+        if let Some(c) = self.class_term(labels)? {
+            h = h.broadcast_add(&c)?;
+        }
+        for layer in &self.layers {
+            h = layer.forward(&h, &self.mask, 1.0, exec)?;
+        }
+        let o = self.proj_out.forward(&h)?;
+        let zero = Tensor::zeros((b, 1, o.dim(2)?), DType::F32, o.device())?;
+        let o = Tensor::cat(&[&zero, &o.narrow(1, 0, n - 1)?], 1)?;
+        let (alpha, mu) = self.split_out(&o)?;
+        let y = (x - mu)?.mul(&alpha.neg()?.exp()?)?;
+        let logdet = alpha.flatten_from(1)?.mean(1)?.neg()?;
+        Ok((self.permutation.apply(&y, 1)?, logdet))
+    }
+}

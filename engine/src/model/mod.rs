@@ -1,0 +1,14 @@
+//! The TarFlow network: layers, flow blocks, the whole model and its initialisation.
+
+pub mod attention;
+pub mod flow;
+pub mod init;
+pub mod layers;
+pub mod meta_block;
+pub mod patchify;
+
+pub use flow::{ForwardOutput, Model, Weights, check_weights};
+pub use init::{InitOptions, init_weights};
+pub use layers::Exec;
+pub use meta_block::{MetaBlock, Permutation};
+pub use patchify::{patchify, unpatchify};

@@ -1,0 +1,121 @@
+//! Parity with the PyTorch reference (`../shared/golden`): forward pass, every block's output,
+//! log-determinants, loss and the input gradient used by denoising, from both the reference's
+//! `.safetensors` state_dict and its `.pth`.
+
+mod common;
+
+use candle_core::Device;
+use common::*;
+use tarflow::Model;
+use tarflow::format::{ConfigHints, load_reference};
+use tarflow::model::Exec;
+
+const TOL: f32 = 1e-4;
+
+fn check_forward(name: &str, model: &Model, exec: Exec) {
+    let cases = golden_cases(name);
+    let y = labels(&cases, "forward.y");
+    let out = model
+        .forward_with(&cases["forward.x"], y.as_deref(), exec)
+        .unwrap();
+    let d = max_abs_diff(&out.z, &cases["forward.z"]);
+    assert!(d < TOL, "{name} {exec:?}: z differs by {d}");
+    assert_eq!(out.blocks.len(), model.config().num_blocks);
+    for (t, b) in out.blocks.iter().enumerate() {
+        let d = max_abs_diff(b, &cases[&format!("forward.block{t}")]);
+        assert!(d < TOL, "{name} {exec:?}: block {t} differs by {d}");
+    }
+    let d = max_abs_diff(&out.logdets, &cases["forward.logdets"]);
+    assert!(d < TOL, "{name} {exec:?}: logdets differ by {d}");
+    let loss = model.loss(&out).unwrap().reshape(1).unwrap();
+    let d = max_abs_diff(&loss, &cases["forward.loss"]);
+    assert!(d < TOL, "{name} {exec:?}: loss differs by {d}");
+}
+
+fn check_grad(name: &str, model: &Model) {
+    let cases = golden_cases(name);
+    let y = labels(&cases, "denoise.y");
+    let (_, grad) = model
+        .loss_and_input_grad(&cases["forward.x"], y.as_deref())
+        .unwrap();
+    let r = max_rel_diff(&grad, &cases["denoise.grad"]);
+    assert!(r < 1e-3, "{name}: input gradient differs by {r} (relative)");
+}
+
+fn from_safetensors(name: &str) -> Model {
+    let path = golden_dir().join(format!("{name}.weights.safetensors"));
+    load_reference(
+        &path,
+        Some(golden_config(name)),
+        ConfigHints::default(),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+fn from_pth(name: &str) -> Model {
+    let path = golden_dir().join(format!("{name}.pth"));
+    load_reference(
+        &path,
+        Some(golden_config(name)),
+        ConfigHints::default(),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
+#[test]
+fn small_forward_from_safetensors() {
+    let m = from_safetensors("small");
+    check_forward("small", &m, Exec::Grad);
+    check_forward("small", &m, Exec::Fast);
+}
+
+#[test]
+fn cond_forward_from_safetensors() {
+    let m = from_safetensors("cond");
+    check_forward("cond", &m, Exec::Grad);
+    check_forward("cond", &m, Exec::Fast);
+}
+
+#[test]
+fn small_forward_from_pth() {
+    check_forward("small", &from_pth("small"), Exec::Grad);
+}
+
+#[test]
+fn cond_forward_from_pth() {
+    check_forward("cond", &from_pth("cond"), Exec::Fast);
+}
+
+#[test]
+fn small_input_gradient() {
+    check_grad("small", &from_safetensors("small"));
+}
+
+#[test]
+fn cond_input_gradient() {
+    check_grad("cond", &from_pth("cond"));
+}
+
+#[test]
+fn config_is_inferred_from_the_shapes() {
+    // small: D = 12 is only 3 channels of 2x2 among 1-4 channels; cond: D = 16 is ambiguous.
+    let small = golden_dir().join("small.pth");
+    let m = load_reference(&small, None, ConfigHints::default(), &Device::Cpu).unwrap();
+    assert_eq!(m.config(), &golden_config("small"));
+    let cond = golden_dir().join("cond.weights.safetensors");
+    let err = load_reference(&cond, None, ConfigHints::default(), &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cond.weights.safetensors") && err.contains("4 channel(s) in 2x2"),
+        "{err}"
+    );
+    let hints = ConfigHints {
+        in_channels: Some(4),
+        ..Default::default()
+    };
+    let m = load_reference(&cond, None, hints, &Device::Cpu).unwrap();
+    assert_eq!(m.config(), &golden_config("cond"));
+}

@@ -1,0 +1,1 @@
+//! Host package for tests/ and benches/.
