@@ -90,6 +90,17 @@ pub enum Error {
     /// An argument to an engine call is invalid (wrong shape, label out of range...).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A training data folder or one of its files cannot be used.
+    #[error("{}: {reason}", path.display())]
+    Dataset {
+        /// The folder or file concerned.
+        path: PathBuf,
+        /// What is wrong, and what to do about it.
+        reason: String,
+    },
+    /// Training cannot go on (repeated non-finite steps, inconsistent resume...).
+    #[error("training stopped: {0}")]
+    Training(String),
     /// An error from the tensor library.
     #[error("tensor error: {0}")]
     Candle(#[from] candle_core::Error),

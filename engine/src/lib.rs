@@ -21,6 +21,8 @@ pub mod error;
 pub mod format;
 pub mod model;
 
+/// The tensor library the engine is built on, re-exported so callers use the same version.
+pub use candle_core as candle;
 pub use config::ModelConfig;
 pub use device::DeviceChoice;
 pub use error::{Error, Result};

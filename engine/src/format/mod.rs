@@ -5,5 +5,7 @@ pub mod model_file;
 pub mod reference;
 
 pub use atomic::write_atomic;
-pub use model_file::{load_model, read_safetensors, save_model, save_reference_safetensors};
+pub use model_file::{
+    load_model, model_from_bytes, read_safetensors, save_model, save_reference_safetensors,
+};
 pub use reference::{ConfigHints, infer_config, load_reference, read_reference};

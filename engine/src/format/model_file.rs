@@ -74,10 +74,18 @@ pub(crate) fn read_bounded(path: &Path) -> Result<Vec<u8>> {
 
 /// Read every tensor and the metadata of a `.safetensors` file.
 pub fn read_safetensors(path: &Path, device: &Device) -> Result<SafetensorsContents> {
-    let bytes = read_bounded(path)?;
-    let (_, meta) = SafeTensors::read_metadata(&bytes).map_err(|e| bad(path, explain(e)))?;
+    parse_safetensors(&read_bounded(path)?, path, device)
+}
+
+/// Parse safetensors bytes; `path` names the source in errors.
+pub fn parse_safetensors(
+    bytes: &[u8],
+    path: &Path,
+    device: &Device,
+) -> Result<SafetensorsContents> {
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(path, explain(e)))?;
     let metadata = meta.metadata().clone().unwrap_or_default();
-    let st = SafeTensors::deserialize(&bytes).map_err(|e| bad(path, explain(e)))?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| bad(path, explain(e)))?;
     let mut tensors = Weights::new();
     for (name, view) in st.tensors() {
         let t = view
@@ -90,7 +98,13 @@ pub fn read_safetensors(path: &Path, device: &Device) -> Result<SafetensorsConte
 
 /// Load a model saved in our format (config in the metadata).
 pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
-    let contents = read_safetensors(path, device)?;
+    model_from_bytes(&read_bounded(path)?, path, device)
+}
+
+/// Load a model in our format from bytes already in memory (e.g. from an asset reader);
+/// `path` names the source in errors.
+pub fn model_from_bytes(bytes: &[u8], path: &Path, device: &Device) -> Result<Model> {
+    let contents = parse_safetensors(bytes, path, device)?;
     let json = contents.metadata.get(META_CONFIG).ok_or_else(|| {
         bad(
             path,

@@ -1,0 +1,78 @@
+//! Model files load as Bevy assets through the plugin's loader, and bad files fail to load
+//! with the engine's error, on a headless app.
+
+use std::path::PathBuf;
+
+use bevy::asset::{AssetPlugin, LoadState};
+use bevy::prelude::*;
+use bevy_tarflow::prelude::*;
+use tarflow::format::{ConfigHints, load_reference, save_model};
+
+fn golden(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/golden")
+        .join(name)
+}
+
+fn app(root: &std::path::Path) -> App {
+    let mut app = App::new();
+    app.add_plugins((
+        MinimalPlugins,
+        AssetPlugin {
+            file_path: root.to_string_lossy().into_owned(),
+            ..Default::default()
+        },
+        TarflowPlugin,
+    ));
+    app
+}
+
+fn wait(app: &mut App, handle: &Handle<TarflowModel>) -> LoadState {
+    for _ in 0..2000 {
+        app.update();
+        let state = app.world().resource::<AssetServer>().load_state(handle);
+        if !matches!(state, LoadState::Loading | LoadState::NotLoaded) {
+            return state;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    panic!("asset did not finish loading within 2000 frames");
+}
+
+#[test]
+fn model_file_loads_as_an_asset() {
+    let dir = tempfile::tempdir().unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden("cond.json")).unwrap()).unwrap();
+    let config = serde_json::from_value(json["config"].clone()).unwrap();
+    let model = load_reference(
+        &golden("cond.pth"),
+        Some(config),
+        ConfigHints::default(),
+        &tarflow::candle::Device::Cpu,
+    )
+    .unwrap();
+    save_model(&model, &dir.path().join("cond.safetensors")).unwrap();
+    std::fs::write(dir.path().join("broken.safetensors"), b"not a model").unwrap();
+
+    let mut app = app(dir.path());
+    let good: Handle<TarflowModel> = app
+        .world()
+        .resource::<AssetServer>()
+        .load("cond.safetensors");
+    let bad: Handle<TarflowModel> = app
+        .world()
+        .resource::<AssetServer>()
+        .load("broken.safetensors");
+    assert!(matches!(wait(&mut app, &good), LoadState::Loaded));
+    let assets = app.world().resource::<Assets<TarflowModel>>();
+    let loaded = assets.get(&good).expect("loaded model");
+    assert_eq!(loaded.model.config(), model.config());
+    match wait(&mut app, &bad) {
+        LoadState::Failed(err) => {
+            let msg = err.to_string();
+            assert!(msg.contains("broken.safetensors"), "{msg}");
+        }
+        other => panic!("a broken file should fail to load, got {other:?}"),
+    }
+}

@@ -1,0 +1,68 @@
+//! `tarflow info MODEL`.
+
+use std::path::PathBuf;
+
+use clap::Args;
+use tarflow::format::load_model;
+
+/// Arguments of `tarflow info`.
+#[derive(Debug, Args)]
+pub struct InfoArgs {
+    /// The model file (.safetensors in tarflow's format).
+    pub model: PathBuf,
+    /// Print the config as JSON instead of a summary.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Print what the model is.
+pub fn run(args: InfoArgs) -> anyhow::Result<()> {
+    let model = load_model(&args.model, &tarflow::candle::Device::Cpu)?;
+    let c = model.config();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(c)?);
+        return Ok(());
+    }
+    let bytes = std::fs::metadata(&args.model).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "model:       {} ({:.1} MB)",
+        args.model.display(),
+        bytes as f64 / 1e6
+    );
+    println!(
+        "images:      {}x{} px, {} channel(s), {}x{} patches -> {} tokens of {} values",
+        c.img_size,
+        c.img_size,
+        c.in_channels,
+        c.patch_size,
+        c.patch_size,
+        c.num_patches(),
+        c.patch_dim()
+    );
+    println!(
+        "network:     {} flow blocks x {} layers, width {} ({} heads), {} coupling",
+        c.num_blocks,
+        c.layers_per_block,
+        c.channels,
+        c.num_heads(),
+        if c.nvp { "affine" } else { "additive" }
+    );
+    println!("parameters:  {}", c.parameter_count());
+    if c.num_classes == 0 {
+        println!("classes:     none (unconditional)");
+    } else {
+        let names: Vec<String> = (0..c.num_classes)
+            .map(|i| format!("{i}:{}", c.class_name(i)))
+            .collect();
+        println!("classes:     {} ({})", c.num_classes, names.join(", "));
+    }
+    if c.noise_sigma > 0.0 {
+        println!("noise sigma: {} (denoising on by default)", c.noise_sigma);
+    } else {
+        println!("noise sigma: 0 (no denoising)");
+    }
+    for (k, v) in &c.provenance {
+        println!("provenance:  {k} = {v}");
+    }
+    Ok(())
+}
