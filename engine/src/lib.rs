@@ -20,6 +20,7 @@ pub mod device;
 pub mod error;
 pub mod format;
 pub mod model;
+pub mod sample;
 
 /// The tensor library the engine is built on, re-exported so callers use the same version.
 pub use candle_core as candle;
@@ -35,4 +36,8 @@ pub mod prelude {
     pub use crate::error::{Error, Result};
     pub use crate::format::{ConfigHints, load_model, load_reference, save_model};
     pub use crate::model::{Exec, ForwardOutput, Model, Weights};
+    pub use crate::sample::{
+        CancelToken, GuideWhat, Labels, Method, PatchEvent, RgbaImage, SampleEvent, SampleOptions,
+        SampleStream, Samples, denoise, reverse, sample, to_rgba8,
+    };
 }

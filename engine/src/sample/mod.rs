@@ -1,0 +1,65 @@
+//! Sampling (the reverse, noise-to-image pass) as the reference's `Model.reverse`: flow blocks in
+//! reverse order, one token per step with a preallocated KV cache per attention layer,
+//! classifier-free guidance as one doubled batch, prior and attention temperatures, seeded
+//! host-side noise, optional score-based denoising, and a streaming API that paints the final
+//! patches as soon as they exist.
+//!
+//! ```no_run
+//! use std::path::Path;
+//! use tarflow::prelude::*;
+//!
+//! # fn main() -> tarflow::Result<()> {
+//! let device = "cpu".parse::<DeviceChoice>()?.open()?;
+//! let model = load_model(Path::new("assets/models/minetest16.safetensors"), &device)?;
+//! let opts = SampleOptions { guidance: 1.5, seed: 42, ..Default::default() };
+//! // Everything at once...
+//! let samples = sample(&model, &Labels::repeat(0, 4), &opts)?;
+//! println!("{} textures of {}x{}", samples.rgba.len(), samples.rgba[0].width, samples.rgba[0].height);
+//! // ...or patch by patch, stoppable at any step.
+//! for event in SampleStream::new(&model, &Labels::repeat(1, 1), &opts)? {
+//!     if let SampleEvent::Patch(p) = event? {
+//!         println!("patch {} at ({}, {}) is final", p.index, p.x, p.y);
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+
+pub mod cache;
+pub mod denoise;
+pub mod image;
+pub mod noise;
+pub mod options;
+mod reverse;
+pub mod stream;
+
+pub use cache::LayerCache;
+pub use denoise::{denoise, denoise_with_sigma};
+pub use image::{RgbaImage, planes_to_rgba, to_rgba8, to_u8};
+pub use noise::prior_noise;
+pub use options::{GuideWhat, Labels, Method, SampleOptions};
+pub use stream::{CancelToken, PatchEvent, SampleEvent, SampleStream, Samples};
+
+use candle_core::Tensor;
+
+use crate::error::{Error, Result};
+use crate::model::Model;
+
+/// Sample `labels.len()` images from seeded noise, to completion.
+pub fn sample(model: &Model, labels: &Labels, opts: &SampleOptions) -> Result<Samples> {
+    SampleStream::new(model, labels, opts)?
+        .finish()?
+        .ok_or_else(|| Error::InvalidInput("sampling stopped before its end".into()))
+}
+
+/// Run the reverse pass from given standard-normal noise `z` (B, N, D), scaled by
+/// `opts.temperature`, to completion (the reference's `Model.reverse` plus optional denoising).
+pub fn reverse(
+    model: &Model,
+    z: &Tensor,
+    labels: &Labels,
+    opts: &SampleOptions,
+) -> Result<Samples> {
+    SampleStream::from_noise(model, z, labels, opts)?
+        .finish()?
+        .ok_or_else(|| Error::InvalidInput("sampling stopped before its end".into()))
+}

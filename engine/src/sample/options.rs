@@ -1,0 +1,248 @@
+//! [`SampleOptions`]: everything that shapes a sampling run besides the model and the labels,
+//! serialisable so that tools and games can store it next to their assets.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Which half of the affine transform classifier-free guidance steers.
+///
+/// Each sampling step predicts a log-scale `alpha` ("a") and a shift `mu` ("b", the reference's
+/// `zb`); guidance replaces the chosen ones by `c + w * (c - u)` (conditional `c`, unconditional `u`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuideWhat {
+    /// Guide the log-scale only (`"a"`).
+    A,
+    /// Guide the shift only (`"b"`).
+    B,
+    /// Guide both (`"ab"`, the reference's default).
+    #[default]
+    Ab,
+}
+
+impl GuideWhat {
+    /// Whether the log-scale `alpha` is guided.
+    pub fn alpha(self) -> bool {
+        matches!(self, Self::A | Self::Ab)
+    }
+
+    /// Whether the shift `mu` is guided.
+    pub fn mu(self) -> bool {
+        matches!(self, Self::B | Self::Ab)
+    }
+}
+
+impl fmt::Display for GuideWhat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::A => "a",
+            Self::B => "b",
+            Self::Ab => "ab",
+        })
+    }
+}
+
+impl FromStr for GuideWhat {
+    type Err = Error;
+
+    /// Parse `"a"`, `"b"` or `"ab"` (also `"ba"`), as the reference's `guide_what`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "a" => Ok(Self::A),
+            "b" => Ok(Self::B),
+            "ab" | "ba" => Ok(Self::Ab),
+            other => Err(Error::InvalidInput(format!(
+                "guide_what `{other}` is not one of a, b, ab"
+            ))),
+        }
+    }
+}
+
+/// How the reverse pass computes each autoregressive step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// One token per step through the transformer, attending over a preallocated KV cache:
+    /// cost linear in the number of patches. The default.
+    #[default]
+    Cached,
+    /// Recompute the whole prefix at every step without a cache (quadratic cost). Kept as the
+    /// reference for tests and the baseline for benchmarks.
+    Plain,
+}
+
+/// Options of a sampling run. Every field has a default, so `{}` is a valid JSON value and any
+/// subset of fields can be given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SampleOptions {
+    /// Classifier-free guidance weight `w` (>= 0); 0 disables guidance and the unconditional branch.
+    pub guidance: f32,
+    /// Which of alpha / mu guidance applies to.
+    pub guide_what: GuideWhat,
+    /// Annealed guidance: step `i` of a block (0-based, of `N-1`) uses `w * (i+1) / (N-1)`.
+    pub annealed: bool,
+    /// Attention temperature of the unconditional branch (> 0; 1 = none). Only used with guidance.
+    pub attn_temp: f32,
+    /// Prior temperature (>= 0): the noise is drawn from `N(0, temperature^2 I)`.
+    pub temperature: f32,
+    /// Score-based denoising of the result (`x + sigma^2 grad log p(x)`) with the model's
+    /// `noise_sigma`; skipped when the model's sigma is 0.
+    pub denoise: bool,
+    /// Seed of the prior noise. Item `k` of a batch draws from stream `k` of a ChaCha8 generator
+    /// seeded with it, on the host, so its noise depends on neither the batch size nor the device.
+    pub seed: u64,
+    /// Emit a whole-image preview after every reversed flow block.
+    pub previews: bool,
+    /// Cached (fast) or plain (reference) reverse pass.
+    pub method: Method,
+}
+
+impl Default for SampleOptions {
+    fn default() -> Self {
+        Self {
+            guidance: 0.0,
+            guide_what: GuideWhat::Ab,
+            annealed: false,
+            attn_temp: 1.0,
+            temperature: 1.0,
+            denoise: true,
+            seed: 0,
+            previews: false,
+            method: Method::Cached,
+        }
+    }
+}
+
+impl SampleOptions {
+    /// Check every value is usable; errors name the field at fault.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidInput(m));
+        if !(self.guidance.is_finite() && self.guidance >= 0.0) {
+            return bad(format!(
+                "guidance {} must be finite and >= 0",
+                self.guidance
+            ));
+        }
+        if !(self.attn_temp.is_finite() && self.attn_temp > 0.0) {
+            return bad(format!(
+                "attn_temp {} must be finite and > 0",
+                self.attn_temp
+            ));
+        }
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return bad(format!(
+                "temperature {} must be finite and >= 0",
+                self.temperature
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether the run needs the unconditional branch (a doubled batch).
+    pub fn uses_guidance(&self) -> bool {
+        self.guidance > 0.0
+    }
+
+    /// Guidance weight at step `i` (0-based) of a block of `n` patches.
+    pub fn guidance_at(&self, i: usize, n: usize) -> f32 {
+        if self.annealed && n > 1 {
+            (i + 1) as f32 / (n - 1) as f32 * self.guidance
+        } else {
+            self.guidance
+        }
+    }
+}
+
+/// What to sample: how many images and their classes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Labels {
+    /// This many images without class conditioning (the mean class embedding).
+    Unconditional(usize),
+    /// One image per label, in order; a label < 0 means unconditional for that item. Models
+    /// without classes ignore the values.
+    Classes(Vec<i64>),
+}
+
+impl Labels {
+    /// The batch size.
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Unconditional(n) => *n,
+            Self::Classes(v) => v.len(),
+        }
+    }
+
+    /// Whether no image is asked for.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The per-item labels, or `None` when all items are unconditional.
+    pub fn as_slice(&self) -> Option<&[i64]> {
+        match self {
+            Self::Unconditional(_) => None,
+            Self::Classes(v) => Some(v),
+        }
+    }
+
+    /// `n` copies of one class label.
+    pub fn repeat(label: i64, n: usize) -> Self {
+        Self::Classes(vec![label; n])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_defaults_and_names() {
+        let o: SampleOptions = serde_json::from_str("{}").unwrap();
+        assert_eq!(o, SampleOptions::default());
+        let o: SampleOptions =
+            serde_json::from_str(r#"{"guidance":1.5,"guide_what":"a","method":"plain"}"#).unwrap();
+        assert_eq!(o.guide_what, GuideWhat::A);
+        assert_eq!(o.method, Method::Plain);
+        assert!(serde_json::from_str::<SampleOptions>(r#"{"guidence":1}"#).is_err());
+        assert_eq!("AB".parse::<GuideWhat>().unwrap(), GuideWhat::Ab);
+        assert!("c".parse::<GuideWhat>().is_err());
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        for o in [
+            SampleOptions {
+                guidance: -1.0,
+                ..Default::default()
+            },
+            SampleOptions {
+                attn_temp: 0.0,
+                ..Default::default()
+            },
+            SampleOptions {
+                temperature: f32::NAN,
+                ..Default::default()
+            },
+        ] {
+            assert!(o.validate().is_err());
+        }
+        assert!(SampleOptions::default().validate().is_ok());
+    }
+
+    #[test]
+    fn annealing_ramps_to_the_full_weight() {
+        let o = SampleOptions {
+            guidance: 2.0,
+            annealed: true,
+            ..Default::default()
+        };
+        assert_eq!(o.guidance_at(0, 5), 0.5);
+        assert_eq!(o.guidance_at(3, 5), 2.0);
+    }
+}

@@ -1,0 +1,422 @@
+//! [`SampleStream`]: sampling as an iterator of [`SampleEvent`]s, one step of work per event at
+//! most, so that a worker thread (or a frame-budgeted loop) can paint patches as they are made
+//! and stop at any point.
+
+use std::collections::VecDeque;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use candle_core::Tensor;
+
+use super::cache::LayerCache;
+use super::denoise::denoise;
+use super::image::{RgbaImage, planes_to_rgba, to_rgba8};
+use super::noise::prior_noise;
+use super::options::{Labels, Method, SampleOptions};
+use super::reverse::{BlockRun, new_caches};
+use crate::error::{Error, Result};
+use crate::model::Model;
+
+/// A shared flag that stops a [`SampleStream`] (from any thread) before its next step.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token not yet cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Ask the stream(s) holding this token to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A patch of the final (pre-denoise) image, for every item of the batch, emitted during the last
+/// reversed flow block as soon as it can no longer change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PatchEvent {
+    /// Index of the patch in raster order, 0..N.
+    pub index: usize,
+    /// Column of the patch in the patch grid.
+    pub col: usize,
+    /// Row of the patch in the patch grid.
+    pub row: usize,
+    /// Left edge in pixels.
+    pub x: u32,
+    /// Top edge in pixels.
+    pub y: u32,
+    /// Side of the square patch in pixels.
+    pub size: u32,
+    /// The patch's RGBA8 pixels for each item of the batch: `size * size * 4` bytes each, rows top
+    /// to bottom.
+    pub pixels: Vec<Vec<u8>>,
+}
+
+impl PatchEvent {
+    /// Paint this patch of item `item` into `image` (at its place; clipped to the image).
+    pub fn paint(&self, item: usize, image: &mut RgbaImage) -> Result<()> {
+        let px = self.pixels.get(item).ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "item {item} asked of a patch of {} items",
+                self.pixels.len()
+            ))
+        })?;
+        image.blit(self.x, self.y, self.size, self.size, px);
+        Ok(())
+    }
+}
+
+/// The result of a sampling run.
+#[derive(Debug, Clone)]
+pub struct Samples {
+    /// The final images (B, C, H, W): denoised when asked for and the model has a noise sigma.
+    pub images: Tensor,
+    /// The images before denoising (the output of the reverse pass), (B, C, H, W).
+    pub raw: Tensor,
+    /// The images after each reversed flow block, in the order they ran (the first is after the
+    /// model's last block; the last equals `raw`).
+    pub after_block: Vec<Tensor>,
+    /// `images` as RGBA8.
+    pub rgba: Vec<RgbaImage>,
+}
+
+/// What a [`SampleStream`] reports, in order.
+#[derive(Debug, Clone)]
+pub enum SampleEvent {
+    /// A flow block starts its reverse pass.
+    BlockStarted {
+        /// 0 for the first block to run, up to `blocks - 1` for the last.
+        step: usize,
+        /// Index of the block in the model (runs from `blocks - 1` down to 0).
+        block: usize,
+        /// Number of blocks.
+        blocks: usize,
+    },
+    /// One unit of work is done (a token step, or the denoising).
+    Progress {
+        /// Units done so far.
+        done: usize,
+        /// Units in the whole run.
+        total: usize,
+    },
+    /// The whole image after a reversed block (only with `SampleOptions::previews`).
+    Preview {
+        /// As in `BlockStarted`.
+        step: usize,
+        /// One image per item.
+        images: Vec<RgbaImage>,
+    },
+    /// A final patch of the pre-denoise image (last block only): patch 0 when the block starts,
+    /// patch i + 1 after its step i.
+    Patch(PatchEvent),
+    /// The denoised images (only when denoising ran).
+    Denoised {
+        /// One image per item.
+        images: Vec<RgbaImage>,
+    },
+    /// The run is complete; always the last event of a run that was not cancelled.
+    Finished(Box<Samples>),
+    /// The run was cancelled by its [`CancelToken`]; the last event.
+    Cancelled {
+        /// Units of work done before it stopped.
+        done: usize,
+    },
+}
+
+enum State {
+    /// About to start the reversed block `step`.
+    Start {
+        step: usize,
+        x: Tensor,
+    },
+    /// Inside a block.
+    Block {
+        step: usize,
+        run: Box<BlockRun>,
+    },
+    Denoise,
+    Finish,
+    Done,
+}
+
+/// A sampling run, driven by iterating over it: each call to `next` does at most one step of work
+/// (one token of one flow block, or the denoising) and returns the next event. Dropping the stream
+/// stops the work; so does its [`CancelToken`], checked before every step.
+///
+/// The stream owns a (cheap, shared-weight) clone of the model and is `Send`, so it can be moved to
+/// a worker thread.
+pub struct SampleStream {
+    model: Model,
+    labels: Option<Vec<i64>>,
+    opts: SampleOptions,
+    cancel: CancelToken,
+    caches: Vec<LayerCache>,
+    queue: VecDeque<SampleEvent>,
+    state: State,
+    after_block: Vec<Tensor>,
+    raw: Option<Tensor>,
+    images: Option<Tensor>,
+    batch: usize,
+    done: usize,
+    total: usize,
+}
+
+impl SampleStream {
+    /// Sample `labels.len()` images from seeded noise (`opts.seed`, `opts.temperature`).
+    pub fn new(model: &Model, labels: &Labels, opts: &SampleOptions) -> Result<Self> {
+        let z = prior_noise(model.config(), labels.len(), opts.seed, model.device())?;
+        Self::from_noise(model, &z, labels, opts)
+    }
+
+    /// Sample from given standard-normal noise `z` (B, N, D), scaled by `opts.temperature` (the
+    /// seed is not used). `labels.len()` must be B.
+    pub fn from_noise(
+        model: &Model,
+        z: &Tensor,
+        labels: &Labels,
+        opts: &SampleOptions,
+    ) -> Result<Self> {
+        opts.validate()?;
+        let cfg = model.config();
+        let (n, d) = (cfg.num_patches(), cfg.patch_dim());
+        let b = labels.len();
+        if b == 0 {
+            return Err(Error::InvalidInput(
+                "a batch of 0 images was asked for".into(),
+            ));
+        }
+        if z.dims() != [b, n, d] {
+            return Err(Error::InvalidInput(format!(
+                "noise of shape {:?} given, the model samples ({b}, {n}, {d}) for {b} labels",
+                z.dims()
+            )));
+        }
+        if cfg.num_classes > 0
+            && let Some(bad) = labels
+                .as_slice()
+                .and_then(|l| l.iter().find(|&&y| y >= cfg.num_classes as i64))
+        {
+            return Err(Error::InvalidInput(format!(
+                "class label {bad} is out of range for a model with {} classes",
+                cfg.num_classes
+            )));
+        }
+        let z = z
+            .to_dtype(candle_core::DType::F32)?
+            .to_device(model.device())?;
+        let x = ((z * f64::from(opts.temperature))?.broadcast_mul(&model.var.sqrt()?))?;
+        let rows = if opts.uses_guidance() { 2 * b } else { b };
+        let caches = match opts.method {
+            Method::Cached => new_caches(model, rows)?,
+            Method::Plain => Vec::new(),
+        };
+        let denoising = opts.denoise && cfg.noise_sigma > 0.0;
+        Ok(Self {
+            model: model.clone(),
+            labels: labels.as_slice().map(<[i64]>::to_vec),
+            opts: opts.clone(),
+            cancel: CancelToken::new(),
+            caches,
+            queue: VecDeque::new(),
+            state: State::Start { step: 0, x },
+            after_block: Vec::new(),
+            raw: None,
+            images: None,
+            batch: b,
+            done: 0,
+            total: cfg.num_blocks * n.saturating_sub(1) + usize::from(denoising),
+        })
+    }
+
+    /// Use `token` to cancel this stream (replacing its own).
+    pub fn with_cancel(mut self, token: CancelToken) -> Self {
+        self.cancel = token;
+        self
+    }
+
+    /// The stream's cancel token (clone it to another thread to stop the run from there).
+    pub fn cancel_token(&self) -> CancelToken {
+        self.cancel.clone()
+    }
+
+    /// Units of work in the whole run: (N - 1) token steps per block, plus 1 for denoising.
+    pub fn total_steps(&self) -> usize {
+        self.total
+    }
+
+    /// Drive the run to its end, handing each event to `f`, which may stop it with
+    /// `ControlFlow::Break`. Returns the samples, or `None` when stopped or cancelled.
+    pub fn run<F>(self, mut f: F) -> Result<Option<Samples>>
+    where
+        F: FnMut(&SampleEvent) -> ControlFlow<()>,
+    {
+        for event in self {
+            let event = event?;
+            if f(&event).is_break() {
+                return Ok(None);
+            }
+            if let SampleEvent::Finished(s) = event {
+                return Ok(Some(*s));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Drive the run to its end, ignoring the events. `None` when cancelled.
+    pub fn finish(self) -> Result<Option<Samples>> {
+        self.run(|_| ControlFlow::Continue(()))
+    }
+
+    fn progress(&mut self) {
+        self.done += 1;
+        self.queue.push_back(SampleEvent::Progress {
+            done: self.done,
+            total: self.total,
+        });
+    }
+
+    /// RGBA8 pixels, per item, of the token at position `pos` (block order) of `run`.
+    fn patch_event(&self, run: &BlockRun, pos: usize) -> Result<PatchEvent> {
+        let cfg = self.model.config();
+        let blk = &self.model.blocks[run.block];
+        let n = cfg.num_patches();
+        let index = blk.permutation.index(pos, n);
+        let p = cfg.patch_size;
+        let grid = cfg.img_size / p;
+        let values = run.tokens[pos].flatten_all()?.to_vec1::<f32>()?;
+        let d = cfg.patch_dim();
+        let pixels = values
+            .chunks(d)
+            .map(|v| planes_to_rgba(v, cfg.in_channels, p, p))
+            .collect::<Result<Vec<_>>>()?;
+        let (row, col) = (index / grid, index % grid);
+        Ok(PatchEvent {
+            index,
+            col,
+            row,
+            x: (col * p) as u32,
+            y: (row * p) as u32,
+            size: p as u32,
+            pixels,
+        })
+    }
+
+    /// Do one unit of work (or a state change), queueing its events.
+    fn advance(&mut self) -> Result<()> {
+        let blocks = self.model.config().num_blocks;
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Start { step, x } => {
+                let t = blocks - 1 - step;
+                let run = BlockRun::start(&self.model, t, &x, self.labels.as_deref(), &self.opts)?;
+                self.caches.iter_mut().for_each(LayerCache::reset);
+                self.queue.push_back(SampleEvent::BlockStarted {
+                    step,
+                    block: t,
+                    blocks,
+                });
+                if step + 1 == blocks {
+                    let ev = self.patch_event(&run, 0)?;
+                    self.queue.push_back(SampleEvent::Patch(ev));
+                }
+                self.state = State::Block {
+                    step,
+                    run: Box::new(run),
+                };
+            }
+            State::Block { step, mut run } => {
+                if run.is_done() {
+                    let x = run.output(&self.model)?;
+                    let image = self.model.unpatchify(&x)?;
+                    if self.opts.previews {
+                        self.queue.push_back(SampleEvent::Preview {
+                            step,
+                            images: to_rgba8(&image)?,
+                        });
+                    }
+                    self.after_block.push(image.clone());
+                    self.state = if step + 1 < blocks {
+                        State::Start { step: step + 1, x }
+                    } else {
+                        self.raw = Some(image);
+                        State::Denoise
+                    };
+                } else {
+                    run.step(&self.model, &mut self.caches, &self.opts)?;
+                    self.progress();
+                    if step + 1 == blocks {
+                        let ev = self.patch_event(&run, run.steps_done)?;
+                        self.queue.push_back(SampleEvent::Patch(ev));
+                    }
+                    self.state = State::Block { step, run };
+                }
+            }
+            State::Denoise => {
+                let raw = self
+                    .raw
+                    .clone()
+                    .ok_or_else(|| Error::InvalidInput("no image to denoise".into()))?;
+                if self.opts.denoise && self.model.config().noise_sigma > 0.0 {
+                    let images = denoise(&self.model, &raw, self.labels.as_deref())?;
+                    self.progress();
+                    self.queue.push_back(SampleEvent::Denoised {
+                        images: to_rgba8(&images)?,
+                    });
+                    self.images = Some(images);
+                } else {
+                    self.images = Some(raw);
+                }
+                self.state = State::Finish;
+            }
+            State::Finish => {
+                let raw = self.raw.take();
+                let images = self.images.take();
+                let (Some(raw), Some(images)) = (raw, images) else {
+                    return Err(Error::InvalidInput("the run has no result".into()));
+                };
+                let rgba = to_rgba8(&images)?;
+                debug_assert_eq!(rgba.len(), self.batch);
+                self.queue
+                    .push_back(SampleEvent::Finished(Box::new(Samples {
+                        images,
+                        raw,
+                        after_block: std::mem::take(&mut self.after_block),
+                        rgba,
+                    })));
+            }
+            State::Done => {}
+        }
+        Ok(())
+    }
+}
+
+impl Iterator for SampleStream {
+    type Item = Result<SampleEvent>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(ev) = self.queue.pop_front() {
+                return Some(Ok(ev));
+            }
+            if matches!(self.state, State::Done) {
+                return None;
+            }
+            if self.cancel.is_cancelled() {
+                self.state = State::Done;
+                return Some(Ok(SampleEvent::Cancelled { done: self.done }));
+            }
+            if let Err(e) = self.advance() {
+                self.state = State::Done;
+                self.queue.clear();
+                return Some(Err(e));
+            }
+        }
+    }
+}
