@@ -171,3 +171,319 @@ fn denoising_in_the_run_matches_the_separate_call() {
         "denoising did nothing"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Properties on small random models (non-zero proj_out, so the flow is far from the identity).
+
+mod props {
+    use std::ops::ControlFlow;
+
+    use candle_core::{Device, Tensor};
+    use proptest::prelude::*;
+    use tarflow::model::{InitOptions, init_weights};
+    use tarflow::prelude::*;
+    use tarflow::sample::{prior_noise, reverse};
+
+    use super::common::max_abs_diff;
+
+    /// A random model: `channels` image channels, 8x8 pixels, patch `patch`, 64-wide, `blocks`
+    /// flow blocks of one layer.
+    fn random_model(
+        channels: usize,
+        patch: usize,
+        blocks: usize,
+        classes: usize,
+        nvp: bool,
+        seed: u64,
+    ) -> Model {
+        let mut cfg = ModelConfig::new(channels, 8, patch, 64, blocks, 1);
+        cfg.num_classes = classes;
+        cfg.nvp = nvp;
+        cfg.noise_sigma = 0.05;
+        let opts = InitOptions {
+            proj_out_scale: 0.08,
+        };
+        let w = init_weights(&cfg, seed, opts, &Device::Cpu).unwrap();
+        Model::from_weights(cfg, &w, &Device::Cpu).unwrap()
+    }
+
+    fn raw_opts(method: Method) -> SampleOptions {
+        SampleOptions {
+            denoise: false,
+            method,
+            ..Default::default()
+        }
+    }
+
+    fn labels_for(classes: usize, b: usize, seed: u64) -> Labels {
+        if classes == 0 {
+            Labels::Unconditional(b)
+        } else {
+            // Every class and the unconditional label (-1) in turn.
+            Labels::Classes(
+                (0..b)
+                    .map(|k| ((k as u64 + seed) % (classes as u64 + 1)) as i64 - 1)
+                    .collect(),
+            )
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+
+        #[test]
+        fn reverse_inverts_forward(
+            channels in 1usize..=4,
+            patch in prop_oneof![Just(2usize), Just(4)],
+            blocks in 1usize..=3,
+            classes in prop_oneof![Just(0usize), Just(3)],
+            nvp in any::<bool>(),
+            seed in 0u64..1000,
+        ) {
+            let m = random_model(channels, patch, blocks, classes, nvp, seed);
+            let b = 2;
+            let y = labels_for(classes, b, seed);
+            let z = prior_noise(m.config(), b, seed, &Device::Cpu).unwrap();
+            // forward(reverse(z)) == z
+            let x = reverse(&m, &z, &y, &raw_opts(Method::Cached)).unwrap().raw;
+            let z_back = m.forward_with(&x, y.as_slice(), Exec::Fast).unwrap().z;
+            let d = max_abs_diff(&z_back, &z);
+            prop_assert!(d < 1e-4, "forward(reverse(z)) differs from z by {}", d);
+            // The flow is not the identity: x is not z rearranged.
+            let plain = m.unpatchify(&z).unwrap();
+            prop_assert!(max_abs_diff(&x, &plain) > 1e-2);
+            // reverse(forward(x)) == x, for an image-like x.
+            let x0 = (prior_noise(m.config(), b, seed + 1, &Device::Cpu).unwrap() * 0.5)
+                .unwrap()
+                .tanh()
+                .unwrap();
+            let x0 = m.unpatchify(&x0).unwrap();
+            let z0 = m.forward_with(&x0, y.as_slice(), Exec::Fast).unwrap().z;
+            let x_back = reverse(&m, &z0, &y, &raw_opts(Method::Cached)).unwrap().raw;
+            let d = max_abs_diff(&x_back, &x0);
+            prop_assert!(d < 1e-4, "reverse(forward(x)) differs from x by {}", d);
+        }
+
+        #[test]
+        fn cached_equals_cache_free(
+            channels in 1usize..=4,
+            blocks in 1usize..=3,
+            classes in prop_oneof![Just(0usize), Just(3)],
+            guidance in prop_oneof![Just(0f32), 0.5f32..3.0],
+            guide_what in prop_oneof![Just(GuideWhat::A), Just(GuideWhat::B), Just(GuideWhat::Ab)],
+            annealed in any::<bool>(),
+            attn_temp in 0.5f32..1.5,
+            temperature in 0.3f32..1.2,
+            seed in 0u64..1000,
+        ) {
+            let m = random_model(channels, 2, blocks, classes, true, seed);
+            let y = labels_for(classes, 3, seed);
+            let o = SampleOptions {
+                guidance,
+                guide_what,
+                annealed,
+                attn_temp,
+                temperature,
+                seed,
+                ..raw_opts(Method::Cached)
+            };
+            let a = sample(&m, &y, &o).unwrap();
+            let p = sample(&m, &y, &SampleOptions { method: Method::Plain, ..o }).unwrap();
+            for (k, (ta, tp)) in a.after_block.iter().zip(&p.after_block).enumerate() {
+                let d = max_abs_diff(ta, tp);
+                prop_assert!(d < 1e-4, "cached and plain differ by {} after block step {}", d, k);
+            }
+            prop_assert!(max_abs_diff(&a.images, &p.images) < 1e-4);
+        }
+    }
+
+    /// Run a stream to its end, collecting every event.
+    fn events(stream: SampleStream) -> Vec<SampleEvent> {
+        stream.map(|e| e.unwrap()).collect()
+    }
+
+    #[test]
+    fn streamed_patches_assemble_the_final_image_in_order() {
+        let m = random_model(4, 2, 3, 3, true, 11);
+        let (b, n) = (2, m.config().num_patches());
+        let o = SampleOptions {
+            guidance: 1.5,
+            previews: true,
+            seed: 5,
+            ..Default::default()
+        };
+        let evs = events(SampleStream::new(&m, &Labels::Classes(vec![0, 2]), &o).unwrap());
+        let mut canvas = vec![RgbaImage::new(8, 8); b];
+        let mut order = Vec::new();
+        let (mut started, mut previews, mut last_progress) = (Vec::new(), 0, 0);
+        for e in &evs {
+            match e {
+                SampleEvent::BlockStarted { block, .. } => started.push(*block),
+                SampleEvent::Patch(p) => {
+                    assert_eq!(started.last(), Some(&0), "patches come in the last block");
+                    assert_eq!(p.pixels.len(), b);
+                    assert_eq!((p.x, p.y, p.size), (2 * p.col as u32, 2 * p.row as u32, 2));
+                    for (i, img) in canvas.iter_mut().enumerate() {
+                        p.paint(i, img).unwrap();
+                    }
+                    order.push((p.index, last_progress));
+                }
+                SampleEvent::Progress { done, .. } => last_progress = *done,
+                SampleEvent::Preview { images, .. } => {
+                    previews += 1;
+                    assert_eq!(images.len(), b);
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(started, vec![2, 1, 0]);
+        assert_eq!(previews, 3);
+        // Patch 0 at the start of the last block, patch i + 1 right after its step i.
+        let first = 2 * (n - 1);
+        let want: Vec<(usize, usize)> = (0..n).map(|i| (i, first + i)).collect();
+        assert_eq!(order, want);
+        let Some(SampleEvent::Finished(s)) = evs.last() else {
+            panic!("the last event is not Finished");
+        };
+        assert!(matches!(evs[evs.len() - 2], SampleEvent::Denoised { .. }));
+        let raw = to_rgba8(&s.raw).unwrap();
+        assert_eq!(
+            canvas, raw,
+            "assembled patches differ from the pre-denoise image"
+        );
+        assert_ne!(s.rgba, raw, "denoising should change some pixel");
+        assert_eq!(s.rgba, to_rgba8(&s.images).unwrap());
+    }
+
+    #[test]
+    fn same_seed_same_bytes() {
+        let m = random_model(3, 2, 2, 3, true, 3);
+        let y = Labels::Classes(vec![1, -1, 2]);
+        let o = SampleOptions {
+            guidance: 2.0,
+            attn_temp: 0.9,
+            temperature: 0.9,
+            seed: 1234,
+            ..Default::default()
+        };
+        let a = sample(&m, &y, &o).unwrap().rgba;
+        let b = sample(&m, &y, &o).unwrap().rgba;
+        assert_eq!(a, b);
+        let c = sample(&m, &y, &SampleOptions { seed: 1235, ..o })
+            .unwrap()
+            .rgba;
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn cancelling_stops_within_one_step() {
+        let m = random_model(3, 2, 2, 0, true, 4);
+        let stream =
+            SampleStream::new(&m, &Labels::Unconditional(1), &SampleOptions::default()).unwrap();
+        let total = stream.total_steps();
+        let token = stream.cancel_token();
+        let mut after_cancel = Vec::new();
+        let mut cancelled_at = None;
+        for e in stream {
+            let e = e.unwrap();
+            if cancelled_at.is_some() {
+                after_cancel.push(e);
+                continue;
+            }
+            if let SampleEvent::Progress { done: 5, .. } = e {
+                token.cancel();
+                cancelled_at = Some(5);
+            }
+        }
+        assert!(total > 10);
+        assert_eq!(cancelled_at, Some(5));
+        assert!(
+            matches!(
+                after_cancel.as_slice(),
+                [SampleEvent::Cancelled { done: 5 }]
+            ),
+            "{after_cancel:?}"
+        );
+
+        // From another thread, through `run`: the worker stops at once and returns None.
+        let token = CancelToken::new();
+        let stream = SampleStream::new(&m, &Labels::Unconditional(2), &SampleOptions::default())
+            .unwrap()
+            .with_cancel(token.clone());
+        token.cancel();
+        let worker = std::thread::spawn(move || {
+            let mut steps = 0;
+            let out = stream.run(|e| {
+                if matches!(e, SampleEvent::Progress { .. }) {
+                    steps += 1;
+                }
+                ControlFlow::Continue(())
+            });
+            (out.unwrap().is_none(), steps)
+        });
+        assert_eq!(worker.join().unwrap(), (true, 0));
+
+        // A callback can stop the run too.
+        let mut seen = 0;
+        let out = SampleStream::new(&m, &Labels::Unconditional(1), &SampleOptions::default())
+            .unwrap()
+            .run(|e| {
+                if matches!(e, SampleEvent::Progress { .. }) {
+                    seen += 1;
+                }
+                if seen == 3 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+        assert!(out.is_none());
+        assert_eq!(seen, 3);
+    }
+
+    #[test]
+    fn bad_requests_are_refused() {
+        let m = random_model(3, 2, 1, 3, true, 1);
+        let o = SampleOptions::default();
+        let err = |r: tarflow::Result<SampleStream>| r.err().map(|e| e.to_string());
+        assert!(
+            err(SampleStream::new(&m, &Labels::Classes(vec![3]), &o))
+                .unwrap()
+                .contains("out of range")
+        );
+        assert!(
+            err(SampleStream::new(&m, &Labels::Unconditional(0), &o))
+                .unwrap()
+                .contains("0 images")
+        );
+        let bad = SampleOptions {
+            attn_temp: 0.0,
+            ..o.clone()
+        };
+        assert!(
+            err(SampleStream::new(&m, &Labels::Unconditional(1), &bad))
+                .unwrap()
+                .contains("attn_temp")
+        );
+        let z = Tensor::zeros((1, 3, 12), candle_core::DType::F32, &Device::Cpu).unwrap();
+        assert!(
+            err(SampleStream::from_noise(
+                &m,
+                &z,
+                &Labels::Unconditional(1),
+                &o
+            ))
+            .unwrap()
+            .contains("shape")
+        );
+    }
+
+    #[test]
+    fn streams_are_send() {
+        fn send<T: Send + 'static>() {}
+        send::<SampleStream>();
+        send::<SampleEvent>();
+        send::<CancelToken>();
+    }
+}
