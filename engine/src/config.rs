@@ -199,13 +199,13 @@ impl ModelConfig {
         if self.num_blocks == 0 || self.layers_per_block == 0 {
             return bad("num_blocks and layers_per_block must be positive".into());
         }
-        if self.img_size % self.patch_size != 0 {
+        if !self.img_size.is_multiple_of(self.patch_size) {
             return bad(format!(
                 "img_size {} is not a multiple of patch_size {}",
                 self.img_size, self.patch_size
             ));
         }
-        if self.channels == 0 || self.channels % HEAD_DIM != 0 {
+        if self.channels == 0 || !self.channels.is_multiple_of(HEAD_DIM) {
             return bad(format!(
                 "channels {} must be a positive multiple of the head size {HEAD_DIM}",
                 self.channels

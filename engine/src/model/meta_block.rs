@@ -19,7 +19,7 @@ pub enum Permutation {
 impl Permutation {
     /// The permutation of block `t`: identity for even t, flip for odd t.
     pub fn for_block(t: usize) -> Self {
-        if t % 2 == 0 {
+        if t.is_multiple_of(2) {
             Self::Identity
         } else {
             Self::Flip

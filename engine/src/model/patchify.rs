@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 /// Cut `x` (B, C, H, W) into non-overlapping p x p patches: (B, (H/p)(W/p), C*p*p).
 pub fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
     let (b, c, h, w) = x.dims4()?;
-    if p == 0 || h % p != 0 || w % p != 0 {
+    if p == 0 || !h.is_multiple_of(p) || !w.is_multiple_of(p) {
         return Err(Error::InvalidInput(format!(
             "image of {h}x{w} pixels cannot be cut into {p}x{p} patches"
         )));
@@ -22,7 +22,7 @@ pub fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
 /// Inverse of [`patchify`]: (B, N, C*p*p) back to (B, C, H, W) for an image of `h` x `w` pixels.
 pub fn unpatchify(x: &Tensor, channels: usize, h: usize, w: usize, p: usize) -> Result<Tensor> {
     let (b, n, d) = x.dims3()?;
-    if p == 0 || h % p != 0 || w % p != 0 || n != (h / p) * (w / p) || d != channels * p * p {
+    if p == 0 || !h.is_multiple_of(p) || !w.is_multiple_of(p) || n != (h / p) * (w / p) || d != channels * p * p {
         return Err(Error::InvalidInput(format!(
             "a sequence of {n} tokens of width {d} is not a {channels}-channel {h}x{w} image in {p}x{p} patches"
         )));
