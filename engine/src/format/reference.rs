@@ -141,7 +141,7 @@ pub fn infer_config(weights: &Weights, hints: ConfigHints) -> Result<ModelConfig
     }
     let mut candidates = Vec::new();
     for p in 1..=d {
-        if p * p > d || d % (p * p) != 0 {
+        if p * p > d || !d.is_multiple_of(p * p) {
             continue;
         }
         let c = d / (p * p);
