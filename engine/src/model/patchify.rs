@@ -22,7 +22,12 @@ pub fn patchify(x: &Tensor, p: usize) -> Result<Tensor> {
 /// Inverse of [`patchify`]: (B, N, C*p*p) back to (B, C, H, W) for an image of `h` x `w` pixels.
 pub fn unpatchify(x: &Tensor, channels: usize, h: usize, w: usize, p: usize) -> Result<Tensor> {
     let (b, n, d) = x.dims3()?;
-    if p == 0 || !h.is_multiple_of(p) || !w.is_multiple_of(p) || n != (h / p) * (w / p) || d != channels * p * p {
+    if p == 0
+        || !h.is_multiple_of(p)
+        || !w.is_multiple_of(p)
+        || n != (h / p) * (w / p)
+        || d != channels * p * p
+    {
         return Err(Error::InvalidInput(format!(
             "a sequence of {n} tokens of width {d} is not a {channels}-channel {h}x{w} image in {p}x{p} patches"
         )));
