@@ -21,6 +21,7 @@ pub mod error;
 pub mod format;
 pub mod model;
 pub mod sample;
+pub mod train;
 
 /// The tensor library the engine is built on, re-exported so callers use the same version.
 pub use candle_core as candle;
@@ -39,5 +40,9 @@ pub mod prelude {
     pub use crate::sample::{
         CancelToken, GuideWhat, Labels, Method, PatchEvent, RgbaImage, SampleEvent, SampleOptions,
         SampleStream, Samples, denoise, reverse, sample, to_rgba8,
+    };
+    pub use crate::train::{
+        AugmentConfig, Checkpoint, DataConfig, Dataset, NoiseConfig, Progress, StepMetrics,
+        TrainConfig, Trainer,
     };
 }
