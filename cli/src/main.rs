@@ -2,6 +2,8 @@
 //! plus argument parsing and progress output.
 
 mod commands;
+mod generate;
+mod images;
 
 use std::process::ExitCode;
 
@@ -17,6 +19,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Generate samples: a grid PNG, or one PNG per sample in a folder.
+    Sample(commands::sample::SampleArgs),
+    /// Generate a sprite sheet (a row per class) with a JSON atlas.
+    Sheet(commands::sheet::SheetArgs),
+    /// Variations of an existing texture through the flow's exact inverse.
+    Vary(commands::latent::VaryArgs),
+    /// Encode images to latents (z) exactly.
+    Encode(commands::latent::EncodeArgs),
+    /// Decode latents (z) to images.
+    Decode(commands::latent::DecodeArgs),
     /// Show a model's config, classes, parameter count and provenance.
     Info(commands::info::InfoArgs),
     /// Turn a PyTorch reference checkpoint (.pth or .safetensors state_dict) into a model file.
@@ -28,6 +40,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Sample(a) => commands::sample::run(a),
+        Command::Sheet(a) => commands::sheet::run(a),
+        Command::Vary(a) => commands::latent::vary(a),
+        Command::Encode(a) => commands::latent::encode(a),
+        Command::Decode(a) => commands::latent::decode(a),
         Command::Info(a) => commands::info::run(a),
         Command::Import(a) => commands::import::run(a),
         Command::Export(a) => commands::export::run(a),

@@ -3,3 +3,6 @@
 pub mod export;
 pub mod import;
 pub mod info;
+pub mod latent;
+pub mod sample;
+pub mod sheet;

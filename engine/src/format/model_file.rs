@@ -158,3 +158,13 @@ pub fn save_reference_safetensors(model: &Model, path: &Path) -> Result<()> {
     let bytes = safetensors_bytes(&model.weights()?, HashMap::new())?;
     write_atomic(path, &bytes)
 }
+
+/// Serialise tensors of any dtype (f32 latents, int64 labels...) keeping their dtypes.
+pub fn tensors_to_bytes(tensors: &Weights, metadata: HashMap<String, String>) -> Result<Vec<u8>> {
+    let cpu: Vec<(String, candle_core::Tensor)> = tensors
+        .iter()
+        .map(|(k, t)| Ok((k.clone(), t.to_device(&Device::Cpu)?.contiguous()?)))
+        .collect::<Result<_>>()?;
+    safetensors::serialize(cpu.iter().map(|(k, t)| (k.as_str(), t)), Some(metadata))
+        .map_err(|e| Error::InvalidInput(format!("cannot serialise: {e}")))
+}

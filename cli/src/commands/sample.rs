@@ -1,0 +1,84 @@
+//! `tarflow sample`: a grid PNG, or one PNG per sample in a folder.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::Args;
+
+use crate::generate::{SamplingArgs, class_ids, generate, load, progress_bar};
+use crate::images::{grid, save_png};
+
+/// Arguments of `tarflow sample`.
+#[derive(Debug, Args)]
+pub struct SampleArgs {
+    /// The model file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Class name or id (repeatable; `none` = unconditional). Default: every class in turn.
+    #[arg(long)]
+    pub class: Vec<String>,
+    /// Number of samples.
+    #[arg(long, default_value_t = 16)]
+    pub count: usize,
+    /// Columns of the grid (default: about square).
+    #[arg(long)]
+    pub cols: Option<usize>,
+    /// Upscale factor of the written PNGs (nearest neighbour).
+    #[arg(long, default_value_t = 1)]
+    pub scale: u32,
+    /// Output: a `.png` grid, or a folder that receives one PNG per sample.
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
+}
+
+/// Generate and write the samples.
+pub fn run(args: SampleArgs) -> anyhow::Result<()> {
+    if args.count == 0 {
+        bail!("--count must be at least 1");
+    }
+    let device = args.sampling.open_device()?;
+    let model = load(&args.model, &device)?;
+    let k = model.config().num_classes;
+    let classes = class_ids(&model, &args.class)?;
+    let labels: Vec<Option<i64>> = (0..args.count)
+        .map(|i| match classes.as_slice() {
+            [] if k > 0 => Some((i % k) as i64),
+            [] => None,
+            cs => cs[i % cs.len()],
+        })
+        .collect();
+    let bar = progress_bar(args.count as u64, "sampling");
+    let (images, _) = generate(
+        &model,
+        &labels,
+        None,
+        &args.sampling.options(),
+        args.sampling.batch,
+        &bar,
+    )?;
+    bar.finish_and_clear();
+    let is_png = args
+        .out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    if is_png {
+        let cols = args
+            .cols
+            .unwrap_or_else(|| (args.count as f64).sqrt().ceil() as usize);
+        let (sheet, _) = grid(&images, cols, 1);
+        save_png(&args.out, &sheet, args.scale)?;
+        println!("wrote {} samples to {}", images.len(), args.out.display());
+    } else {
+        for (i, img) in images.iter().enumerate() {
+            save_png(
+                &args.out.join(format!("sample_{i:04}.png")),
+                img,
+                args.scale,
+            )?;
+        }
+        println!("wrote {} PNGs to {}", images.len(), args.out.display());
+    }
+    Ok(())
+}
