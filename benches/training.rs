@@ -1,0 +1,75 @@
+//! One training step of the S16 workload (DESIGN.md section 5): 16x16 RGBA, patch 2, 256
+//! channels, 4 blocks x 2 layers, 8 classes, batch 32, on the CPU. Data: the shared minetest16
+//! folder when present, otherwise random 16x16 RGBA images in 8 classes.
+//!
+//! Run: `cargo bench --bench training`. Prints the peak resident memory at the end.
+
+use std::path::PathBuf;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use tarflow::ModelConfig;
+use tarflow::candle::Device;
+use tarflow::train::{DataConfig, Dataset, Item, TrainConfig, Trainer};
+
+fn s16_data() -> Dataset {
+    let root = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/datasets/minetest16"
+    ));
+    if let Ok(d) = Dataset::load(&root, &DataConfig::default()) {
+        return d;
+    }
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state >> 32) as u8
+    };
+    let items = (0..256)
+        .map(|i| Item {
+            pixels: (0..16 * 16 * 4).map(|_| next()).collect(),
+            width: 16,
+            height: 16,
+            label: Some(i % 8),
+            file: i,
+            frame: 0,
+        })
+        .collect();
+    let names = (0..8).map(|c| format!("class{c}")).collect();
+    Dataset::from_items(items, 4, 16, names).expect("synthetic data")
+}
+
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+fn training_step(c: &mut Criterion) {
+    let data = s16_data();
+    let model = ModelConfig::new(4, 16, 2, 256, 4, 2);
+    let config = TrainConfig {
+        batch_size: 32,
+        holdout_fraction: 0.0,
+        ..TrainConfig::default()
+    };
+    let mut trainer = Trainer::new(model, config, data, &Device::Cpu).expect("trainer");
+    // Past the first steps, so that Adam's moments and the EMA are all in play.
+    for _ in 0..2 {
+        trainer.step().expect("warm-up step");
+    }
+    let mut group = c.benchmark_group("training");
+    group.sample_size(10);
+    group.bench_function("s16_step_batch32", |b| {
+        b.iter(|| trainer.step().expect("step"))
+    });
+    group.finish();
+    if let Some(mib) = peak_rss_mib() {
+        println!("peak resident memory: {mib:.0} MiB");
+    }
+}
+
+criterion_group!(benches, training_step);
+criterion_main!(benches);
