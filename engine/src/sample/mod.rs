@@ -30,6 +30,7 @@ pub mod image;
 pub mod noise;
 pub mod options;
 mod reverse;
+pub mod sampler;
 pub mod stream;
 
 pub use cache::LayerCache;
@@ -37,18 +38,18 @@ pub use denoise::{denoise, denoise_with_sigma};
 pub use image::{RgbaImage, planes_to_rgba, to_rgba8, to_u8};
 pub use noise::prior_noise;
 pub use options::{GuideWhat, Labels, Method, SampleOptions};
+pub use sampler::Sampler;
 pub use stream::{CancelToken, PatchEvent, SampleEvent, SampleStream, Samples};
 
 use candle_core::Tensor;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::Model;
 
-/// Sample `labels.len()` images from seeded noise, to completion.
+/// Sample `labels.len()` images from seeded noise, to completion. Prepares the model each call;
+/// keep a [`Sampler`] to sample repeatedly.
 pub fn sample(model: &Model, labels: &Labels, opts: &SampleOptions) -> Result<Samples> {
-    SampleStream::new(model, labels, opts)?
-        .finish()?
-        .ok_or_else(|| Error::InvalidInput("sampling stopped before its end".into()))
+    Sampler::new(model)?.sample(labels, opts)
 }
 
 /// Run the reverse pass from given standard-normal noise `z` (B, N, D), scaled by
@@ -59,7 +60,5 @@ pub fn reverse(
     labels: &Labels,
     opts: &SampleOptions,
 ) -> Result<Samples> {
-    SampleStream::from_noise(model, z, labels, opts)?
-        .finish()?
-        .ok_or_else(|| Error::InvalidInput("sampling stopped before its end".into()))
+    Sampler::new(model)?.reverse(z, labels, opts)
 }

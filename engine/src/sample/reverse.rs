@@ -6,9 +6,109 @@ use candle_core::Tensor;
 
 use super::cache::LayerCache;
 use super::options::{Method, SampleOptions};
+use crate::config::HEAD_DIM;
 use crate::error::{Error, Result};
-use crate::model::attention::AttentionBlock;
+use crate::model::attention::Attention;
+use crate::model::layers::{LayerNorm, Linear, softmax_last};
 use crate::model::{Exec, MetaBlock, Model};
+
+/// A linear layer with its weight stored transposed, (in, out) and contiguous: candle's CPU
+/// matmul of a few rows by a contiguous (in, out) matrix is several times faster than by the
+/// transposed view of a PyTorch-layout (out, in) weight, which it repacks on every call.
+#[derive(Debug, Clone)]
+pub(crate) struct FastLinear {
+    wt: Tensor,
+    bias: Tensor,
+}
+
+impl FastLinear {
+    /// From a PyTorch-layout linear layer (weight (out, in)).
+    fn new(l: &Linear) -> Result<Self> {
+        Ok(Self {
+            wt: l.weight.t()?.contiguous()?,
+            bias: l.bias.clone(),
+        })
+    }
+
+    /// Apply to `x` (..., in).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let inner = dims[dims.len() - 1];
+        let rows = x.elem_count() / inner.max(1);
+        let out = self.wt.dim(1)?;
+        let y = x
+            .reshape((rows, inner))?
+            .matmul(&self.wt)?
+            .broadcast_add(&self.bias)?;
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = out;
+        }
+        Ok(y.reshape(shape)?)
+    }
+}
+
+/// The sampling-time form of one transformer layer: the model's LayerNorms and transposed
+/// linear weights, the query part of `qkv` pre-scaled by the softmax scale 1/8 (a power of two,
+/// so the scaled queries are bit-identical to scaling them afterwards).
+#[derive(Debug, Clone)]
+pub(crate) struct FastLayer {
+    norm1: LayerNorm,
+    qkv: FastLinear,
+    proj: FastLinear,
+    norm2: LayerNorm,
+    fc1: FastLinear,
+    fc2: FastLinear,
+    heads: usize,
+}
+
+/// The sampling-time form of a flow block.
+#[derive(Debug, Clone)]
+pub(crate) struct FastBlock {
+    proj_in: FastLinear,
+    layers: Vec<FastLayer>,
+    proj_out: FastLinear,
+}
+
+impl FastBlock {
+    /// Prepare block `blk` (transposed copies of its linear weights).
+    pub(crate) fn new(blk: &MetaBlock) -> Result<Self> {
+        let layers = blk
+            .layers
+            .iter()
+            .map(|layer| {
+                let att = &layer.attention;
+                let c = att.proj.weight.dim(0)?;
+                // Fold the softmax scale into the query rows of qkv.
+                let (w, b) = (&att.qkv.weight, &att.qkv.bias);
+                let s = Attention::scale(1.0);
+                let qkv = Linear::new(
+                    Tensor::cat(&[(w.narrow(0, 0, c)? * s)?, w.narrow(0, c, 2 * c)?], 0)?,
+                    Tensor::cat(&[(b.narrow(0, 0, c)? * s)?, b.narrow(0, c, 2 * c)?], 0)?,
+                );
+                Ok(FastLayer {
+                    norm1: att.norm.clone(),
+                    qkv: FastLinear::new(&qkv)?,
+                    proj: FastLinear::new(&att.proj)?,
+                    norm2: layer.mlp.norm.clone(),
+                    fc1: FastLinear::new(&layer.mlp.fc1)?,
+                    fc2: FastLinear::new(&layer.mlp.fc2)?,
+                    heads: att.num_heads,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            proj_in: FastLinear::new(&blk.proj_in)?,
+            layers,
+            proj_out: FastLinear::new(&blk.proj_out)?,
+        })
+    }
+}
+
+/// Transposed weights of every block of `model`, in block order.
+pub(crate) fn prepare(model: &Model) -> Result<Vec<FastBlock>> {
+    model.blocks.iter().map(FastBlock::new).collect()
+}
 
 /// How the keys and values of a layer are obtained.
 enum Kv<'a> {
@@ -19,29 +119,48 @@ enum Kv<'a> {
 }
 
 /// One transformer layer on the fused (no-grad) kernels: `h + Attn(LN(h))`, then
-/// `h + MLP(LN(h))`. `qscale` (rows, 1, 1, 1) multiplies the queries row by row, which is how the
-/// unconditional half of a doubled batch gets its own attention temperature.
+/// `h + MLP(LN(h))`, for `h` (rows, T, C). `qscale` (rows, 1, 1, 1) multiplies the queries row by
+/// row, which is how the unconditional half of a doubled batch gets its own attention temperature.
 fn layer_step(
-    layer: &AttentionBlock,
+    layer: &FastLayer,
     h: &Tensor,
     kv: Kv<'_>,
     qscale: Option<&Tensor>,
 ) -> Result<Tensor> {
-    let att = &layer.attention;
-    let (q, k, v) = att.qkv(h, Exec::Fast)?;
-    let q = match qscale {
-        Some(s) => q.broadcast_mul(s)?,
-        None => q,
+    let (b, t, c) = h.dims3()?;
+    let heads = layer.heads;
+    let x = layer.norm1.forward(h, Exec::Fast)?;
+    let split = |y: Tensor, n: usize| -> Result<Tensor> {
+        Ok(y.reshape((b, t, n * heads, HEAD_DIM))?.transpose(1, 2)?)
     };
-    let y = match kv {
+    let qkv = split(layer.qkv.forward(&x)?, 3)?;
+    let mut q = qkv.narrow(1, 0, heads)?.contiguous()?;
+    if let Some(s) = qscale {
+        q = q.broadcast_mul(s)?;
+    }
+    let k = qkv.narrow(1, heads, heads)?.contiguous()?;
+    let v = qkv.narrow(1, 2 * heads, heads)?.contiguous()?;
+    let (k, v, mask) = match kv {
         Kv::Cache(cache) => {
             cache.append(&k, &v)?;
-            att.attend(&q, &cache.keys()?, &cache.values()?, None, 1.0, Exec::Fast)?
+            (cache.keys()?, cache.values()?, None)
         }
-        Kv::Mask(mask) => att.attend(&q, &k, &v, Some(mask), 1.0, Exec::Fast)?,
+        Kv::Mask(mask) => (k, v, Some(mask)),
     };
-    let h = (h + y)?;
-    Ok((&h + layer.mlp.forward(&h, Exec::Fast)?)?)
+    let mut scores = q.matmul(&k.t()?)?;
+    if let Some(mask) = mask {
+        scores = scores.broadcast_add(mask)?;
+    }
+    let y = softmax_last(&scores, Exec::Fast)?
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .reshape((b, t, c))?;
+    let h = (h + layer.proj.forward(&y)?)?;
+    let m = layer
+        .fc1
+        .forward(&layer.norm2.forward(&h, Exec::Fast)?)?
+        .gelu_erf()?;
+    Ok((&h + layer.fc2.forward(&m)?)?)
 }
 
 /// Class conditioning of `rows` items, (rows, 1, C): `class_embed[y]` per item (the mean for
@@ -152,6 +271,7 @@ impl BlockRun {
     pub(crate) fn step(
         &mut self,
         model: &Model,
+        fast: &FastBlock,
         caches: &mut [LayerCache],
         opts: &SampleOptions,
     ) -> Result<()> {
@@ -172,7 +292,7 @@ impl BlockRun {
         } else {
             x
         };
-        let mut h = blk
+        let mut h = fast
             .proj_in
             .forward(&x)?
             .broadcast_add(&self.pos.narrow(0, start, len)?)?;
@@ -183,7 +303,7 @@ impl BlockRun {
             Method::Cached => None,
             Method::Plain => Some(blk.mask.narrow(0, 0, len)?.narrow(1, 0, len)?),
         };
-        for (l, layer) in blk.layers.iter().enumerate() {
+        for (l, layer) in fast.layers.iter().enumerate() {
             let kv =
                 match &mask {
                     Some(m) => Kv::Mask(m),
@@ -194,7 +314,7 @@ impl BlockRun {
             h = layer_step(layer, &h, kv, self.qscale.as_ref())?;
         }
         let h_last = h.narrow(1, len - 1, 1)?;
-        let o = blk.proj_out.forward(&h_last)?;
+        let o = fast.proj_out.forward(&h_last)?;
         let (mut alpha, mut mu) = blk.split_out(&o)?;
         if self.guided {
             let b = self.batch;

@@ -15,6 +15,7 @@ use super::image::{RgbaImage, planes_to_rgba, to_rgba8};
 use super::noise::prior_noise;
 use super::options::{Labels, Method, SampleOptions};
 use super::reverse::{BlockRun, new_caches};
+use super::sampler::Sampler;
 use crate::error::{Error, Result};
 use crate::model::Model;
 
@@ -151,10 +152,10 @@ enum State {
 /// (one token of one flow block, or the denoising) and returns the next event. Dropping the stream
 /// stops the work; so does its [`CancelToken`], checked before every step.
 ///
-/// The stream owns a (cheap, shared-weight) clone of the model and is `Send`, so it can be moved to
-/// a worker thread.
+/// The stream shares its [`Sampler`] (weights are reference-counted, nothing is copied) and is
+/// `Send`, so it can be moved to a worker thread.
 pub struct SampleStream {
-    model: Model,
+    sampler: Sampler,
     labels: Option<Vec<i64>>,
     opts: SampleOptions,
     cancel: CancelToken,
@@ -171,20 +172,40 @@ pub struct SampleStream {
 
 impl SampleStream {
     /// Sample `labels.len()` images from seeded noise (`opts.seed`, `opts.temperature`).
+    ///
+    /// Prepares the model first ([`Sampler::new`]); to run many samples, make one [`Sampler`]
+    /// and call [`Sampler::stream`].
     pub fn new(model: &Model, labels: &Labels, opts: &SampleOptions) -> Result<Self> {
-        let z = prior_noise(model.config(), labels.len(), opts.seed, model.device())?;
-        Self::from_noise(model, &z, labels, opts)
+        Sampler::new(model)?.stream(labels, opts)
     }
 
     /// Sample from given standard-normal noise `z` (B, N, D), scaled by `opts.temperature` (the
-    /// seed is not used). `labels.len()` must be B.
+    /// seed is not used). `labels.len()` must be B. See [`SampleStream::new`].
     pub fn from_noise(
         model: &Model,
         z: &Tensor,
         labels: &Labels,
         opts: &SampleOptions,
     ) -> Result<Self> {
+        Sampler::new(model)?.stream_from_noise(z, labels, opts)
+    }
+
+    /// Seeded run of a prepared sampler.
+    pub(crate) fn seeded(sampler: Sampler, labels: &Labels, opts: &SampleOptions) -> Result<Self> {
+        let model = sampler.model();
+        let z = prior_noise(model.config(), labels.len(), opts.seed, model.device())?;
+        Self::start(sampler, &z, labels, opts)
+    }
+
+    /// Run of a prepared sampler from given noise.
+    pub(crate) fn start(
+        sampler: Sampler,
+        z: &Tensor,
+        labels: &Labels,
+        opts: &SampleOptions,
+    ) -> Result<Self> {
         opts.validate()?;
+        let model = sampler.model();
         let cfg = model.config();
         let (n, d) = (cfg.num_patches(), cfg.patch_dim());
         let b = labels.len();
@@ -219,8 +240,9 @@ impl SampleStream {
             Method::Plain => Vec::new(),
         };
         let denoising = opts.denoise && cfg.noise_sigma > 0.0;
+        let total = cfg.num_blocks * n.saturating_sub(1) + usize::from(denoising);
         Ok(Self {
-            model: model.clone(),
+            sampler,
             labels: labels.as_slice().map(<[i64]>::to_vec),
             opts: opts.clone(),
             cancel: CancelToken::new(),
@@ -232,7 +254,7 @@ impl SampleStream {
             images: None,
             batch: b,
             done: 0,
-            total: cfg.num_blocks * n.saturating_sub(1) + usize::from(denoising),
+            total,
         })
     }
 
@@ -285,8 +307,8 @@ impl SampleStream {
 
     /// RGBA8 pixels, per item, of the token at position `pos` (block order) of `run`.
     fn patch_event(&self, run: &BlockRun, pos: usize) -> Result<PatchEvent> {
-        let cfg = self.model.config();
-        let blk = &self.model.blocks[run.block];
+        let cfg = self.sampler.model().config();
+        let blk = &self.sampler.model().blocks[run.block];
         let n = cfg.num_patches();
         let index = blk.permutation.index(pos, n);
         let p = cfg.patch_size;
@@ -311,11 +333,13 @@ impl SampleStream {
 
     /// Do one unit of work (or a state change), queueing its events.
     fn advance(&mut self) -> Result<()> {
-        let blocks = self.model.config().num_blocks;
+        let sampler = self.sampler.clone();
+        let model = sampler.model();
+        let blocks = model.config().num_blocks;
         match std::mem::replace(&mut self.state, State::Done) {
             State::Start { step, x } => {
                 let t = blocks - 1 - step;
-                let run = BlockRun::start(&self.model, t, &x, self.labels.as_deref(), &self.opts)?;
+                let run = BlockRun::start(model, t, &x, self.labels.as_deref(), &self.opts)?;
                 self.caches.iter_mut().for_each(LayerCache::reset);
                 self.queue.push_back(SampleEvent::BlockStarted {
                     step,
@@ -333,8 +357,8 @@ impl SampleStream {
             }
             State::Block { step, mut run } => {
                 if run.is_done() {
-                    let x = run.output(&self.model)?;
-                    let image = self.model.unpatchify(&x)?;
+                    let x = run.output(model)?;
+                    let image = model.unpatchify(&x)?;
                     if self.opts.previews {
                         self.queue.push_back(SampleEvent::Preview {
                             step,
@@ -349,7 +373,8 @@ impl SampleStream {
                         State::Denoise
                     };
                 } else {
-                    run.step(&self.model, &mut self.caches, &self.opts)?;
+                    let fast = sampler.fast_block(run.block)?;
+                    run.step(model, fast, &mut self.caches, &self.opts)?;
                     self.progress();
                     if step + 1 == blocks {
                         let ev = self.patch_event(&run, run.steps_done)?;
@@ -363,8 +388,8 @@ impl SampleStream {
                     .raw
                     .clone()
                     .ok_or_else(|| Error::InvalidInput("no image to denoise".into()))?;
-                if self.opts.denoise && self.model.config().noise_sigma > 0.0 {
-                    let images = denoise(&self.model, &raw, self.labels.as_deref())?;
+                if self.opts.denoise && model.config().noise_sigma > 0.0 {
+                    let images = denoise(model, &raw, self.labels.as_deref())?;
                     self.progress();
                     self.queue.push_back(SampleEvent::Denoised {
                         images: to_rgba8(&images)?,
