@@ -1,0 +1,227 @@
+//! Sampling benchmarks for the DESIGN.md section 5 workloads, with random weights:
+//!
+//! - `S16`: 16x16 RGBA, patch 2 (N=64, D=16), 256 channels, 4 blocks x 2 layers, 8 classes,
+//!   CFG w=1.5, denoising on (sigma 0.05);
+//! - `T32`: 32x32 RGB, patch 4 (N=64, D=48), 256 channels, 4 blocks x 2 layers, unconditional.
+//!
+//! Criterion groups `sample_s16` and `sample_t32` time whole runs at batch 1 and 64 with the KV
+//! cache (`cached`) and without it (`plain`, the quadratic reference sampler); `denoise_s16`
+//! times the denoising step alone. After criterion, two hand-timed measurements follow (their
+//! runs are too costly per iteration for criterion's sampling): `first_patch` (latency of the
+//! first final patches from the start of the last reversed block) and `peak_rss` (peak resident
+//! memory of one run).
+//!
+//! candle 0.11 calls `get_num_threads()` on every CPU matmul, which re-reads /proc/cpuinfo
+//! unless `RAYON_NUM_THREADS` is set; set it (e.g. `RAYON_NUM_THREADS=2`) for representative
+//! figures. `TARFLOW_BENCH_PLAIN64=1` also times the cache-free sampler at batch 64 (minutes).
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group};
+use tarflow::candle::Device;
+use tarflow::model::{InitOptions, init_weights};
+use tarflow::prelude::*;
+use tarflow::sample::{Sampler, denoise};
+
+struct Workload {
+    name: &'static str,
+    sampler: Sampler,
+    opts: SampleOptions,
+}
+
+impl Workload {
+    fn labels(&self, b: usize) -> Labels {
+        match self.sampler.model().config().num_classes {
+            0 => Labels::Unconditional(b),
+            k => Labels::Classes((0..b).map(|i| (i % k) as i64).collect()),
+        }
+    }
+}
+
+fn random_model(channels: usize, img: usize, patch: usize, classes: usize, sigma: f32) -> Model {
+    let mut cfg = ModelConfig::new(channels, img, patch, 256, 4, 2);
+    cfg.num_classes = classes;
+    cfg.noise_sigma = sigma;
+    let init = InitOptions {
+        proj_out_scale: 0.02,
+    };
+    let w = init_weights(&cfg, 1, init, &Device::Cpu).expect("random weights");
+    Model::from_weights(cfg, &w, &Device::Cpu).expect("random model")
+}
+
+fn workloads() -> Vec<Workload> {
+    let s16 = random_model(4, 16, 2, 8, 0.05);
+    let t32 = random_model(3, 32, 4, 0, 0.0);
+    vec![
+        Workload {
+            name: "s16",
+            sampler: Sampler::new(&s16).expect("sampler"),
+            opts: SampleOptions {
+                guidance: 1.5,
+                denoise: true,
+                seed: 7,
+                ..Default::default()
+            },
+        },
+        Workload {
+            name: "t32",
+            sampler: Sampler::new(&t32).expect("sampler"),
+            opts: SampleOptions {
+                denoise: false,
+                seed: 7,
+                ..Default::default()
+            },
+        },
+    ]
+}
+
+fn bench_sampling(c: &mut Criterion) {
+    let plain64 = std::env::var_os("TARFLOW_BENCH_PLAIN64").is_some();
+    for w in workloads() {
+        let mut g = c.benchmark_group(format!("sample_{}", w.name));
+        g.sampling_mode(SamplingMode::Flat)
+            .sample_size(10)
+            .warm_up_time(Duration::from_millis(500))
+            .measurement_time(Duration::from_secs(5));
+        for b in [1usize, 64] {
+            for method in [Method::Cached, Method::Plain] {
+                if b == 64 && method == Method::Plain && !plain64 {
+                    continue;
+                }
+                let labels = w.labels(b);
+                let opts = SampleOptions {
+                    method,
+                    ..w.opts.clone()
+                };
+                let id = match method {
+                    Method::Cached => "cached",
+                    Method::Plain => "plain",
+                };
+                g.throughput(Throughput::Elements(b as u64));
+                g.bench_with_input(BenchmarkId::new(id, b), &b, |bn, _| {
+                    bn.iter(|| black_box(w.sampler.sample(&labels, &opts).expect("sample")))
+                });
+            }
+        }
+        g.finish();
+    }
+}
+
+fn bench_denoise(c: &mut Criterion) {
+    let w = workloads().swap_remove(0);
+    let model = w.sampler.model();
+    let y = [3i64];
+    let x = w
+        .sampler
+        .sample(&Labels::Classes(y.to_vec()), &w.opts)
+        .expect("sample")
+        .raw;
+    let mut g = c.benchmark_group("denoise_s16");
+    g.sample_size(10).measurement_time(Duration::from_secs(3));
+    g.bench_function("1", |bn| {
+        bn.iter(|| black_box(denoise(model, &x, Some(&y)).expect("denoise")))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench_sampling, bench_denoise);
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Latency of the first final patches: from the end of the last step of the second-to-last
+/// reversed block (the moment the last block can start) to patch 0 and to patch 1.
+fn first_patch(w: &Workload, b: usize, runs: usize) {
+    let cfg = w.sampler.model().config();
+    let steps_before = (cfg.num_blocks - 1) * (cfg.num_patches() - 1);
+    let (mut to0, mut to1, mut from_start) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let start = Instant::now();
+        let mut t_last_block = None;
+        let stream = w.sampler.stream(&w.labels(b), &w.opts).expect("stream");
+        for ev in stream {
+            match ev.expect("event") {
+                SampleEvent::Progress { done, .. } if done == steps_before => {
+                    t_last_block = Some(Instant::now());
+                }
+                SampleEvent::Patch(p) => {
+                    let now = Instant::now();
+                    let t0 = t_last_block.expect("the last block follows the others");
+                    if p.index == 0 {
+                        to0.push((now - t0).as_secs_f64() * 1e3);
+                        from_start.push((now - start).as_secs_f64() * 1e3);
+                    } else {
+                        to1.push((now - t0).as_secs_f64() * 1e3);
+                        break; // dropping the stream cancels the rest
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    println!(
+        "first_patch/{}/{b}: last block start -> patch 0 {:.3} ms, -> patch 1 {:.3} ms; \
+         run start -> patch 0 {:.1} ms (medians of {runs})",
+        w.name,
+        median(to0),
+        median(to1),
+        median(from_start)
+    );
+}
+
+/// Peak resident memory of one cached run (Linux: the peak is reset through clear_refs first).
+fn peak_rss(w: &Workload, b: usize) {
+    let hwm = || -> Option<u64> {
+        let s = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    let rss = || -> Option<u64> {
+        let s = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let before = rss();
+    black_box(w.sampler.sample(&w.labels(b), &w.opts).expect("sample"));
+    match (before, hwm()) {
+        (Some(before), Some(peak)) => println!(
+            "peak_rss/{}/{b}: {:.1} MiB peak, {:.1} MiB resident before the run{}",
+            w.name,
+            peak as f64 / 1024.0,
+            before as f64 / 1024.0,
+            if reset { "" } else { " (peak not reset)" }
+        ),
+        _ => println!("peak_rss/{}/{b}: not available", w.name),
+    }
+}
+
+fn main() {
+    benches();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let filter = args.iter().find(|a| !a.starts_with('-'));
+    let wanted = |name: &str| filter.is_none_or(|f| name.contains(f.as_str()));
+    if args.iter().any(|a| a == "--list") {
+        return;
+    }
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        println!("note: RAYON_NUM_THREADS is not set; candle re-reads /proc/cpuinfo per matmul");
+    }
+    let ws = workloads();
+    if wanted("first_patch") {
+        for w in &ws {
+            first_patch(w, 1, 9);
+        }
+    }
+    if wanted("peak_rss") {
+        for w in &ws {
+            for b in [1, 64] {
+                peak_rss(w, b);
+            }
+        }
+    }
+    Criterion::default().configure_from_args().final_summary();
+}
