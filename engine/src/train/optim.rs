@@ -157,3 +157,56 @@ impl AdamW {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    /// Two steps on one scalar parameter against PyTorch's AdamW formula, written out.
+    #[test]
+    fn matches_the_pytorch_formula() {
+        let dev = Device::Cpu;
+        let var = Var::from_tensor(&Tensor::new(&[1.0f32, -2.0], &dev).unwrap()).unwrap();
+        let params = BTreeMap::from([("p".to_string(), var.clone())]);
+        let s = AdamWSettings {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let mut opt = AdamW::new(&params, s).unwrap();
+        let (mut p, mut m, mut v) = ([1.0f64, -2.0], [0.0f64; 2], [0.0f64; 2]);
+        for (t, g) in [[0.5f64, -1.0], [0.25, 2.0]].iter().enumerate() {
+            let grads = BTreeMap::from([(
+                "p".to_string(),
+                Tensor::new(&[g[0] as f32, g[1] as f32], &dev).unwrap(),
+            )]);
+            // Clipping by one half: the gradient used is g / 2.
+            opt.step(&params, &grads, 0.01, 0.5).unwrap();
+            let t = (t + 1) as i32;
+            for i in 0..2 {
+                let g = g[i] * 0.5;
+                p[i] *= 1.0 - 0.01 * 0.1;
+                m[i] = 0.9 * m[i] + 0.1 * g;
+                v[i] = 0.95 * v[i] + 0.05 * g * g;
+                let mh = m[i] / (1.0 - 0.9f64.powi(t));
+                let vh = v[i] / (1.0 - 0.95f64.powi(t));
+                p[i] -= 0.01 * mh / (vh.sqrt() + 1e-8);
+            }
+            let got = var.as_tensor().to_vec1::<f32>().unwrap();
+            for i in 0..2 {
+                assert!((got[i] as f64 - p[i]).abs() < 1e-6, "{got:?} vs {p:?}");
+            }
+        }
+        assert_eq!(opt.steps(), 2);
+        // Moments restore, and a parameter without one is refused.
+        let (m1, v1) = (opt.first_moments().clone(), opt.second_moments().clone());
+        assert!(AdamW::from_state(&params, s, m1, v1, 2).is_ok());
+        let err = AdamW::from_state(&params, s, Weights::new(), Weights::new(), 2).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("no first moment for parameter `p`")
+        );
+    }
+}

@@ -1102,3 +1102,43 @@ fn epoch_order(seed: u64, n: usize) -> Vec<usize> {
     order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
     order
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trainer_can_move_to_a_worker_thread() {
+        fn send<T: Send>() {}
+        send::<Trainer>();
+        send::<Checkpoint>();
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        let mut c = TrainConfig::default();
+        assert!(c.validate().is_ok());
+        c.batch_size = 0;
+        assert!(c.validate().unwrap_err().to_string().contains("batch size"));
+        let c = TrainConfig {
+            label_dropout: 1.5,
+            ..TrainConfig::default()
+        };
+        assert!(
+            c.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("probability")
+        );
+        let c = TrainConfig {
+            noise: NoiseConfig::Gaussian { sigma: -1.0 },
+            ..TrainConfig::default()
+        };
+        assert!(c.validate().is_err());
+        let json = serde_json::to_string(&TrainConfig::default()).unwrap();
+        let back: TrainConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, TrainConfig::default());
+        let partial: TrainConfig = serde_json::from_str(r#"{"batch_size": 8}"#).unwrap();
+        assert_eq!(partial.batch_size, 8);
+    }
+}
