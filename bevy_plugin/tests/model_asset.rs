@@ -22,7 +22,7 @@ fn app(root: &std::path::Path) -> App {
             file_path: root.to_string_lossy().into_owned(),
             ..Default::default()
         },
-        TarflowPlugin,
+        TarflowPlugin::default(),
     ));
     app
 }

@@ -1,0 +1,36 @@
+//! [`TarflowSettings`]: how many worker threads generate textures, on which device, and how much
+//! of their output the main thread takes in per frame.
+
+use bevy::prelude::*;
+use tarflow::DeviceChoice;
+
+/// Settings of the [`TarflowPlugin`](crate::TarflowPlugin), kept as a resource.
+///
+/// `workers`, `device` and `streams_per_worker` are read once, when the plugin starts its
+/// threads; `patches_per_frame` may be changed at any time.
+#[derive(Resource, Debug, Clone, PartialEq)]
+pub struct TarflowSettings {
+    /// Dedicated worker threads (at least 1). Each runs its requests one sampling step at a
+    /// time. Sampling itself also uses candle's own threads for large matrix products.
+    pub workers: usize,
+    /// Device the workers sample on. Models are loaded on the CPU and copied to this device once
+    /// per model and worker when it is not the CPU.
+    pub device: DeviceChoice,
+    /// How many requests one worker advances together, one step each in turn (at least 1).
+    /// Further requests wait in a first-come, first-served queue shared by all workers.
+    pub streams_per_worker: usize,
+    /// The most final patches painted into textures per frame, over all textures; the rest
+    /// wait for the next frames, in order (at least 1).
+    pub patches_per_frame: usize,
+}
+
+impl Default for TarflowSettings {
+    fn default() -> Self {
+        Self {
+            workers: 1,
+            device: DeviceChoice::Cpu,
+            streams_per_worker: 4,
+            patches_per_frame: 1024,
+        }
+    }
+}
