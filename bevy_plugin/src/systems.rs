@@ -92,13 +92,13 @@ pub(crate) fn submit_requests(
     models: Option<Res<Assets<TarflowModel>>>,
     server: Option<Res<AssetServer>>,
     mut images: Option<ResMut<Assets<Image>>>,
-    changed: Query<(Entity, Ref<GenerateTexture>)>,
+    changed: Query<(Entity, Ref<GenerateTexture>), Changed<GenerateTexture>>,
     mut requests: Query<(&GenerateTexture, &mut TarflowTexture)>,
     mut failed: MessageWriter<TextureFailed>,
 ) {
     // A request mutated in place (not re-inserted: the hooks see those) starts over.
     for (entity, request) in &changed {
-        if request.is_changed() && !request.is_added() {
+        if !request.is_added() {
             jobs.cancel(entity);
             jobs.queue(entity);
             if let (Ok((_, texture)), Some(images)) = (requests.get(entity), images.as_mut())

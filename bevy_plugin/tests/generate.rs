@@ -567,3 +567,70 @@ fn the_app_exits_cleanly_with_work_in_flight() {
     assert_eq!(stats.jobs_finished, 0, "{stats:?}");
     assert!(t.elapsed() < Duration::from_secs(10), "{:?}", t.elapsed());
 }
+
+#[test]
+fn an_unavailable_device_fails_requests_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    write_cond_model(dir.path());
+    let device = tarflow::DeviceChoice::Cuda(0);
+    if device.compiled_in() {
+        return;
+    }
+    let mut app = app(
+        dir.path(),
+        TarflowSettings {
+            device,
+            ..Default::default()
+        },
+    );
+    let model = load(&mut app, "cond.safetensors");
+    let entity = app.world_mut().spawn(GenerateTexture::new(model)).id();
+    let mut log = Log::default();
+    log.until(&mut app, 3000, Duration::from_millis(2), |l, _| {
+        l.ended(entity)
+    });
+    assert_eq!(log.failed.len(), 1);
+    assert!(
+        log.failed[0].error.contains("cuda"),
+        "{}",
+        log.failed[0].error
+    );
+}
+
+#[test]
+fn a_request_changed_in_place_starts_over_in_the_same_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_cond_model(dir.path());
+    let mut app = app(dir.path(), TarflowSettings::default());
+    let model = load(&mut app, "cond.safetensors");
+    let entity = app
+        .world_mut()
+        .spawn(GenerateTexture::new(model).with_class(2).with_seed(1))
+        .id();
+    let image = texture(&app, entity).image;
+    let mut log = Log::default();
+    log.until(&mut app, 3000, Duration::from_millis(2), |l, _| {
+        l.finished.len() == 1
+    });
+    let first = pixels(&app, &image);
+    app.world_mut()
+        .get_mut::<GenerateTexture>(entity)
+        .unwrap()
+        .seed = 2;
+    log.until(&mut app, 3000, Duration::from_millis(2), |l, _| {
+        l.finished.len() == 2
+    });
+    assert_eq!(texture(&app, entity).image, image);
+    let second = pixels(&app, &image);
+    assert_ne!(first, second);
+    let direct = sample(
+        &load_model(&path, &Device::Cpu).unwrap(),
+        &Labels::Classes(vec![2]),
+        &SampleOptions {
+            seed: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(second, direct.rgba[0].pixels);
+}
