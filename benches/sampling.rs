@@ -172,34 +172,54 @@ fn first_patch(w: &Workload, b: usize, runs: usize) {
     );
 }
 
-/// Peak resident memory of one cached run (Linux: the peak is reset through clear_refs first).
-fn peak_rss(w: &Workload, b: usize) {
-    let hwm = || -> Option<u64> {
-        let s = std::fs::read_to_string("/proc/self/status").ok()?;
-        let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
+/// Peak resident memory (VmHWM) of one run, measured in a fresh child process so that memory
+/// kept by the allocator from earlier runs does not count.
+fn peak_rss(name: &str, b: usize) {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return println!("peak_rss/{name}/{b}: not available ({e})"),
     };
-    let rss = || -> Option<u64> {
-        let s = std::fs::read_to_string("/proc/self/status").ok()?;
-        let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-        line.split_whitespace().nth(1)?.parse().ok()
+    let out = std::process::Command::new(exe)
+        .env("TARFLOW_BENCH_RSS_CHILD", format!("{name}:{b}"))
+        .output();
+    match out {
+        Ok(o) => print!("{}", String::from_utf8_lossy(&o.stdout)),
+        Err(e) => println!("peak_rss/{name}/{b}: not available ({e})"),
+    }
+}
+
+fn status_kib(key: &str) -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with(key))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// The child side of [`peak_rss`]: one run of workload `spec` ("name:batch").
+fn peak_rss_child(spec: &str) {
+    let (name, b) = spec.split_once(':').unwrap_or((spec, "1"));
+    let b: usize = b.parse().unwrap_or(1);
+    let Some(w) = workloads().into_iter().find(|w| w.name == name) else {
+        return println!("peak_rss/{name}/{b}: unknown workload");
     };
-    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
-    let before = rss();
+    let before = status_kib("VmRSS:");
     black_box(w.sampler.sample(&w.labels(b), &w.opts).expect("sample"));
-    match (before, hwm()) {
+    let cfg = w.sampler.model().config();
+    let weights_mib = cfg.parameter_count() as f64 * 4.0 / (1 << 20) as f64;
+    match (before, status_kib("VmHWM:")) {
         (Some(before), Some(peak)) => println!(
-            "peak_rss/{}/{b}: {:.1} MiB peak, {:.1} MiB resident before the run{}",
-            w.name,
+            "peak_rss/{name}/{b}: {:.1} MiB peak; {:.1} MiB resident before the run \
+             (model {weights_mib:.1} MiB + sampler's transposed copy + both models of the bench)",
             peak as f64 / 1024.0,
             before as f64 / 1024.0,
-            if reset { "" } else { " (peak not reset)" }
         ),
-        _ => println!("peak_rss/{}/{b}: not available", w.name),
+        _ => println!("peak_rss/{name}/{b}: not available"),
     }
 }
 
 fn main() {
+    if let Ok(spec) = std::env::var("TARFLOW_BENCH_RSS_CHILD") {
+        return peak_rss_child(&spec);
+    }
     benches();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let filter = args.iter().find(|a| !a.starts_with('-'));
@@ -219,7 +239,7 @@ fn main() {
     if wanted("peak_rss") {
         for w in &ws {
             for b in [1, 64] {
-                peak_rss(w, b);
+                peak_rss(w.name, b);
             }
         }
     }

@@ -490,6 +490,22 @@ mod props {
     }
 
     #[test]
+    fn chunked_denoising_equals_the_whole_batch_formula() {
+        let m = random_model(3, 2, 2, 3, true, 21);
+        let b = 11; // more than one chunk, the last one partial
+        let y: Vec<i64> = (0..b as i64).map(|k| k % 4 - 1).collect();
+        let z = prior_noise(m.config(), b, 2, &Device::Cpu).unwrap();
+        let x = m.unpatchify(&(z * 0.5).unwrap().tanh().unwrap()).unwrap();
+        let got = tarflow::sample::denoise_with_sigma(&m, &x, Some(&y), 0.05).unwrap();
+        let (_, grad) = m.loss_and_input_grad(&x, Some(&y)).unwrap();
+        let scale = x.elem_count() as f64 * 0.05f64 * 0.05;
+        let want = (&x - (grad * scale).unwrap()).unwrap();
+        let d = max_abs_diff(&got, &want);
+        assert!(d < 1e-5, "chunked denoising differs by {d}");
+        assert!(max_abs_diff(&got, &x) > 1e-4, "denoising did nothing");
+    }
+
+    #[test]
     fn a_sampler_is_reusable_and_matches_the_one_shot_calls() {
         let m = random_model(3, 2, 2, 3, true, 8);
         let sampler = tarflow::sample::Sampler::new(&m).unwrap();

@@ -6,6 +6,9 @@ use candle_core::{DType, Tensor};
 use crate::error::{Error, Result};
 use crate::model::Model;
 
+/// Items denoised together: bounds the memory of the autograd graph.
+const DENOISE_CHUNK: usize = 8;
+
 /// Denoise images (B, C, H, W) with the model's training noise level
 /// ([`ModelConfig::noise_sigma`](crate::config::ModelConfig::noise_sigma)); a sigma of 0 returns
 /// the images unchanged.
@@ -17,8 +20,8 @@ pub fn denoise(model: &Model, images: &Tensor, labels: Option<&[i64]>) -> Result
 /// `x + sigma^2 * grad_x log p(x | y)` with `log p` summed over every dimension of each image,
 /// i.e. `x - (B*C*H*W) * sigma^2 * grad_x loss` (the loss is a mean over batch and dimensions).
 ///
-/// Runs the differentiable kernels ([`Exec::Grad`](crate::model::Exec::Grad)); labels as in
-/// [`Model::forward`].
+/// Runs the differentiable kernels ([`Exec::Grad`](crate::model::Exec::Grad)), 8 items at a time
+/// (each item's gradient is independent of the others); labels as in [`Model::forward`].
 pub fn denoise_with_sigma(
     model: &Model,
     images: &Tensor,
@@ -34,7 +37,25 @@ pub fn denoise_with_sigma(
     if sigma == 0.0 {
         return Ok(x);
     }
-    let (_, grad) = model.loss_and_input_grad(&x, labels)?;
-    let scale = x.elem_count() as f64 * f64::from(sigma) * f64::from(sigma);
-    Ok((x - (grad * scale)?)?)
+    let b = x.dim(0)?;
+    if let Some(l) = labels
+        && l.len() != b
+    {
+        return Err(Error::InvalidInput(format!(
+            "{} labels for a batch of {b}",
+            l.len()
+        )));
+    }
+    // Items are independent (the loss is a mean over items), so the batch is denoised in chunks:
+    // the autograd graph of a whole large batch would take gigabytes.
+    let mut out = Vec::with_capacity(b.div_ceil(DENOISE_CHUNK));
+    for start in (0..b).step_by(DENOISE_CHUNK) {
+        let n = DENOISE_CHUNK.min(b - start);
+        let xc = x.narrow(0, start, n)?;
+        let lc = labels.map(|l| &l[start..start + n]);
+        let (_, grad) = model.loss_and_input_grad(&xc, lc)?;
+        let scale = xc.elem_count() as f64 * f64::from(sigma) * f64::from(sigma);
+        out.push((xc - (grad * scale)?)?);
+    }
+    Ok(Tensor::cat(&out, 0)?)
 }
