@@ -19,6 +19,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Train a model on a folder of images (resumes from its checkpoint when run again).
+    Train(commands::train::TrainArgs),
     /// Generate samples: a grid PNG, or one PNG per sample in a folder.
     Sample(commands::sample::SampleArgs),
     /// Generate a sprite sheet (a row per class) with a JSON atlas.
@@ -29,6 +31,8 @@ enum Command {
     Encode(commands::latent::EncodeArgs),
     /// Decode latents (z) to images.
     Decode(commands::latent::DecodeArgs),
+    /// Bits/dim of a model on a folder of images, per class, next to PNG's.
+    Eval(commands::eval::EvalArgs),
     /// Show a model's config, classes, parameter count and provenance.
     Info(commands::info::InfoArgs),
     /// Turn a PyTorch reference checkpoint (.pth or .safetensors state_dict) into a model file.
@@ -40,11 +44,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Train(a) => commands::train::run(a),
         Command::Sample(a) => commands::sample::run(a),
         Command::Sheet(a) => commands::sheet::run(a),
         Command::Vary(a) => commands::latent::vary(a),
         Command::Encode(a) => commands::latent::encode(a),
         Command::Decode(a) => commands::latent::decode(a),
+        Command::Eval(a) => commands::eval::run(a),
         Command::Info(a) => commands::info::run(a),
         Command::Import(a) => commands::import::run(a),
         Command::Export(a) => commands::export::run(a),
@@ -52,8 +58,21 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, leaving out causes its message already quotes.
+fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !out.contains(&c) {
+            out.push_str(": ");
+            out.push_str(&c);
+        }
+    }
+    out
 }

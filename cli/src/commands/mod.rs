@@ -1,8 +1,10 @@
 //! One module per subcommand.
 
+pub mod eval;
 pub mod export;
 pub mod import;
 pub mod info;
 pub mod latent;
 pub mod sample;
 pub mod sheet;
+pub mod train;

@@ -29,6 +29,7 @@
 pub mod augment;
 pub mod checkpoint;
 pub mod dataset;
+pub mod eval;
 pub mod optim;
 pub mod schedule;
 pub mod trainer;
@@ -39,6 +40,7 @@ pub use dataset::{
     ChannelChoice, DataConfig, DataManifest, Dataset, Item, ManifestEntry, ResizeFilter,
     SizePolicy, Skipped,
 };
+pub use eval::{BpdReport, evaluate_bpd};
 pub use optim::{AdamW, AdamWSettings};
 pub use schedule::LrSchedule;
 pub use trainer::{
