@@ -1,1 +1,237 @@
-fn main() {}
+//! A window with a 4x4 grid of sprites whose textures fill in patch by patch as they generate.
+//! Press `R` (or space) to regenerate them all with new seeds.
+//!
+//! ```text
+//! cargo run -p bevy_tarflow --example sprites --features render
+//! ```
+//!
+//! Uses the demo model `assets/models/minetest16.safetensors` when the workspace has it, a model
+//! with random weights otherwise. With `TARFLOW_SCREENSHOTS=DIR` set, it saves `DIR/midway.png`
+//! once half the textures are done and another is caught half painted, and `DIR/final.png` when
+//! all are done, then exits (for runs under Xvfb; see the examples' README).
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bevy::prelude::*;
+use bevy::render::view::window::screenshot::{Screenshot, save_to_disk};
+use bevy_tarflow::prelude::*;
+use tarflow::model::{InitOptions, init_weights};
+use tarflow::{Model, ModelConfig};
+
+const GRID: usize = 4;
+const SIDE: f32 = 160.0;
+const GAP: f32 = 16.0;
+
+/// A 16x16 RGBA model with 4 classes and random weights.
+fn random_model() -> tarflow::Result<Model> {
+    let mut cfg = ModelConfig::new(4, 16, 2, 128, 4, 1);
+    cfg.num_classes = 4;
+    cfg.noise_sigma = 0.05;
+    let device = tarflow::candle::Device::Cpu;
+    let weights = init_weights(
+        &cfg,
+        7,
+        InitOptions {
+            proj_out_scale: 0.05,
+        },
+        &device,
+    )?;
+    Model::from_weights(cfg, &weights, &device)
+}
+
+#[derive(Resource)]
+struct Demo {
+    model: Handle<TarflowModel>,
+    classes: usize,
+    round: u64,
+    finished: usize,
+    /// Final patches painted so far, per request, this round.
+    painted: HashMap<Entity, usize>,
+    screenshots: Option<PathBuf>,
+    shots: u8,
+    exit_in: Option<u32>,
+}
+
+fn main() -> AppExit {
+    let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets");
+    let demo = assets.join("models/minetest16.safetensors");
+    let mut app = App::new();
+    app.add_plugins((
+        DefaultPlugins
+            .set(ImagePlugin::default_nearest())
+            .set(AssetPlugin {
+                file_path: assets.to_string_lossy().into_owned(),
+                ..default()
+            })
+            .set(WindowPlugin {
+                primary_window: Some(Window {
+                    title: "bevy_tarflow: sprites".into(),
+                    resolution: (1024, 768).into(),
+                    ..default()
+                }),
+                ..default()
+            }),
+        TarflowPlugin::default(),
+    ));
+    let (model, classes) = if demo.exists() {
+        info!("model: {}", demo.display());
+        let handle = app
+            .world()
+            .resource::<AssetServer>()
+            .load("models/minetest16.safetensors");
+        (handle, 0)
+    } else {
+        match random_model() {
+            Ok(model) => {
+                info!(
+                    "model: random weights (no demo model in {})",
+                    assets.display()
+                );
+                let classes = model.config().num_classes;
+                let handle =
+                    app.world_mut()
+                        .resource_mut::<Assets<TarflowModel>>()
+                        .add(TarflowModel {
+                            model: Arc::new(model),
+                        });
+                (handle, classes)
+            }
+            Err(e) => {
+                error!("cannot make a model: {e}");
+                return AppExit::error();
+            }
+        }
+    };
+    app.insert_resource(Demo {
+        model,
+        classes,
+        round: 0,
+        finished: 0,
+        painted: HashMap::new(),
+        screenshots: std::env::var_os("TARFLOW_SCREENSHOTS").map(PathBuf::from),
+        shots: 0,
+        exit_in: None,
+    })
+    .insert_resource(ClearColor(Color::srgb(0.12, 0.12, 0.14)))
+    .add_systems(Startup, setup)
+    .add_systems(Update, (regenerate, count_and_screenshot));
+    info!("press R or space to regenerate with new seeds");
+    app.run()
+}
+
+/// A request for the sprite at `i` in this round.
+fn request(demo: &Demo, models: &Assets<TarflowModel>, i: usize) -> GenerateTexture {
+    let classes = models
+        .get(&demo.model)
+        .map_or(demo.classes, |m| m.model.config().num_classes);
+    let class = if classes == 0 {
+        TextureClass::Unconditional
+    } else {
+        TextureClass::Id(i % classes)
+    };
+    GenerateTexture::new(demo.model.clone())
+        .with_class(class)
+        .with_seed(demo.round * 1000 + i as u64)
+        .with_guidance(if classes == 0 { 0.0 } else { 1.5 })
+}
+
+fn setup(
+    mut commands: Commands,
+    images: Res<Assets<Image>>,
+    models: Res<Assets<TarflowModel>>,
+    demo: Res<Demo>,
+) {
+    commands.spawn(Camera2d);
+    let span = GRID as f32 * SIDE + (GRID - 1) as f32 * GAP;
+    for i in 0..GRID * GRID {
+        let (col, row) = ((i % GRID) as f32, (i / GRID) as f32);
+        let x = -span / 2.0 + SIDE / 2.0 + col * (SIDE + GAP);
+        let y = span / 2.0 - SIDE / 2.0 - row * (SIDE + GAP);
+        // Our own handle, so that the sprite and the request share it from the start.
+        let image = images.reserve_handle();
+        commands.spawn((
+            request(&demo, &models, i),
+            TarflowTexture::new(image.clone()),
+            Sprite {
+                image,
+                custom_size: Some(Vec2::splat(SIDE)),
+                ..default()
+            },
+            Transform::from_xyz(x, y, 0.0),
+        ));
+    }
+}
+
+fn regenerate(
+    keys: Res<ButtonInput<KeyCode>>,
+    mut commands: Commands,
+    mut demo: ResMut<Demo>,
+    models: Res<Assets<TarflowModel>>,
+    sprites: Query<Entity, With<GenerateTexture>>,
+) {
+    if !(keys.just_pressed(KeyCode::KeyR) || keys.just_pressed(KeyCode::Space)) {
+        return;
+    }
+    demo.round += 1;
+    demo.finished = 0;
+    demo.painted.clear();
+    info!("regenerating, round {}", demo.round);
+    for (i, entity) in sprites.iter().sort::<Entity>().enumerate() {
+        // Inserting a new request cancels the old one and starts over in the same image.
+        commands.entity(entity).insert(request(&demo, &models, i));
+    }
+}
+
+fn count_and_screenshot(
+    mut commands: Commands,
+    mut finished: MessageReader<TextureFinished>,
+    mut failed: MessageReader<TextureFailed>,
+    mut patched: MessageReader<TexturePatched>,
+    models: Res<Assets<TarflowModel>>,
+    mut demo: ResMut<Demo>,
+    mut exit: MessageWriter<AppExit>,
+) {
+    let total = GRID * GRID;
+    for p in patched.read() {
+        *demo.painted.entry(p.entity).or_default() += p.patches.len();
+    }
+    for f in finished.read() {
+        demo.painted.remove(&f.entity);
+        demo.finished += 1;
+    }
+    for f in failed.read() {
+        error!("request {} failed: {}", f.entity, f.error);
+        demo.finished += 1;
+    }
+    let Some(dir) = demo.screenshots.clone() else {
+        return;
+    };
+    // Midway: half the textures done and one caught half painted.
+    let patches = models
+        .get(&demo.model)
+        .map_or(64, |m| m.model.config().num_patches());
+    let half_painted = demo
+        .painted
+        .values()
+        .any(|&n| n >= patches / 4 && n <= 3 * patches / 4);
+    if demo.shots == 0 && demo.finished >= total / 2 && half_painted {
+        demo.shots = 1;
+        commands
+            .spawn(Screenshot::primary_window())
+            .observe(save_to_disk(dir.join("midway.png")));
+    } else if demo.shots == 1 && demo.finished >= total {
+        demo.shots = 2;
+        commands
+            .spawn(Screenshot::primary_window())
+            .observe(save_to_disk(dir.join("final.png")));
+        demo.exit_in = Some(60);
+    }
+    if let Some(n) = demo.exit_in.as_mut() {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            exit.write(AppExit::Success);
+        }
+    }
+}

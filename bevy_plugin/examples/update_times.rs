@@ -24,7 +24,14 @@ fn s16() -> tarflow::Result<Model> {
     cfg.num_classes = 8;
     cfg.noise_sigma = 0.05;
     let device = tarflow::candle::Device::Cpu;
-    let weights = init_weights(&cfg, 11, InitOptions { proj_out_scale: 0.05 }, &device)?;
+    let weights = init_weights(
+        &cfg,
+        11,
+        InitOptions {
+            proj_out_scale: 0.05,
+        },
+        &device,
+    )?;
     Model::from_weights(cfg, &weights, &device)
 }
 
