@@ -161,6 +161,30 @@ fn main() {
         cfg.num_classes
     );
 
+    // The engine alone, for comparison: one texture at a time on this thread.
+    let direct = tarflow::sample::Sampler::new(&model).and_then(|sampler| {
+        let t = Instant::now();
+        for seed in 0..4 {
+            let opts = tarflow::sample::SampleOptions {
+                seed,
+                guidance: 1.5,
+                ..Default::default()
+            };
+            sampler.sample(
+                &tarflow::sample::Labels::repeat((seed % 8) as i64, 1),
+                &opts,
+            )?;
+        }
+        Ok(t.elapsed() / 4)
+    });
+    match direct {
+        Ok(d) => println!(
+            "engine alone: {:.1} ms per texture (batch 1, same options)",
+            d.as_secs_f64() * 1e3
+        ),
+        Err(e) => eprintln!("engine alone failed: {e}"),
+    }
+
     let mut app = App::new();
     app.add_plugins((
         MinimalPlugins,

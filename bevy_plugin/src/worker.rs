@@ -4,20 +4,24 @@
 //!
 //! Requests wait in one first-come, first-served queue shared by all workers; each worker
 //! advances up to [`TarflowSettings::streams_per_worker`] of them in turn, one step each, so a
-//! long request cannot hold the others back. A request stops at its next step when its
-//! [`CancelToken`] is cancelled. An error or a panic inside one request fails that request only.
+//! long request cannot hold the others back. Each model is prepared for sampling once (a
+//! `tarflow::sample::Sampler`, shared by all workers) and dropped with the model. A request stops
+//! at its next step when its [`CancelToken`] is cancelled. An error or a panic inside one request
+//! fails that request only.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::JoinHandle;
 
 use bevy::prelude::*;
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 use tarflow::Model;
 use tarflow::candle::Device;
-use tarflow::sample::{CancelToken, Labels, RgbaImage, SampleEvent, SampleOptions, SampleStream};
+use tarflow::sample::{
+    CancelToken, Labels, RgbaImage, SampleEvent, SampleOptions, SampleStream, Sampler,
+};
 
 use crate::settings::TarflowSettings;
 
@@ -85,6 +89,7 @@ struct Shared {
     jobs_cancelled: AtomicUsize,
     panics: AtomicUsize,
     steps: AtomicUsize,
+    samplers: SamplerCache,
 }
 
 /// Counters of the worker threads' activity, as read by [`WorkerMonitor::stats`].
@@ -105,6 +110,8 @@ pub struct WorkerStats {
     pub panics: usize,
     /// Sampling steps run, over all requests.
     pub steps: usize,
+    /// Models prepared for sampling (once per model, shared by all workers and requests).
+    pub models_prepared: usize,
 }
 
 /// A cheap, cloneable view of the workers' counters that outlives the pool (to check, for
@@ -125,6 +132,7 @@ impl WorkerMonitor {
             jobs_cancelled: get(&s.jobs_cancelled),
             panics: get(&s.panics),
             steps: get(&s.steps),
+            models_prepared: get(&s.samplers.prepared),
         }
     }
 }
@@ -271,32 +279,45 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     }
 }
 
-/// Copies of models on the worker's device, one per source model, dropped with it.
+/// Models prepared for sampling ([`Sampler`]s, on the workers' device), one per source model,
+/// shared by all workers and dropped when the source model is.
 #[derive(Default)]
-struct ModelCache {
-    entries: Vec<(Weak<Model>, Arc<Model>)>,
+struct SamplerCache {
+    entries: Mutex<Vec<(Weak<Model>, Sampler)>>,
+    prepared: AtomicUsize,
 }
 
-impl ModelCache {
-    fn on(&mut self, model: &Arc<Model>, device: &Device) -> tarflow::Result<Arc<Model>> {
-        if model.device().same_device(device) {
-            return Ok(model.clone());
+impl SamplerCache {
+    fn find(&self, model: &Arc<Model>) -> Option<Sampler> {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|(w, _)| w.strong_count() > 0);
+        entries
+            .iter()
+            .find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(model)))
+            .map(|(_, s)| s.clone())
+    }
+
+    /// The sampler of `model` on `device`, prepared once (outside the lock).
+    fn get(&self, model: &Arc<Model>, device: &Device) -> tarflow::Result<Sampler> {
+        if let Some(s) = self.find(model) {
+            return Ok(s);
         }
-        self.entries.retain(|(w, _)| w.strong_count() > 0);
-        if let Some((_, m)) = self
-            .entries
+        let sampler = if model.device().same_device(device) {
+            Sampler::new(model)?
+        } else {
+            let moved = Model::from_weights(model.config().clone(), &model.weights()?, device)?;
+            Sampler::new(&moved)?
+        };
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, s)) = entries
             .iter()
             .find(|(w, _)| std::ptr::eq(w.as_ptr(), Arc::as_ptr(model)))
         {
-            return Ok(m.clone());
+            return Ok(s.clone());
         }
-        let moved = Arc::new(Model::from_weights(
-            model.config().clone(),
-            &model.weights()?,
-            device,
-        )?);
-        self.entries.push((Arc::downgrade(model), moved.clone()));
-        Ok(moved)
+        entries.push((Arc::downgrade(model), sampler.clone()));
+        self.prepared.fetch_add(1, Ordering::SeqCst);
+        Ok(sampler)
     }
 }
 
@@ -314,7 +335,6 @@ impl WorkerContext {
     fn run(self) {
         let _alive = Alive(self.shared.clone());
         let device = self.device.open().map_err(|e| e.to_string());
-        let mut models = ModelCache::default();
         let mut active: VecDeque<Active> = VecDeque::new();
         let mut open = true;
         loop {
@@ -334,7 +354,7 @@ impl WorkerContext {
                 };
                 match next {
                     Some(job) => {
-                        if let Some(a) = self.begin(job, &device, &mut models) {
+                        if let Some(a) = self.begin(job, &device) {
                             active.push_back(a);
                         }
                     }
@@ -360,12 +380,7 @@ impl WorkerContext {
         // Streams still active are dropped here, which stops them.
     }
 
-    fn begin(
-        &self,
-        job: Job,
-        device: &Result<Device, String>,
-        models: &mut ModelCache,
-    ) -> Option<Active> {
+    fn begin(&self, job: Job, device: &Result<Device, String>) -> Option<Active> {
         if job.cancel.is_cancelled() {
             self.shared.jobs_cancelled.fetch_add(1, Ordering::SeqCst);
             self.send(WorkerEvent::Cancelled { job: job.id });
@@ -380,8 +395,9 @@ impl WorkerContext {
             }
         };
         let made = catch_unwind(AssertUnwindSafe(|| {
-            let model = models.on(&job.model, device)?;
-            SampleStream::new(&model, &job.labels, &job.opts)
+            let sampler = self.shared.samplers.get(&job.model, device)?;
+            sampler
+                .stream(&job.labels, &job.opts)
                 .map(|s| s.with_cancel(job.cancel.clone()))
         }));
         match made {
