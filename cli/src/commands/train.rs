@@ -325,9 +325,24 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             eval_every: args.eval_every,
             stop: Some(stop.clone()),
         };
-        trainer.run(&opts)?;
+        let summary = trainer.run(&opts)?;
         export(&mut trainer, &args, started, start_step)?;
         write_samples(&trainer.ema_model()?, &samples_path)?;
+        if bar.is_hidden()
+            && let Some(m) = summary.last
+        {
+            // No terminal (a log file, CI): one line per checkpoint instead of the bar.
+            println!(
+                "step {}/{}: loss {:.4} bpd {:.3} |g| {:.2} {:.0} img/s, {:.0} s",
+                m.step,
+                args.steps,
+                m.loss,
+                m.bits_per_dim,
+                m.grad_norm,
+                m.images_per_sec,
+                started.elapsed().as_secs_f64()
+            );
+        }
     }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
