@@ -191,7 +191,7 @@ fn ctrl_c_saves_a_checkpoint_and_the_rerun_resumes() {
         .and_then(|t| t.split(':').next())
         .and_then(|n| n.trim().parse().ok())
         .unwrap();
-    assert!(step >= 2 && step < 100000);
+    assert!((2..100000).contains(&step));
     let again = ok(&train_args(d, o, &(step + 2).to_string(), "2"));
     assert!(again.contains(&format!("at step {step}")), "{again}");
     assert!(
