@@ -8,7 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tarflow::Model;
 use tarflow::candle::{Device, Tensor};
 use tarflow::sample::{
-    GuideWhat, Labels, RgbaImage, SampleEvent, SampleOptions, SampleStream, prior_noise,
+    GuideWhat, Labels, RgbaImage, SampleEvent, SampleOptions, Sampler, prior_noise,
 };
 
 /// Options shared by `sample`, `sheet`, `vary` and `decode`.
@@ -106,6 +106,8 @@ pub fn generate(
         None => prior_noise(model.config(), count, opts.seed, model.device())?,
     };
     let batch = batch.clamp(1, count.max(1));
+    // Prepare the weights for sampling once for all chunks.
+    let sampler = Sampler::new(model)?;
     let mut rgba = Vec::with_capacity(count);
     let mut floats = Vec::new();
     let conditional = model.config().num_classes > 0;
@@ -118,7 +120,7 @@ pub fn generate(
         } else {
             Labels::Unconditional(n)
         };
-        let stream = SampleStream::from_noise(model, &z.narrow(0, start, n)?, &labels, opts)?;
+        let stream = sampler.stream_from_noise(&z.narrow(0, start, n)?, &labels, opts)?;
         let mut result = None;
         for event in stream {
             match event? {
