@@ -1,7 +1,7 @@
 //! Shared sampling options of the generating commands and the batched, progress-reporting
 //! generation loop behind them.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -71,7 +71,7 @@ pub fn open_device(name: &str) -> anyhow::Result<Device> {
 }
 
 /// Load a model file onto a device.
-pub fn load(path: &PathBuf, device: &Device) -> anyhow::Result<Model> {
+pub fn load(path: &Path, device: &Device) -> anyhow::Result<Model> {
     Ok(tarflow::format::load_model(path, device)?)
 }
 
