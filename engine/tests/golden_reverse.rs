@@ -229,7 +229,14 @@ mod props {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig { cases: 6, ..ProptestConfig::default() })]
+        // A fixed seed keeps CI deterministic (change it to explore other cases; five other
+        // seeds passed when it was set); 12 cases widen the fixed sample.
+        #![proptest_config(ProptestConfig {
+            cases: 12,
+            rng_seed: proptest::test_runner::RngSeed::Fixed(0x7a2f_1c0e),
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        })]
 
         #[test]
         fn reverse_inverts_forward(

@@ -14,7 +14,8 @@ pub struct SampleArgs {
     /// The model file.
     #[arg(long)]
     pub model: PathBuf,
-    /// Class name or id (repeatable; `none` = unconditional). Default: every class in turn.
+    /// Class name or id (repeatable, used in turn; `none` = unconditional). Default: every
+    /// class, an equal share of the count each, in class order.
     #[arg(long)]
     pub class: Vec<String>,
     /// Number of samples.
@@ -42,9 +43,12 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     let model = load(&args.model, &device)?;
     let k = model.config().num_classes;
     let classes = class_ids(&model, &args.class)?;
+    // Without --class, every class in turn, class-major: with `--count 64 --cols 8` on an
+    // 8-class model, each row of the grid is one class.
+    let per_class = args.count.div_ceil(k.max(1));
     let labels: Vec<Option<i64>> = (0..args.count)
         .map(|i| match classes.as_slice() {
-            [] if k > 0 => Some((i % k) as i64),
+            [] if k > 0 => Some((i / per_class) as i64),
             [] => None,
             cs => cs[i % cs.len()],
         })
