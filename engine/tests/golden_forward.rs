@@ -43,14 +43,7 @@ fn check_grad(name: &str, model: &Model) {
 }
 
 fn from_safetensors(name: &str) -> Model {
-    let path = golden_dir().join(format!("{name}.weights.safetensors"));
-    load_reference(
-        &path,
-        Some(golden_config(name)),
-        ConfigHints::default(),
-        &Device::Cpu,
-    )
-    .unwrap()
+    reference_model(name)
 }
 
 fn from_pth(name: &str) -> Model {

@@ -4,24 +4,16 @@
 
 mod common;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use common::*;
 use tarflow::Model;
-use tarflow::format::{ConfigHints, load_reference};
 use tarflow::sample::{GuideWhat, Labels, Method, SampleOptions, denoise_with_sigma, reverse};
 
 const TOL: f32 = 1e-3;
 const METHODS: [Method; 2] = [Method::Cached, Method::Plain];
 
 fn model(name: &str) -> Model {
-    let path = golden_dir().join(format!("{name}.weights.safetensors"));
-    load_reference(
-        &path,
-        Some(golden_config(name)),
-        ConfigHints::default(),
-        &Device::Cpu,
-    )
-    .unwrap()
+    reference_model(name)
 }
 
 fn labels_of(cases: &std::collections::HashMap<String, Tensor>, b: usize) -> Labels {

@@ -13,14 +13,7 @@ use tarflow::format::{ConfigHints, load_model, load_reference, save_model};
 use tarflow::{Error, Model, ModelConfig, Weights};
 
 fn reference(name: &str) -> Model {
-    let path = golden_dir().join(format!("{name}.weights.safetensors"));
-    load_reference(
-        &path,
-        Some(golden_config(name)),
-        ConfigHints::default(),
-        &Device::Cpu,
-    )
-    .unwrap()
+    reference_model(name)
 }
 
 fn write(path: &Path, weights: &Weights, config: &ModelConfig) {

@@ -33,6 +33,13 @@ pub fn golden_config(name: &str) -> ModelConfig {
     serde_json::from_value(json["config"].clone()).unwrap()
 }
 
+/// The reference model `NAME` loaded from its `.safetensors` state_dict with its JSON config.
+pub fn reference_model(name: &str) -> tarflow::Model {
+    let path = golden_dir().join(format!("{name}.weights.safetensors"));
+    let hints = tarflow::format::ConfigHints::default();
+    tarflow::format::load_reference(&path, Some(golden_config(name)), hints, &Device::Cpu).unwrap()
+}
+
 /// The input/output tensors in `NAME.cases.safetensors`.
 pub fn golden_cases(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(
