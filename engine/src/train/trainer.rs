@@ -588,7 +588,7 @@ impl Trainer {
             }
             None => params
                 .iter()
-                .map(|(k, v)| Ok((k.clone(), v.as_tensor().copy()?)))
+                .map(|(k, v)| Ok((k.clone(), v.as_tensor().detach().copy()?)))
                 .collect::<Result<Weights>>()?,
         };
         let opt = match adam {
@@ -870,7 +870,8 @@ impl Trainer {
         let d = self.config.ema_decay.min((1.0 + t) / (10.0 + t));
         for (name, var) in &self.params {
             if let Some(e) = self.ema.get_mut(name) {
-                *e = (e.affine(d, 0.0)? + var.as_tensor().detach().affine(1.0 - d, 0.0)?)?;
+                // detach: an EMA that kept its autograd history would hold every past step.
+                *e = (e.affine(d, 0.0)? + var.as_tensor().detach().affine(1.0 - d, 0.0)?)?.detach();
             }
         }
         metrics.step = self.step;
