@@ -223,7 +223,8 @@ impl Model {
             outputs.push(y.clone());
             h = y;
         }
-        let logdets = logdets.expect("a validated model has at least one block");
+        let logdets =
+            logdets.ok_or_else(|| Error::InvalidConfig("the model has no flow blocks".into()))?;
         Ok(ForwardOutput {
             z: h,
             blocks: outputs,

@@ -36,15 +36,19 @@ impl Linear {
     /// Apply to `x` of shape (..., in).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims();
-        let inner = dims[dims.len() - 1];
+        let Some(&inner) = dims.last() else {
+            return Err(crate::error::Error::InvalidInput(
+                "a linear layer needs an input of rank >= 1, got a scalar".into(),
+            ));
+        };
         let rows = x.elem_count() / inner.max(1);
         let out = self.weight.dim(0)?;
         let y = x
             .reshape((rows, inner))?
             .matmul(&self.weight.t()?)?
             .broadcast_add(&self.bias)?;
-        let mut shape = dims.to_vec();
-        *shape.last_mut().expect("rank >= 1") = out;
+        let mut shape = dims[..dims.len() - 1].to_vec();
+        shape.push(out);
         Ok(y.reshape(shape)?)
     }
 }
