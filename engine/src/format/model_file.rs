@@ -104,15 +104,23 @@ pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
 /// Load a model in our format from bytes already in memory (e.g. from an asset reader);
 /// `path` names the source in errors.
 pub fn model_from_bytes(bytes: &[u8], path: &Path, device: &Device) -> Result<Model> {
-    let contents = parse_safetensors(bytes, path, device)?;
-    let json = contents.metadata.get(META_CONFIG).ok_or_else(|| {
-        bad(
-            path,
-            "no TarFlow config in its metadata; if it is a PyTorch state_dict, import it \
+    // The config first, from the header alone: a file whose config is absurd or inconsistent is
+    // refused before any tensor is read.
+    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(path, explain(e)))?;
+    let json = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(META_CONFIG))
+        .ok_or_else(|| {
+            bad(
+                path,
+                "no TarFlow config in its metadata; if it is a PyTorch state_dict, import it \
              (`tarflow import`, or `load_reference` with a config)",
-        )
-    })?;
+            )
+        })?;
     let config = ModelConfig::from_json(json).map_err(|e| bad(path, e.to_string()))?;
+    config.validate()?;
+    let contents = parse_safetensors(bytes, path, device)?;
     Model::from_weights(config, &contents.tensors, device).map_err(|e| e.in_file(path))
 }
 

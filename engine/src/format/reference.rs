@@ -7,8 +7,8 @@ use std::path::Path;
 
 use candle_core::Device;
 
-use super::model_file::{read_bounded, read_safetensors};
-use crate::config::ModelConfig;
+use super::model_file::{parse_safetensors, read_bounded};
+use crate::config::{MAX_WEIGHT_BYTES, ModelConfig};
 use crate::error::{Error, Result};
 use crate::model::{Model, Weights};
 
@@ -31,25 +31,168 @@ pub struct ConfigHints {
 /// For `.pth`, `key` selects a nested state_dict; when `None` and the top level holds no
 /// tensors, the common keys of [`NESTED_KEYS`] are tried in turn.
 pub fn read_reference(path: &Path, key: Option<&str>, device: &Device) -> Result<Weights> {
-    let head = read_bounded(path)?;
-    if head.starts_with(b"PK") {
-        read_pth(path, key, device)
+    let bytes = read_bounded(path)?;
+    if bytes.starts_with(b"PK") {
+        read_pth(path, &bytes, key, device)
     } else {
-        Ok(read_safetensors(path, device)?.tensors)
+        Ok(parse_safetensors(&bytes, path, device)?.tensors)
     }
 }
 
-fn read_pth(path: &Path, key: Option<&str>, device: &Device) -> Result<Weights> {
+fn bad_pth(path: &Path, reason: impl std::fmt::Display) -> Error {
+    Error::BadFile {
+        path: path.to_path_buf(),
+        reason: format!("cannot read it as a PyTorch checkpoint: {reason}"),
+    }
+}
+
+/// Run candle's pickle reader, turning a panic inside it (it indexes tuples without checking
+/// their length) into an error.
+fn guarded<T>(path: &Path, f: impl FnOnce() -> candle_core::Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r.map_err(|e| bad_pth(path, e)),
+        Err(_) => Err(bad_pth(path, "its pickle is malformed")),
+    }
+}
+
+/// Check a `.pth` archive before candle's reader sees it: entries stored uncompressed (as
+/// `torch.save` writes them; candle reads nothing else) and every length-prefixed pickle
+/// argument within its pickle, so that a forged length cannot make the reader allocate
+/// gigabytes. Returns the size of every entry by name.
+fn check_pth(path: &Path, bytes: &[u8]) -> Result<std::collections::HashMap<String, u64>> {
+    use std::io::Read;
+    let mut zip = zip::ZipArchive::new(std::io::Cursor::new(bytes))
+        .map_err(|e| bad_pth(path, format!("not a readable zip archive: {e}")))?;
+    let mut sizes = std::collections::HashMap::new();
+    for i in 0..zip.len() {
+        let mut entry = zip
+            .by_index(i)
+            .map_err(|e| bad_pth(path, format!("zip entry {i}: {e}")))?;
+        let name = entry
+            .name()
+            .map_err(|e| bad_pth(path, format!("zip entry {i}: {e}")))?
+            .into_owned();
+        if entry.compression() != zip::CompressionMethod::Stored {
+            return Err(bad_pth(
+                path,
+                format!("zip entry `{name}` is compressed; torch.save stores entries as they are"),
+            ));
+        }
+        if name.ends_with("data.pkl") {
+            let mut pickle = Vec::new();
+            entry
+                .by_ref()
+                .take(bytes.len() as u64)
+                .read_to_end(&mut pickle)
+                .map_err(|e| bad_pth(path, format!("`{name}`: {e}")))?;
+            scan_pickle(&pickle).map_err(|e| bad_pth(path, format!("`{name}`: {e}")))?;
+        }
+        sizes.insert(name, entry.size());
+    }
+    Ok(sizes)
+}
+
+/// Walk the opcodes of a pickle (those candle's reader knows) and check that every argument,
+/// length-prefixed ones included, lies within it.
+fn scan_pickle(p: &[u8]) -> std::result::Result<(), String> {
+    let mut i = 0usize;
+    while i < p.len() {
+        let (op, at) = (p[i], i);
+        i += 1;
+        let rest = p.len() - i;
+        let past = |n: u128| {
+            format!("opcode {op:#04x} at byte {at} claims {n} bytes, past the end of the pickle")
+        };
+        let arg: usize = match op {
+            0x80 | b'K' | b'h' | b'q' => 1,
+            b'M' => 2,
+            b'J' | b'j' | b'r' => 4,
+            b'G' => 8,
+            b'X' | 0x8a => {
+                let (head, len) = if op == b'X' {
+                    let head = p.get(i..i + 4).ok_or_else(|| past(4))?;
+                    (
+                        4,
+                        u32::from_le_bytes(head.try_into().unwrap_or_default()) as u128,
+                    )
+                } else {
+                    (1, *p.get(i).ok_or_else(|| past(1))? as u128)
+                };
+                if head + len > rest as u128 {
+                    return Err(past(head + len));
+                }
+                head as usize + len as usize
+            }
+            b'c' => {
+                // Module and class names, each up to a newline.
+                let first = p[i..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .ok_or_else(|| past(1))?;
+                let second = p[i + first + 1..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .ok_or_else(|| past(1))?;
+                first + second + 2
+            }
+            b'.' => return Ok(()),
+            // Opcodes without an argument; candle refuses the ones it does not know.
+            _ => 0,
+        };
+        if arg > rest {
+            return Err(past(arg as u128));
+        }
+        i += arg;
+    }
+    Ok(())
+}
+
+fn read_pth(path: &Path, bytes: &[u8], key: Option<&str>, device: &Device) -> Result<Weights> {
+    let sizes = check_pth(path, bytes)?;
     let read = |key: Option<&str>| -> Result<Weights> {
-        let items =
-            candle_core::pickle::read_all_with_key(path, key).map_err(|e| Error::BadFile {
-                path: path.to_path_buf(),
-                reason: format!("cannot read it as a PyTorch checkpoint: {e}"),
-            })?;
-        items
-            .into_iter()
-            .map(|(name, t)| Ok((name, t.to_device(device)?)))
-            .collect()
+        let pth = guarded(path, || candle_core::pickle::PthTensors::new(path, key))?;
+        // Check every tensor's claimed size against its stored data before candle allocates it.
+        let mut total: u128 = 0;
+        for (name, info) in pth.tensor_infos() {
+            let elems = info
+                .layout
+                .dims()
+                .iter()
+                .try_fold(1u128, |n, &d| n.checked_mul(d as u128));
+            let need = elems.and_then(|n| n.checked_mul(info.dtype.size_in_bytes() as u128));
+            let have = sizes.get(&info.path).copied().unwrap_or(0) as u128;
+            match need {
+                Some(n) if n + info.layout.start_offset() as u128 <= have => total += n,
+                _ => {
+                    return Err(bad_pth(
+                        path,
+                        format!(
+                            "tensor `{name}` of shape {:?} ({:?}) needs more data than its \
+                             storage `{}` holds ({have} bytes)",
+                            info.layout.dims(),
+                            info.dtype,
+                            info.path
+                        ),
+                    ));
+                }
+            }
+        }
+        if total > MAX_WEIGHT_BYTES {
+            return Err(Error::TooLarge {
+                what: format!("the tensors of {}", path.display()),
+                bytes: total,
+                limit: MAX_WEIGHT_BYTES,
+            });
+        }
+        let mut names: Vec<&String> = pth.tensor_infos().keys().collect();
+        names.sort();
+        let mut out = Weights::new();
+        for name in names {
+            if let Some(t) = guarded(path, || pth.get(name))? {
+                out.insert(name.clone(), t.to_device(device)?);
+            }
+        }
+        Ok(out)
     };
     let top = read(key)?;
     if !top.is_empty() || key.is_some() {

@@ -174,6 +174,9 @@ impl Checkpoint {
             .get(META_CONFIG)
             .ok_or_else(|| bad("no model config in the metadata".into()))?;
         let model_config = ModelConfig::from_json(config).map_err(|e| bad(e.to_string()))?;
+        // Before anything iterates over the config's tensors: absurd sizes are refused here, not
+        // by building billions of tensor names.
+        model_config.validate().map_err(|e| bad(e.to_string()))?;
         let state = meta
             .get(META_TRAINER)
             .ok_or_else(|| bad("no trainer state in the metadata".into()))?;
@@ -219,7 +222,10 @@ impl Checkpoint {
                 ("second moment", &ckpt.adam_v),
             ] {
                 match map.get(&name) {
-                    Some(t) if t.dims() == shape.as_slice() => {}
+                    Some(t) if t.dims() == shape.as_slice() => {
+                        check_values(t, what == "second moment")
+                            .map_err(|e| bad(format!("{what} of `{name}` {e}")))?;
+                    }
                     Some(t) => {
                         return Err(bad(format!(
                             "{what} of `{name}` has shape {:?}, expected {shape:?}",
@@ -246,6 +252,28 @@ impl Checkpoint {
         }
         Model::from_weights(self.model_config.clone(), &w, device)
     }
+}
+
+/// Refuse non-finite values (and negative ones when `non_negative`): resuming from them would
+/// turn every later step into NaN.
+fn check_values(t: &candle_core::Tensor, non_negative: bool) -> Result<()> {
+    let v = t
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    if let Some(i) = v.iter().position(|x| !x.is_finite()) {
+        return Err(Error::InvalidInput(format!(
+            "holds a non-finite value ({}) at flat index {i}",
+            v[i]
+        )));
+    }
+    if non_negative && let Some(i) = v.iter().position(|&x| x < 0.0) {
+        return Err(Error::InvalidInput(format!(
+            "holds a negative value ({}) at flat index {i}",
+            v[i]
+        )));
+    }
+    Ok(())
 }
 
 /// Whether a state_dict name is a trained parameter (not the `var` or `attn_mask` buffers).
