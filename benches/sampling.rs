@@ -5,8 +5,10 @@
 //! - `T32`: 32x32 RGB, patch 4 (N=64, D=48), 256 channels, 4 blocks x 2 layers, unconditional.
 //!
 //! Criterion groups `sample_s16` and `sample_t32` time whole runs at batch 1 and 64 with the KV
-//! cache (`cached`) and without it (`plain`, the quadratic reference sampler); `denoise_s16`
-//! times the denoising step alone. After criterion, two hand-timed measurements follow (their
+//! cache on the fused CPU kernels (`cached`, the default), with the cache on candle's generic ops
+//! (`cached_ops`, the previous implementation), with Jacobi iteration at its default settings
+//! (`jacobi`) and without a cache (`plain`, the quadratic reference sampler); `denoise_s16` times
+//! the denoising step alone. After criterion, two hand-timed measurements follow (their
 //! runs are too costly per iteration for criterion's sampling): `first_patch` (latency of the
 //! first final patches from the start of the last reversed block) and `peak_rss` (peak resident
 //! memory of one run).
@@ -85,7 +87,12 @@ fn bench_sampling(c: &mut Criterion) {
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(5));
         for b in [1usize, 64] {
-            for method in [Method::Cached, Method::Plain] {
+            for method in [
+                Method::Cached,
+                Method::CachedOps,
+                Method::Jacobi,
+                Method::Plain,
+            ] {
                 if b == 64 && method == Method::Plain && !plain64 {
                     continue;
                 }
@@ -96,6 +103,8 @@ fn bench_sampling(c: &mut Criterion) {
                 };
                 let id = match method {
                     Method::Cached => "cached",
+                    Method::CachedOps => "cached_ops",
+                    Method::Jacobi => "jacobi",
                     Method::Plain => "plain",
                 };
                 g.throughput(Throughput::Elements(b as u64));
@@ -216,6 +225,66 @@ fn peak_rss_child(spec: &str) {
     }
 }
 
+/// CPU time of every thread of this process so far, in milliseconds (from the scheduler's
+/// per-thread accounting, nanosecond resolution).
+fn process_cpu_ms() -> f64 {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return f64::NAN;
+    };
+    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next()?.parse::<f64>().ok())
+        .sum::<f64>()
+        / 1e6
+}
+
+/// CPU time (all threads) of one batch-1 run per method and of the denoising alone: with
+/// `RAYON_NUM_THREADS=1` it does not depend on the machine's load, unlike wall time.
+fn cpu_time(ws: &[Workload]) {
+    for w in ws {
+        for method in [Method::Cached, Method::CachedOps, Method::Jacobi] {
+            let o = SampleOptions {
+                method,
+                denoise: false,
+                ..w.opts.clone()
+            };
+            let labels = w.labels(1);
+            black_box(w.sampler.sample(&labels, &o).expect("sample"));
+            let runs = 5;
+            let mut v = Vec::new();
+            for _ in 0..runs {
+                let t0 = process_cpu_ms();
+                black_box(w.sampler.sample(&labels, &o).expect("sample"));
+                v.push(process_cpu_ms() - t0);
+            }
+            println!(
+                "cpu_time/{}/{method:?}/1 (no denoise): {:.1} ms CPU (median of {runs})",
+                w.name,
+                median(v)
+            );
+        }
+        if w.opts.denoise {
+            let model = w.sampler.model();
+            let y = [3i64];
+            let x = w
+                .sampler
+                .sample(&Labels::Classes(y.to_vec()), &w.opts)
+                .expect("sample")
+                .raw;
+            let mut v = Vec::new();
+            for _ in 0..5 {
+                let t0 = process_cpu_ms();
+                black_box(denoise(model, &x, Some(&y)).expect("denoise"));
+                v.push(process_cpu_ms() - t0);
+            }
+            println!(
+                "cpu_time/{}/denoise/1: {:.1} ms CPU (median of 5)",
+                w.name,
+                median(v)
+            );
+        }
+    }
+}
+
 fn main() {
     if let Ok(spec) = std::env::var("TARFLOW_BENCH_RSS_CHILD") {
         return peak_rss_child(&spec);
@@ -231,6 +300,9 @@ fn main() {
         println!("note: RAYON_NUM_THREADS is not set; candle re-reads /proc/cpuinfo per matmul");
     }
     let ws = workloads();
+    if wanted("cpu_time") {
+        cpu_time(&ws);
+    }
     if wanted("first_patch") {
         for w in &ws {
             first_patch(w, 1, 9);

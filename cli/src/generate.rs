@@ -8,7 +8,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tarflow::Model;
 use tarflow::candle::{Device, Tensor};
 use tarflow::sample::{
-    GuideWhat, Labels, RgbaImage, SampleEvent, SampleOptions, Sampler, prior_noise,
+    GuideWhat, JacobiOptions, Labels, Method, RgbaImage, SampleEvent, SampleOptions, Sampler,
+    prior_noise,
 };
 
 /// Options shared by `sample`, `sheet`, `vary` and `decode`.
@@ -41,6 +42,34 @@ pub struct SamplingArgs {
     /// Compute device: cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// Reverse-pass method: cached (exact, the default), jacobi (parallel, approximate: see the
+    /// --jacobi-* options), cached-ops or plain (slower exact baselines).
+    #[arg(long, default_value = "cached", value_parser = parse_method)]
+    pub method: Method,
+    /// Jacobi: segments per flow block.
+    #[arg(long, default_value_t = JacobiOptions::default().segments)]
+    pub jacobi_segments: usize,
+    /// Jacobi: most iterations per segment.
+    #[arg(long, default_value_t = JacobiOptions::default().max_iters)]
+    pub jacobi_iters: usize,
+    /// Jacobi: stop a segment when its relative change is at most this.
+    #[arg(long, default_value_t = JacobiOptions::default().threshold)]
+    pub jacobi_threshold: f32,
+    /// Jacobi: also iterate the first reversed block (sequential by default).
+    #[arg(long)]
+    pub jacobi_all_blocks: bool,
+}
+
+fn parse_method(s: &str) -> Result<Method, String> {
+    match s {
+        "cached" => Ok(Method::Cached),
+        "cached-ops" | "cached_ops" => Ok(Method::CachedOps),
+        "plain" => Ok(Method::Plain),
+        "jacobi" => Ok(Method::Jacobi),
+        _ => Err(format!(
+            "unknown method '{s}' (cached, jacobi, cached-ops or plain)"
+        )),
+    }
 }
 
 impl SamplingArgs {
@@ -54,6 +83,13 @@ impl SamplingArgs {
             temperature: self.temperature,
             denoise: !self.no_denoise,
             seed: self.seed,
+            method: self.method,
+            jacobi: JacobiOptions {
+                segments: self.jacobi_segments,
+                max_iters: self.jacobi_iters,
+                threshold: self.jacobi_threshold,
+                sequential_first: !self.jacobi_all_blocks,
+            },
             ..Default::default()
         }
     }

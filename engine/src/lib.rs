@@ -38,8 +38,8 @@ pub mod prelude {
     pub use crate::format::{ConfigHints, load_model, load_reference, save_model};
     pub use crate::model::{Exec, ForwardOutput, Model, Weights};
     pub use crate::sample::{
-        CancelToken, GuideWhat, Labels, Method, PatchEvent, RgbaImage, SampleEvent, SampleOptions,
-        SampleStream, Samples, denoise, reverse, sample, to_rgba8,
+        CancelToken, GuideWhat, JacobiOptions, Labels, Method, PatchEvent, RgbaImage, SampleEvent,
+        SampleOptions, SampleStream, Samples, denoise, reverse, sample, to_rgba8,
     };
     pub use crate::train::{
         AugmentConfig, Checkpoint, DataConfig, Dataset, NoiseConfig, Progress, StepMetrics,

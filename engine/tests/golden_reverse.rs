@@ -7,10 +7,30 @@ mod common;
 use candle_core::Tensor;
 use common::*;
 use tarflow::Model;
-use tarflow::sample::{GuideWhat, Labels, Method, SampleOptions, denoise_with_sigma, reverse};
+use tarflow::sample::{
+    GuideWhat, JacobiOptions, Labels, Method, SampleOptions, denoise_with_sigma, reverse,
+};
 
 const TOL: f32 = 1e-3;
-const METHODS: [Method; 2] = [Method::Cached, Method::Plain];
+/// Every method: the fused CPU kernels (`Cached`), candle's ops with the cache (`CachedOps`),
+/// the cache-free reference (`Plain`) and Jacobi iteration, which is exact with [`exact_jacobi`].
+const METHODS: [Method; 4] = [
+    Method::Cached,
+    Method::CachedOps,
+    Method::Plain,
+    Method::Jacobi,
+];
+
+/// Jacobi settings under which it must reproduce sequential sampling: every segment iterated
+/// until its last token is final (segments of unequal length: 3 segments of N - 1 steps).
+fn exact_jacobi() -> JacobiOptions {
+    JacobiOptions {
+        segments: 3,
+        max_iters: 1000,
+        threshold: 0.0,
+        sequential_first: false,
+    }
+}
 
 fn model(name: &str) -> Model {
     reference_model(name)
@@ -27,6 +47,7 @@ fn opts(method: Method) -> SampleOptions {
     SampleOptions {
         denoise: false,
         method,
+        jacobi: exact_jacobi(),
         ..Default::default()
     }
 }
@@ -203,6 +224,7 @@ mod props {
         SampleOptions {
             denoise: false,
             method,
+            jacobi: super::exact_jacobi(),
             ..Default::default()
         }
     }
@@ -286,13 +308,18 @@ mod props {
                 seed,
                 ..raw_opts(Method::Cached)
             };
-            let a = sample(&m, &y, &o).unwrap();
-            let p = sample(&m, &y, &SampleOptions { method: Method::Plain, ..o }).unwrap();
-            for (k, (ta, tp)) in a.after_block.iter().zip(&p.after_block).enumerate() {
-                let d = max_abs_diff(ta, tp);
-                prop_assert!(d < 1e-4, "cached and plain differ by {} after block step {}", d, k);
+            let p = sample(&m, &y, &SampleOptions { method: Method::Plain, ..o.clone() }).unwrap();
+            for method in [Method::Cached, Method::CachedOps, Method::Jacobi] {
+                let a = sample(&m, &y, &SampleOptions { method, ..o.clone() }).unwrap();
+                for (k, (ta, tp)) in a.after_block.iter().zip(&p.after_block).enumerate() {
+                    let d = max_abs_diff(ta, tp);
+                    prop_assert!(
+                        d < 1e-4,
+                        "{:?} and plain differ by {} after block step {}", method, d, k
+                    );
+                }
+                prop_assert!(max_abs_diff(&a.images, &p.images) < 1e-4);
             }
-            prop_assert!(max_abs_diff(&a.images, &p.images) < 1e-4);
         }
     }
 
@@ -303,12 +330,19 @@ mod props {
 
     #[test]
     fn streamed_patches_assemble_the_final_image_in_order() {
+        for method in [Method::Cached, Method::CachedOps, Method::Jacobi] {
+            streamed_patches_in_order(method);
+        }
+    }
+
+    fn streamed_patches_in_order(method: Method) {
         let m = random_model(4, 2, 3, 3, true, 11);
         let (b, n) = (2, m.config().num_patches());
         let o = SampleOptions {
             guidance: 1.5,
             previews: true,
             seed: 5,
+            method,
             ..Default::default()
         };
         let evs = events(SampleStream::new(&m, &Labels::Classes(vec![0, 2]), &o).unwrap());
@@ -352,6 +386,93 @@ mod props {
         );
         assert_ne!(s.rgba, raw, "denoising should change some pixel");
         assert_eq!(s.rgba, to_rgba8(&s.images).unwrap());
+    }
+
+    /// Jacobi with its default (inexact) settings on a trained model (the bundled demo model;
+    /// random weights couple tokens too strongly for early convergence): close to sequential
+    /// sampling in fewer transformer passes. On a random model: the iteration cap and the
+    /// threshold act as documented, and bad settings are refused.
+    #[test]
+    fn jacobi_converges_close_to_sequential_in_fewer_passes() {
+        let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../assets/models/minetest16.safetensors");
+        let m = tarflow::format::load_model(&demo, &Device::Cpu).unwrap();
+        let y = Labels::Classes(vec![0, 5]);
+        let base = SampleOptions {
+            guidance: 1.5,
+            seed: 3,
+            denoise: false,
+            ..Default::default()
+        };
+        let seq = sample(&m, &y, &base).unwrap();
+        let jac = SampleOptions {
+            method: Method::Jacobi,
+            ..base.clone()
+        };
+        let j = sample(&m, &y, &jac).unwrap();
+        let d = max_abs_diff(&j.raw, &seq.raw);
+        assert!(d < 1e-2, "default Jacobi differs from sequential by {d}");
+        assert!(
+            (j.passes as f64) < 0.7 * seq.passes as f64,
+            "Jacobi ran {} passes, sequential {}",
+            j.passes,
+            seq.passes
+        );
+
+        let m = random_model(3, 2, 3, 3, true, 21);
+        let (blocks, n) = (3, m.config().num_patches());
+        let y = Labels::Classes(vec![0, 1, -1]);
+        let seq = sample(&m, &y, &base).unwrap();
+        assert_eq!(seq.passes, blocks * (n - 1));
+        let run = |jacobi: JacobiOptions| {
+            sample(
+                &m,
+                &y,
+                &SampleOptions {
+                    method: Method::Jacobi,
+                    jacobi,
+                    ..base.clone()
+                },
+            )
+            .unwrap()
+        };
+        let d = max_abs_diff(&run(JacobiOptions::default()).raw, &seq.raw);
+        // One iteration per segment is a different (worse) sampler: the cap is honoured.
+        let one = run(JacobiOptions {
+            max_iters: 1,
+            sequential_first: false,
+            ..JacobiOptions::default()
+        });
+        assert_eq!(one.passes, blocks * 4);
+        assert!(max_abs_diff(&one.raw, &seq.raw) > d);
+        // A tighter threshold gets closer.
+        let tight = run(JacobiOptions {
+            threshold: 1e-6,
+            ..JacobiOptions::default()
+        });
+        assert!(max_abs_diff(&tight.raw, &seq.raw) < 1e-4);
+        // Bad settings are refused.
+        for bad in [
+            JacobiOptions {
+                segments: 0,
+                ..JacobiOptions::default()
+            },
+            JacobiOptions {
+                max_iters: 0,
+                ..JacobiOptions::default()
+            },
+            JacobiOptions {
+                threshold: f32::NAN,
+                ..JacobiOptions::default()
+            },
+        ] {
+            let o = SampleOptions {
+                method: Method::Jacobi,
+                jacobi: bad,
+                ..base.clone()
+            };
+            assert!(sample(&m, &y, &o).is_err());
+        }
     }
 
     #[test]

@@ -47,6 +47,11 @@ impl LayerCache {
         self.len = 0;
     }
 
+    /// Keep only the first `len` tokens (the later ones are overwritten by the next appends).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
     /// Append the keys and values of new tokens, each (B, heads, T, 64).
     pub fn append(&mut self, k: &Tensor, v: &Tensor) -> Result<()> {
         let t = k.dim(2)?;

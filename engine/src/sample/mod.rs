@@ -26,6 +26,7 @@
 
 pub mod cache;
 pub mod denoise;
+mod fused;
 pub mod image;
 pub mod noise;
 pub mod options;
@@ -37,7 +38,7 @@ pub use cache::LayerCache;
 pub use denoise::{denoise, denoise_with_sigma};
 pub use image::{RgbaImage, planes_to_rgba, to_rgba8, to_u8};
 pub use noise::prior_noise;
-pub use options::{GuideWhat, Labels, Method, SampleOptions};
+pub use options::{GuideWhat, JacobiOptions, Labels, Method, SampleOptions};
 pub use sampler::Sampler;
 pub use stream::{CancelToken, PatchEvent, SampleEvent, SampleStream, Samples};
 

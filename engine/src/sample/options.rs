@@ -64,15 +64,55 @@ impl FromStr for GuideWhat {
 
 /// How the reverse pass computes each autoregressive step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Method {
     /// One token per step through the transformer, attending over a preallocated KV cache:
-    /// cost linear in the number of patches. The default.
+    /// cost linear in the number of patches. On the CPU it runs on fused kernels over host
+    /// buffers (no tensor allocated per step); on other devices as [`Method::CachedOps`].
+    /// The default.
     #[default]
     Cached,
+    /// The cached method on candle's generic tensor ops on every device (the previous CPU
+    /// implementation; kept as a baseline and a cross-check of the fused kernels).
+    CachedOps,
     /// Recompute the whole prefix at every step without a cache (quadratic cost). Kept as the
     /// reference for tests and the baseline for benchmarks.
     Plain,
+    /// Parallel (Jacobi) sampling, configured by [`SampleOptions::jacobi`]: each block's
+    /// sequence is cut into segments, and every token of a segment is updated at once, from the
+    /// previous iterate, until the segment stops changing. Not exact: the result differs from
+    /// the sequential methods by up to the convergence threshold (exact when `max_iters` is at
+    /// least the segment length and `threshold` is 0).
+    Jacobi,
+}
+
+/// Parameters of [`Method::Jacobi`] (Gauss-Seidel-Jacobi iteration, arXiv 2505.12849, with the
+/// option of keeping the first reversed block sequential, arXiv 2505.24791).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JacobiOptions {
+    /// Segments per block (>= 1): the N - 1 steps of a block are cut into this many runs of
+    /// consecutive steps, each iterated to its fixed point before the next starts.
+    pub segments: usize,
+    /// Most iterations per segment (>= 1); a segment of L steps is exact after L.
+    pub max_iters: usize,
+    /// Stop iterating a segment when the relative L2 change of its tokens between two
+    /// iterations is at most this (>= 0).
+    pub threshold: f32,
+    /// Run the first reversed block (the model's last) sequentially: it is the block whose
+    /// tokens depend most on each other, where Jacobi converges slowest.
+    pub sequential_first: bool,
+}
+
+impl Default for JacobiOptions {
+    fn default() -> Self {
+        Self {
+            segments: 4,
+            max_iters: 16,
+            threshold: 1e-3,
+            sequential_first: true,
+        }
+    }
 }
 
 /// Options of a sampling run. Every field has a default, so `{}` is a valid JSON value and any
@@ -98,8 +138,10 @@ pub struct SampleOptions {
     pub seed: u64,
     /// Emit a whole-image preview after every reversed flow block.
     pub previews: bool,
-    /// Cached (fast) or plain (reference) reverse pass.
+    /// Cached (fast) or plain (reference) reverse pass, or parallel (Jacobi) sampling.
     pub method: Method,
+    /// Parameters of [`Method::Jacobi`] (ignored by the other methods).
+    pub jacobi: JacobiOptions,
 }
 
 impl Default for SampleOptions {
@@ -114,6 +156,7 @@ impl Default for SampleOptions {
             seed: 0,
             previews: false,
             method: Method::Cached,
+            jacobi: JacobiOptions::default(),
         }
     }
 }
@@ -138,6 +181,19 @@ impl SampleOptions {
             return bad(format!(
                 "temperature {} must be finite and >= 0",
                 self.temperature
+            ));
+        }
+        let j = &self.jacobi;
+        if j.segments == 0 || j.max_iters == 0 {
+            return bad(format!(
+                "jacobi segments ({}) and max_iters ({}) must be >= 1",
+                j.segments, j.max_iters
+            ));
+        }
+        if !(j.threshold.is_finite() && j.threshold >= 0.0) {
+            return bad(format!(
+                "jacobi threshold {} must be finite and >= 0",
+                j.threshold
             ));
         }
         Ok(())

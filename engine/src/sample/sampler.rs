@@ -4,8 +4,9 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 
+use super::fused::CpuBlock;
 use super::options::{Labels, SampleOptions};
-use super::reverse::{FastBlock, prepare};
+use super::reverse::{FastBlock, Prepared, prepare};
 use super::stream::{SampleStream, Samples};
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -13,11 +14,14 @@ use crate::model::Model;
 struct Inner {
     model: Model,
     fast: Vec<FastBlock>,
+    /// Packed weights of the fused CPU path (CPU models only).
+    cpu: Option<Vec<CpuBlock>>,
 }
 
-/// A model prepared for sampling: it keeps transposed copies of the linear weights (as much
-/// memory again as the model's weights), with which candle's CPU matmul runs several times faster
-/// on the few rows of a sampling step.
+/// A model prepared for sampling: it keeps transposed copies of the linear weights, with which
+/// candle's matmul runs several times faster on the few rows of a sampling step, and, for a model
+/// on the CPU, the weights packed for the fused CPU kernels of [`Method::Cached`](super::Method)
+/// (each as much memory again as the model's weights).
 ///
 /// Make one per model and reuse it: cloning is cheap (shared), and it is `Send + Sync`, so a
 /// worker thread can own a clone.
@@ -35,8 +39,21 @@ impl std::fmt::Debug for Sampler {
 impl Sampler {
     /// Prepare `model` (a cheap, weight-sharing clone is kept).
     pub fn new(model: &Model) -> Result<Self> {
+        let cpu = if model.device().is_cpu() && model.prior_var().dtype() == candle_core::DType::F32
+        {
+            Some(
+                model
+                    .blocks
+                    .iter()
+                    .map(CpuBlock::new)
+                    .collect::<Result<Vec<_>>>()?,
+            )
+        } else {
+            None
+        };
         Ok(Self(Arc::new(Inner {
             fast: prepare(model)?,
+            cpu,
             model: model.clone(),
         })))
     }
@@ -46,11 +63,20 @@ impl Sampler {
         &self.0.model
     }
 
-    pub(crate) fn fast_block(&self, t: usize) -> Result<&FastBlock> {
-        self.0
+    /// Whether the fused CPU path is available.
+    pub(crate) fn fused(&self) -> bool {
+        self.0.cpu.is_some()
+    }
+
+    /// The prepared forms of block `t`.
+    pub(crate) fn prepared(&self, t: usize) -> Result<Prepared<'_>> {
+        let fast = self
+            .0
             .fast
             .get(t)
-            .ok_or_else(|| Error::InvalidInput(format!("the model has no block {t}")))
+            .ok_or_else(|| Error::InvalidInput(format!("the model has no block {t}")))?;
+        let cpu = self.0.cpu.as_ref().and_then(|c| c.get(t));
+        Ok(Prepared { fast, cpu })
     }
 
     /// A streamed run from seeded noise (`opts.seed`, `opts.temperature`), one image per label.

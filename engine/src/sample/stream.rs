@@ -9,12 +9,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Tensor;
 
-use super::cache::LayerCache;
 use super::denoise::denoise;
 use super::image::{RgbaImage, planes_to_rgba, to_rgba8};
 use super::noise::prior_noise;
-use super::options::{Labels, Method, SampleOptions};
-use super::reverse::{BlockRun, new_caches};
+use super::options::{Labels, SampleOptions};
+use super::reverse::{BlockRun, Caches};
 use super::sampler::Sampler;
 use crate::error::{Error, Result};
 use crate::model::Model;
@@ -87,6 +86,9 @@ pub struct Samples {
     pub after_block: Vec<Tensor>,
     /// `images` as RGBA8.
     pub rgba: Vec<RgbaImage>,
+    /// Transformer passes the reverse pass ran, over all blocks: `blocks * (N - 1)` for the
+    /// sequential methods, usually fewer with [`Method::Jacobi`](super::Method::Jacobi).
+    pub passes: usize,
 }
 
 /// What a [`SampleStream`] reports, in order.
@@ -159,7 +161,7 @@ pub struct SampleStream {
     labels: Option<Vec<i64>>,
     opts: SampleOptions,
     cancel: CancelToken,
-    caches: Vec<LayerCache>,
+    caches: Caches,
     queue: VecDeque<SampleEvent>,
     state: State,
     after_block: Vec<Tensor>,
@@ -168,6 +170,7 @@ pub struct SampleStream {
     batch: usize,
     done: usize,
     total: usize,
+    passes: usize,
 }
 
 impl SampleStream {
@@ -235,10 +238,7 @@ impl SampleStream {
             .to_device(model.device())?;
         let x = ((z * f64::from(opts.temperature))?.broadcast_mul(&model.var.sqrt()?))?;
         let rows = if opts.uses_guidance() { 2 * b } else { b };
-        let caches = match opts.method {
-            Method::Cached => new_caches(model, rows)?,
-            Method::Plain => Vec::new(),
-        };
+        let caches = Caches::new(model, rows, opts.method, sampler.fused())?;
         let denoising = opts.denoise && cfg.noise_sigma > 0.0;
         let total = cfg.num_blocks * n.saturating_sub(1) + usize::from(denoising);
         Ok(Self {
@@ -255,6 +255,7 @@ impl SampleStream {
             batch: b,
             done: 0,
             total,
+            passes: 0,
         })
     }
 
@@ -313,7 +314,7 @@ impl SampleStream {
         let index = blk.permutation.index(pos, n);
         let p = cfg.patch_size;
         let grid = cfg.img_size / p;
-        let values = run.tokens[pos].flatten_all()?.to_vec1::<f32>()?;
+        let values = run.token_values(pos)?;
         let d = cfg.patch_dim();
         let pixels = values
             .chunks(d)
@@ -339,8 +340,15 @@ impl SampleStream {
         match std::mem::replace(&mut self.state, State::Done) {
             State::Start { step, x } => {
                 let t = blocks - 1 - step;
-                let run = BlockRun::start(model, t, &x, self.labels.as_deref(), &self.opts)?;
-                self.caches.iter_mut().for_each(LayerCache::reset);
+                let run = BlockRun::start(
+                    model,
+                    t,
+                    &x,
+                    self.labels.as_deref(),
+                    &self.opts,
+                    sampler.fused(),
+                )?;
+                self.caches.reset();
                 self.queue.push_back(SampleEvent::BlockStarted {
                     step,
                     block: t,
@@ -357,6 +365,7 @@ impl SampleStream {
             }
             State::Block { step, mut run } => {
                 if run.is_done() {
+                    self.passes += run.passes;
                     let x = run.output(model)?;
                     let image = model.unpatchify(&x)?;
                     if self.opts.previews {
@@ -373,12 +382,15 @@ impl SampleStream {
                         State::Denoise
                     };
                 } else {
-                    let fast = sampler.fast_block(run.block)?;
-                    run.step(model, fast, &mut self.caches, &self.opts)?;
-                    self.progress();
-                    if step + 1 == blocks {
-                        let ev = self.patch_event(&run, run.steps_done)?;
-                        self.queue.push_back(SampleEvent::Patch(ev));
+                    let prep = sampler.prepared(run.block)?;
+                    let before = run.steps_done;
+                    run.step(model, &prep, &mut self.caches, &self.opts)?;
+                    for pos in before + 1..=run.steps_done {
+                        self.progress();
+                        if step + 1 == blocks {
+                            let ev = self.patch_event(&run, pos)?;
+                            self.queue.push_back(SampleEvent::Patch(ev));
+                        }
                     }
                     self.state = State::Block { step, run };
                 }
@@ -414,6 +426,7 @@ impl SampleStream {
                         raw,
                         after_block: std::mem::take(&mut self.after_block),
                         rgba,
+                        passes: self.passes,
                     })));
             }
             State::Done => {}
