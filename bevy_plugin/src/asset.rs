@@ -39,8 +39,20 @@ impl AssetLoader for TarflowModelLoader {
                 path: path.clone(),
                 source,
             })?;
-        let model =
-            tarflow::format::model_from_bytes(&bytes, &path, &tarflow::candle::Device::Cpu)?;
+        // A model file is untrusted input: a panic in the loader (a bug) fails this asset with
+        // an error instead of leaving it loading for ever.
+        let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            tarflow::format::model_from_bytes(&bytes, &path, &tarflow::candle::Device::Cpu)
+        }));
+        let model = match loaded {
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(tarflow::Error::BadFile {
+                    path,
+                    reason: "the model loader panicked on this file".into(),
+                });
+            }
+        };
         Ok(TarflowModel {
             model: Arc::new(model),
         })

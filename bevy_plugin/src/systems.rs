@@ -95,7 +95,16 @@ pub(crate) fn submit_requests(
     changed: Query<(Entity, Ref<GenerateTexture>), Changed<GenerateTexture>>,
     mut requests: Query<(&GenerateTexture, &mut TarflowTexture)>,
     mut failed: MessageWriter<TextureFailed>,
+    mut model_events: MessageReader<AssetEvent<TarflowModel>>,
 ) {
+    // Models removed from `Assets` (requests in flight keep theirs: they hold the model).
+    let removed: Vec<AssetId<TarflowModel>> = model_events
+        .read()
+        .filter_map(|e| match e {
+            AssetEvent::Removed { id } => Some(*id),
+            _ => None,
+        })
+        .collect();
     // A request mutated in place (not re-inserted: the hooks see those) starts over.
     for (entity, request) in &changed {
         if !request.is_added() {
@@ -129,6 +138,17 @@ pub(crate) fn submit_requests(
                     format!("the model failed to load: {e}"),
                     &mut failed,
                 ),
+                // Loaded once and gone from `Assets` since: it will not come back by itself.
+                _ if removed.contains(&request.model.id())
+                    || matches!(state, Some(LoadState::Loaded)) =>
+                {
+                    fail(
+                        entity,
+                        &mut texture,
+                        "the model was unloaded before the request could start".into(),
+                        &mut failed,
+                    )
+                }
                 _ => waiting.push(entity),
             }
             continue;
