@@ -286,6 +286,10 @@ fn cpu_time(ws: &[Workload]) {
 }
 
 fn main() {
+    // As the CLI does (TARFLOW_BENCH_DEFAULT_MALLOC=1 to measure without).
+    if std::env::var_os("TARFLOW_BENCH_DEFAULT_MALLOC").is_none() {
+        tarflow::runtime::keep_freed_memory();
+    }
     if let Ok(spec) = std::env::var("TARFLOW_BENCH_RSS_CHILD") {
         return peak_rss_child(&spec);
     }

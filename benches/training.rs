@@ -2,11 +2,12 @@
 //! channels, 4 blocks x 2 layers, 8 classes, batch 32, on the CPU. Data: the shared minetest16
 //! folder when present, otherwise random 16x16 RGBA images in 8 classes.
 //!
-//! Run: `cargo bench --bench training`. Prints the peak resident memory at the end.
+//! Run: `cargo bench --bench training`. Prints the peak resident memory at the end. Like the CLI,
+//! it lets malloc keep freed memory ([`tarflow::runtime::keep_freed_memory`]).
 
 use std::path::PathBuf;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use tarflow::ModelConfig;
 use tarflow::candle::Device;
 use tarflow::train::{DataConfig, Dataset, Item, TrainConfig, Trainer};
@@ -72,4 +73,13 @@ fn training_step(c: &mut Criterion) {
 }
 
 criterion_group!(benches, training_step);
-criterion_main!(benches);
+
+fn main() {
+    // As the CLI does: malloc keeps freed tensor memory (TARFLOW_BENCH_DEFAULT_MALLOC=1 to
+    // measure without).
+    if std::env::var_os("TARFLOW_BENCH_DEFAULT_MALLOC").is_none() {
+        tarflow::runtime::keep_freed_memory();
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -42,15 +42,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    // candle sizes its CPU thread pools from RAYON_NUM_THREADS and, when it is unset, reads
-    // /proc/cpuinfo again on every matmul (~30 us each, ~100 ms per sampled texture).
-    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
-        let n = std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1);
-        // SAFETY: set before any other thread exists.
-        unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
-    }
+    // RAYON_NUM_THREADS (candle re-reads /proc/cpuinfo per matmul without it) and malloc
+    // keeping freed tensor memory: see tarflow::runtime. No other thread exists yet.
+    tarflow::runtime::tune_process();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => commands::train::run(a),

@@ -20,6 +20,7 @@ pub mod device;
 pub mod error;
 pub mod format;
 pub mod model;
+pub mod runtime;
 pub mod sample;
 pub mod train;
 

@@ -3,7 +3,7 @@
 
 use candle_core::Tensor;
 
-use super::layers::{Exec, LayerNorm, Linear, softmax_last};
+use super::layers::{Exec, LayerNorm, Linear, gelu_erf, softmax_last};
 use crate::config::HEAD_DIM;
 use crate::error::Result;
 
@@ -80,7 +80,7 @@ pub struct Mlp {
 impl Mlp {
     /// Apply to `x` (..., C).
     pub fn forward(&self, x: &Tensor, exec: Exec) -> Result<Tensor> {
-        let h = self.fc1.forward(&self.norm.forward(x, exec)?)?.gelu_erf()?;
+        let h = gelu_erf(&self.fc1.forward(&self.norm.forward(x, exec)?)?)?;
         self.fc2.forward(&h)
     }
 }

@@ -3,6 +3,7 @@
 
 use candle_core::{D, Tensor};
 
+use super::grad_ops;
 use crate::config::LAYER_NORM_EPS;
 use crate::error::Result;
 
@@ -43,10 +44,12 @@ impl Linear {
         };
         let rows = x.elem_count() / inner.max(1);
         let out = self.weight.dim(0)?;
-        let y = x
-            .reshape((rows, inner))?
-            .matmul(&self.weight.t()?)?
-            .broadcast_add(&self.bias)?;
+        let x2 = x.reshape((rows, inner))?;
+        let y = if grad_ops::supported(x) && grad_ops::supported(&self.weight) {
+            grad_ops::linear(&x2, &self.weight, &self.bias)?
+        } else {
+            x2.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?
+        };
         let mut shape = dims[..dims.len() - 1].to_vec();
         shape.push(out);
         Ok(y.reshape(shape)?)
@@ -75,6 +78,9 @@ impl LayerNorm {
                 &self.bias,
                 LAYER_NORM_EPS as f32,
             )?),
+            Exec::Grad if grad_ops::supported(x) && grad_ops::supported(&self.weight) => {
+                grad_ops::layer_norm(x, &self.weight, &self.bias)
+            }
             Exec::Grad => {
                 let mean = x.mean_keepdim(D::Minus1)?;
                 let xc = x.broadcast_sub(&mean)?;
@@ -86,10 +92,20 @@ impl LayerNorm {
     }
 }
 
+/// GELU (erf form), on the fused differentiable op where it applies (f32 on the CPU).
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    if grad_ops::supported(x) {
+        grad_ops::gelu_erf(x)
+    } else {
+        Ok(x.gelu_erf()?)
+    }
+}
+
 /// Softmax over the last axis, fused or differentiable.
 pub fn softmax_last(x: &Tensor, exec: Exec) -> Result<Tensor> {
     Ok(match exec {
         Exec::Fast => candle_nn::ops::softmax_last_dim(&x.contiguous()?)?,
+        Exec::Grad if grad_ops::supported(x) => grad_ops::softmax_last(x)?,
         Exec::Grad => candle_nn::ops::softmax(x, D::Minus1)?,
     })
 }
