@@ -38,7 +38,13 @@ pub(crate) struct PackedLinear {
     out: usize,
     panels: Vec<f32>,
     bias: Vec<f32>,
+    /// The weight (out, in) as given (shared with the model, not copied), for products of many
+    /// rows, which go to the `gemm` crate (blocked, packed internally, AVX-512 where present).
+    weight: Tensor,
 }
+
+/// Rows from which a product goes to `gemm` rather than the panel kernel.
+const GEMM_ROWS: usize = 16;
 
 impl PackedLinear {
     /// Pack a PyTorch-layout (out, in) linear layer.
@@ -59,13 +65,68 @@ impl PackedLinear {
             out,
             panels,
             bias,
+            weight: l.weight.to_dtype(candle_core::DType::F32)?.contiguous()?,
         })
     }
 
+    /// The many-row product on `gemm`: `y = b + x W^T`.
+    fn forward_gemm(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+        let (n, k) = (self.out, self.inp);
+        for row in y.chunks_mut(n) {
+            row.copy_from_slice(&self.bias);
+        }
+        let threads = rayon::current_num_threads();
+        let par = if threads > 1 && m * n * k >= PARALLEL_MACS {
+            gemm::Parallelism::Rayon(threads)
+        } else {
+            gemm::Parallelism::None
+        };
+        let (storage, layout) = self.weight.storage_and_layout();
+        let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(w)) = &*storage else {
+            return Err(Error::InvalidInput(
+                "packed weight not on the CPU in f32".into(),
+            ));
+        };
+        let (start, end) = layout
+            .contiguous_offsets()
+            .ok_or_else(|| Error::InvalidInput("packed weight not contiguous".into()))?;
+        let w = &w[start..end];
+        assert_eq!(w.len(), n * k, "weight of a packed linear layer");
+        // SAFETY: y is (m, n) row-major, x (m, k) row-major (both asserted by the caller), and
+        // rhs(i, j) = W[j, i] lies at j * k + i in W (n, k).
+        unsafe {
+            gemm::gemm(
+                m,
+                n,
+                k,
+                y.as_mut_ptr(),
+                1,
+                n as isize,
+                true,
+                x.as_ptr(),
+                1,
+                k as isize,
+                w.as_ptr(),
+                k as isize,
+                1,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                par,
+            );
+        }
+        Ok(())
+    }
+
     /// `y (m, out) = x (m, inp) W^T + b`, both row-major and contiguous.
-    pub(crate) fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) {
+    pub(crate) fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
         assert_eq!(x.len(), m * self.inp, "input of a packed linear layer");
         assert_eq!(y.len(), m * self.out, "output of a packed linear layer");
+        if m >= GEMM_ROWS {
+            return self.forward_gemm(x, m, y);
+        }
         let n_panels = self.out.div_ceil(PANEL);
         let macs = m * self.inp * self.out;
         let threads = rayon::current_num_threads();
@@ -73,7 +134,7 @@ impl PackedLinear {
         if macs < PARALLEL_MACS || threads < 2 {
             // SAFETY: y has m * out elements (asserted), written by this call alone.
             unsafe { self.panels_range(x, y_ptr, 0, n_panels, 0, m) };
-            return;
+            return Ok(());
         }
         // Split across threads: by row groups when there are many rows, else by panels. Each
         // task writes a disjoint set of elements of `y`, and the scope joins them all.
@@ -99,6 +160,7 @@ impl PackedLinear {
                 }
             });
         }
+        Ok(())
     }
 
     /// Panels `p0..p1` for rows `r0..r1`, written through `y` ((m, out) row-major).
@@ -393,7 +455,7 @@ impl CpuBlock {
         a.resize(m * c, 0.0);
         y.resize(m * c, 0.0);
         qkv.resize(m * 3 * c, 0.0);
-        self.proj_in.forward(x, m, h);
+        self.proj_in.forward(x, m, h)?;
         for r in 0..rows {
             for j in 0..t {
                 let hr = &mut h[(r * t + j) * c..(r * t + j + 1) * c];
@@ -408,19 +470,19 @@ impl CpuBlock {
         }
         for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
             layer.norm1.forward(h, a);
-            layer.qkv.forward(a, m, qkv);
+            layer.qkv.forward(a, m, qkv)?;
             attend(qkv, rows, t, p, self.heads, cap, qscale, cache, y);
-            layer.proj.forward(y, m, a);
+            layer.proj.forward(y, m, a)?;
             h.iter_mut().zip(a.iter()).for_each(|(v, d)| *v += d);
             layer.norm2.forward(h, a);
             f.resize(m * layer.fc1.out, 0.0);
-            layer.fc1.forward(a, m, f);
+            layer.fc1.forward(a, m, f)?;
             gelu(f);
-            layer.fc2.forward(f, m, a);
+            layer.fc2.forward(f, m, a)?;
             h.iter_mut().zip(a.iter()).for_each(|(v, d)| *v += d);
         }
         out.resize(m * self.proj_out.out, 0.0);
-        self.proj_out.forward(h, m, out);
+        self.proj_out.forward(h, m, out)?;
         Ok(())
     }
 }
@@ -579,7 +641,7 @@ mod tests {
                     .unwrap();
                 let want = host(&want).unwrap();
                 let mut y = vec![f32::NAN; m * out];
-                l.forward(&host(&x).unwrap(), m, &mut y);
+                l.forward(&host(&x).unwrap(), m, &mut y).unwrap();
                 for (a, e) in y.iter().zip(&want) {
                     assert!(
                         (a - e).abs() <= 1e-4 * (1.0 + e.abs()),
