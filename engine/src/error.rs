@@ -98,6 +98,10 @@ pub enum Error {
         /// What is wrong, and what to do about it.
         reason: String,
     },
+    /// Sampling produced values that are not finite (NaN or infinite): the model or the options
+    /// push the flow out of range. No image is returned.
+    #[error("sampling diverged: {0}")]
+    NonFinite(String),
     /// Training cannot go on (repeated non-finite steps, inconsistent resume...).
     #[error("training stopped: {0}")]
     Training(String),

@@ -599,6 +599,48 @@ mod props {
         );
     }
 
+    /// A flow pushed out of range (huge output weights: exp(alpha) overflows) is an error naming
+    /// the block, with every method, never images with NaN pixels.
+    #[test]
+    fn diverging_sampling_is_an_error_not_nan_pixels() {
+        let mut cfg = ModelConfig::new(3, 8, 2, 64, 2, 1);
+        cfg.num_classes = 3;
+        let init = InitOptions {
+            proj_out_scale: 400.0,
+        };
+        let w = init_weights(&cfg, 5, init, &Device::Cpu).unwrap();
+        let m = Model::from_weights(cfg, &w, &Device::Cpu).unwrap();
+        for method in [
+            Method::Cached,
+            Method::CachedOps,
+            Method::Plain,
+            Method::Jacobi,
+        ] {
+            let o = SampleOptions {
+                method,
+                guidance: 2.0,
+                ..Default::default()
+            };
+            let r = sample(&m, &Labels::Classes(vec![0, 1]), &o);
+            match r {
+                Err(tarflow::Error::NonFinite(msg)) => {
+                    assert!(msg.contains("flow block"), "{method:?}: {msg}")
+                }
+                Err(e) => panic!("{method:?}: unexpected error {e}"),
+                Ok(s) => panic!(
+                    "{method:?}: returned images (finite: {})",
+                    s.raw
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap()
+                        .iter()
+                        .all(|v| v.is_finite())
+                ),
+            }
+        }
+    }
+
     #[test]
     fn streams_are_send() {
         fn send<T: Send + 'static>() {}

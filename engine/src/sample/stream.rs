@@ -367,6 +367,14 @@ impl SampleStream {
                 if run.is_done() {
                     self.passes += run.passes;
                     let x = run.output(model)?;
+                    check_finite(&x, || {
+                        format!(
+                            "non-finite values after reversing flow block {} (step {} of {blocks}); \
+                             try a lower guidance or temperature, or check the model's weights",
+                            run.block,
+                            step + 1
+                        )
+                    })?;
                     let image = model.unpatchify(&x)?;
                     if self.opts.previews {
                         self.queue.push_back(SampleEvent::Preview {
@@ -402,6 +410,9 @@ impl SampleStream {
                     .ok_or_else(|| Error::InvalidInput("no image to denoise".into()))?;
                 if self.opts.denoise && model.config().noise_sigma > 0.0 {
                     let images = denoise(model, &raw, self.labels.as_deref())?;
+                    check_finite(&images, || {
+                        "non-finite values after denoising; sample with denoise off".to_string()
+                    })?;
                     self.progress();
                     self.queue.push_back(SampleEvent::Denoised {
                         images: to_rgba8(&images)?,
@@ -432,6 +443,22 @@ impl SampleStream {
             State::Done => {}
         }
         Ok(())
+    }
+}
+
+/// An error naming what went wrong unless every value of `t` is finite.
+fn check_finite(t: &Tensor, what: impl FnOnce() -> String) -> Result<()> {
+    let v = t
+        .flatten_all()?
+        .to_dtype(candle_core::DType::F32)?
+        .to_vec1::<f32>()?;
+    match v.iter().filter(|x| !x.is_finite()).count() {
+        0 => Ok(()),
+        bad => Err(Error::NonFinite(format!(
+            "{} ({bad} of {} values)",
+            what(),
+            v.len()
+        ))),
     }
 }
 
