@@ -162,6 +162,67 @@ fn same_seed_same_pixels_and_sheet_matches_samples() {
     }
 }
 
+/// `--method`: the exact methods give the same pixels as the default, exact Jacobi settings too,
+/// and an unknown method is explained.
+#[test]
+fn every_method_gives_the_same_texture() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path());
+    let run = |name: &str, extra: &[&str]| {
+        let out = dir.path().join(format!("{name}.png"));
+        let mut args = vec![
+            "sample",
+            "--model",
+            &m,
+            "--count",
+            "4",
+            "--seed",
+            "9",
+            "--guidance",
+            "1.5",
+            "--out",
+            s(&out),
+        ];
+        args.extend_from_slice(extra);
+        ok(&args);
+        pixels(&out).2
+    };
+    let cached = run("cached", &[]);
+    for (name, extra) in [
+        ("ops", &["--method", "cached-ops"][..]),
+        ("plain", &["--method", "plain"][..]),
+        (
+            "jacobi",
+            &[
+                "--method",
+                "jacobi",
+                "--jacobi-segments",
+                "3",
+                "--jacobi-iters",
+                "100",
+                "--jacobi-threshold",
+                "0",
+                "--jacobi-all-blocks",
+            ][..],
+        ),
+    ] {
+        let px = run(name, extra);
+        let worst = px
+            .iter()
+            .zip(&cached)
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(worst <= 1, "{name}: pixels differ by up to {worst}");
+    }
+    let o = tarflow(&[
+        "sample", "--model", &m, "--method", "fast", "--out", "x.png",
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("unknown method 'fast'"), "{err}");
+}
+
 #[test]
 fn atlas_describes_every_frame() {
     let dir = tempfile::tempdir().unwrap();
