@@ -3,7 +3,9 @@
 //! folder when present, otherwise random 16x16 RGBA images in 8 classes.
 //!
 //! Run: `cargo bench --bench training`. Prints the peak resident memory at the end. Like the CLI,
-//! it lets malloc keep freed memory ([`tarflow::runtime::keep_freed_memory`]).
+//! it lets malloc keep freed memory ([`tarflow::runtime::keep_freed_memory`]). Baseline of the
+//! previous implementation: `TARFLOW_COMPOSED_OPS=1 TARFLOW_BENCH_DEFAULT_MALLOC=1` (candle's
+//! composed ops, default malloc).
 
 use std::path::PathBuf;
 

@@ -15,9 +15,13 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp3, DType, Layout, Shape, Storag
 use crate::config::LAYER_NORM_EPS;
 use crate::error::Result;
 
-/// Whether the fused ops apply to `t` (f32 on the CPU).
+/// Whether the fused ops apply to `t` (f32 on the CPU), unless the environment variable
+/// `TARFLOW_COMPOSED_OPS=1` asks for candle's composed ops everywhere (the benchmarks' baseline).
 pub(crate) fn supported(t: &Tensor) -> bool {
-    t.device().is_cpu() && t.dtype() == DType::F32
+    static COMPOSED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let composed = *COMPOSED
+        .get_or_init(|| std::env::var_os("TARFLOW_COMPOSED_OPS").is_some_and(|v| v == "1"));
+    !composed && t.device().is_cpu() && t.dtype() == DType::F32
 }
 
 fn f32_slice<'a>(s: &'a CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'a [f32]> {
@@ -53,8 +57,10 @@ fn sum_rows(g: &Tensor) -> candle_core::Result<Tensor> {
     Tensor::from_vec(sums, n, g.device())
 }
 
+/// Whether an elementwise pass over `len` values is worth splitting across threads (below about
+/// a quarter million values, waking the pool costs more than it saves).
 fn rows_parallel(len: usize) -> bool {
-    len >= 1 << 16 && rayon::current_num_threads() > 1
+    len >= 1 << 18 && rayon::current_num_threads() > 1
 }
 
 /// `y = x W^T + b` for x (M, in), W (out, in), b (out).
@@ -92,7 +98,8 @@ impl CustomOp3 for LinearOp {
             y.extend_from_slice(b);
         }
         let threads = rayon::current_num_threads();
-        let par = if threads > 1 && m * n * k >= 1 << 16 {
+        // Small products (denoising one image: 64 rows) run faster on one thread.
+        let par = if threads > 1 && m * n * k >= 1 << 23 {
             gemm::Parallelism::Rayon(threads)
         } else {
             gemm::Parallelism::None
