@@ -25,6 +25,18 @@ impl Attention {
         1.0 / ((HEAD_DIM as f64).sqrt() * temp)
     }
 
+    /// The qkv projection with the softmax scale 1/8 folded into its query rows (a power of two,
+    /// so the scaled queries are bit-identical to scaling them afterwards): what the samplers use.
+    pub(crate) fn qkv_scaled_queries(&self) -> Result<Linear> {
+        let c = self.proj.weight.dim(0)?;
+        let (w, b) = (&self.qkv.weight, &self.qkv.bias);
+        let s = Self::scale(1.0);
+        Ok(Linear::new(
+            Tensor::cat(&[(w.narrow(0, 0, c)? * s)?, w.narrow(0, c, 2 * c)?], 0)?,
+            Tensor::cat(&[(b.narrow(0, 0, c)? * s)?, b.narrow(0, c, 2 * c)?], 0)?,
+        ))
+    }
+
     /// Split `x` (B, T, C) after the norm into q, k, v, each (B, heads, T, 64), contiguous.
     pub(crate) fn qkv(&self, x: &Tensor, exec: Exec) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = x.dims3()?;

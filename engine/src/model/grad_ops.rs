@@ -63,6 +63,66 @@ fn rows_parallel(len: usize) -> bool {
     len >= 1 << 18 && rayon::current_num_threads() > 1
 }
 
+/// `y (m, n) = x (m, k) W^T + b` on the `gemm` crate, for a PyTorch-layout weight W (n, k), all
+/// row-major and contiguous; split across threads when `m * n * k >= parallel_macs`. Shared by the
+/// differentiable linear op and the sampler's many-row products.
+pub(crate) fn linear_rows(
+    x: &[f32],
+    m: usize,
+    w: &[f32],
+    b: &[f32],
+    y: &mut [f32],
+    parallel_macs: usize,
+) {
+    let n = b.len();
+    let k = w.len().checked_div(n).unwrap_or(0);
+    assert!(
+        w.len() == n * k && x.len() == m * k && y.len() == m * n,
+        "linear_rows: x {} W {} b {} y {} for m {m}",
+        x.len(),
+        w.len(),
+        n,
+        y.len()
+    );
+    if n == 0 || m == 0 {
+        return;
+    }
+    for row in y.chunks_mut(n) {
+        row.copy_from_slice(b);
+    }
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 && m * n * k >= parallel_macs {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: y is (m, n) row-major, x (m, k) row-major, and rhs(i, j) = W[j, i] lies at
+    // j * k + i in W (n, k): every index stays inside the slices (asserted above).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            n as isize,
+            true,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            par,
+        );
+    }
+}
+
 /// `y = x W^T + b` for x (M, in), W (out, in), b (out).
 struct LinearOp;
 
@@ -93,42 +153,9 @@ impl CustomOp3 for LinearOp {
         let x = f32_slice(s1, l1, "linear input")?;
         let w = f32_slice(s2, l2, "linear weight")?;
         let b = f32_slice(s3, l3, "linear bias")?;
-        let mut y = Vec::with_capacity(m * n);
-        for _ in 0..m {
-            y.extend_from_slice(b);
-        }
-        let threads = rayon::current_num_threads();
+        let mut y = vec![0f32; m * n];
         // Small products (denoising one image: 64 rows) run faster on one thread.
-        let par = if threads > 1 && m * n * k >= 1 << 23 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
-        // SAFETY: y is (m, n) row-major, x (m, k) row-major, and rhs(i, j) = W[j, i] lies at
-        // j * k + i in W (n, k); every index stays inside the slices.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                y.as_mut_ptr(),
-                1,
-                n as isize,
-                true,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                k as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
+        linear_rows(x, m, w, b, &mut y, 1 << 23);
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 

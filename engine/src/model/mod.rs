@@ -2,7 +2,7 @@
 
 pub mod attention;
 pub mod flow;
-mod grad_ops;
+pub(crate) mod grad_ops;
 pub mod init;
 pub mod layers;
 pub mod meta_block;

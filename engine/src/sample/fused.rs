@@ -13,7 +13,6 @@ use candle_core::Tensor;
 use crate::config::HEAD_DIM;
 use crate::error::{Error, Result};
 use crate::model::MetaBlock;
-use crate::model::attention::Attention;
 use crate::model::layers::{LayerNorm, Linear};
 
 /// Width of a weight panel: 16 output columns (two AVX2 vectors).
@@ -71,16 +70,6 @@ impl PackedLinear {
 
     /// The many-row product on `gemm`: `y = b + x W^T`.
     fn forward_gemm(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
-        let (n, k) = (self.out, self.inp);
-        for row in y.chunks_mut(n) {
-            row.copy_from_slice(&self.bias);
-        }
-        let threads = rayon::current_num_threads();
-        let par = if threads > 1 && m * n * k >= PARALLEL_MACS {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
         let (storage, layout) = self.weight.storage_and_layout();
         let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(w)) = &*storage else {
             return Err(Error::InvalidInput(
@@ -90,33 +79,7 @@ impl PackedLinear {
         let (start, end) = layout
             .contiguous_offsets()
             .ok_or_else(|| Error::InvalidInput("packed weight not contiguous".into()))?;
-        let w = &w[start..end];
-        assert_eq!(w.len(), n * k, "weight of a packed linear layer");
-        // SAFETY: y is (m, n) row-major, x (m, k) row-major (both asserted by the caller), and
-        // rhs(i, j) = W[j, i] lies at j * k + i in W (n, k).
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                y.as_mut_ptr(),
-                1,
-                n as isize,
-                true,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                k as isize,
-                1,
-                1.0,
-                1.0,
-                false,
-                false,
-                false,
-                par,
-            );
-        }
+        crate::model::grad_ops::linear_rows(x, m, &w[start..end], &self.bias, y, PARALLEL_MACS);
         Ok(())
     }
 
@@ -342,13 +305,7 @@ impl CpuBlock {
             .iter()
             .map(|layer| {
                 let att = &layer.attention;
-                let c = att.proj.weight.dim(0)?;
-                let (w, b) = (&att.qkv.weight, &att.qkv.bias);
-                let s = Attention::scale(1.0);
-                let qkv = Linear::new(
-                    Tensor::cat(&[(w.narrow(0, 0, c)? * s)?, w.narrow(0, c, 2 * c)?], 0)?,
-                    Tensor::cat(&[(b.narrow(0, 0, c)? * s)?, b.narrow(0, c, 2 * c)?], 0)?,
-                );
+                let qkv = att.qkv_scaled_queries()?;
                 Ok(HostLayer {
                     norm1: HostNorm::new(&att.norm)?,
                     qkv: PackedLinear::new(&qkv)?,

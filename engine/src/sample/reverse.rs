@@ -9,7 +9,6 @@ use super::fused::{CpuBlock, CpuState};
 use super::options::{Method, SampleOptions};
 use crate::config::HEAD_DIM;
 use crate::error::{Error, Result};
-use crate::model::attention::Attention;
 use crate::model::layers::{LayerNorm, Linear, softmax_last};
 use crate::model::{Exec, MetaBlock, Model};
 
@@ -79,14 +78,7 @@ impl FastBlock {
             .iter()
             .map(|layer| {
                 let att = &layer.attention;
-                let c = att.proj.weight.dim(0)?;
-                // Fold the softmax scale into the query rows of qkv.
-                let (w, b) = (&att.qkv.weight, &att.qkv.bias);
-                let s = Attention::scale(1.0);
-                let qkv = Linear::new(
-                    Tensor::cat(&[(w.narrow(0, 0, c)? * s)?, w.narrow(0, c, 2 * c)?], 0)?,
-                    Tensor::cat(&[(b.narrow(0, 0, c)? * s)?, b.narrow(0, c, 2 * c)?], 0)?,
-                );
+                let qkv = att.qkv_scaled_queries()?;
                 Ok(FastLayer {
                     norm1: att.norm.clone(),
                     qkv: FastLinear::new(&qkv)?,
