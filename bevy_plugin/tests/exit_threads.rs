@@ -2,16 +2,15 @@
 //! kernel (`/proc/self/task`), not by the plugin's own counters. Alone in its test binary so
 //! that no other test's threads come and go meanwhile.
 
-use std::sync::Arc;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use bevy::asset::AssetPlugin;
 use bevy::prelude::*;
 use bevy_tarflow::TarflowWorkers;
 use bevy_tarflow::prelude::*;
-use tarflow::candle::Device;
-use tarflow::model::{InitOptions, init_weights};
-use tarflow::{Model, ModelConfig};
+use common::slow_model;
 
 /// Names of this process's threads, from the kernel.
 fn threads() -> Vec<String> {
@@ -23,23 +22,6 @@ fn threads() -> Vec<String> {
         .collect();
     names.sort();
     names
-}
-
-/// A random model slow enough to be mid-generation when the app exits (N = 256 patches).
-fn slow_model() -> TarflowModel {
-    let cfg = ModelConfig::new(4, 32, 2, 128, 4, 2);
-    let w = init_weights(
-        &cfg,
-        3,
-        InitOptions {
-            proj_out_scale: 0.05,
-        },
-        &Device::Cpu,
-    )
-    .unwrap();
-    TarflowModel {
-        model: Arc::new(Model::from_weights(cfg, &w, &Device::Cpu).unwrap()),
-    }
 }
 
 #[derive(Resource)]
@@ -73,7 +55,7 @@ fn run_and_exit(requests: u64, steps: usize) {
     let model = app
         .world_mut()
         .resource_mut::<Assets<TarflowModel>>()
-        .add(slow_model());
+        .add(slow_model(0));
     for seed in 0..requests {
         app.world_mut()
             .spawn(GenerateTexture::new(model.clone()).with_seed(seed));

@@ -4,97 +4,20 @@
 //! direct output byte for byte, cancelled requests stop their work, failures are reported while
 //! other requests finish, and the app exits cleanly with work in flight.
 
-use std::path::{Path, PathBuf};
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bevy::asset::{AssetEvent, AssetPlugin, LoadState, RenderAssetUsages};
+use bevy::asset::{AssetEvent, RenderAssetUsages};
 use bevy::ecs::message::Messages;
 use bevy::prelude::*;
 use bevy_tarflow::prelude::*;
-use bevy_tarflow::{TarflowWorkers, WorkerMonitor};
 use tarflow::candle::Device;
-use tarflow::format::{ConfigHints, load_model, load_reference, save_model};
-use tarflow::model::{InitOptions, init_weights};
+use tarflow::format::load_model;
 use tarflow::sample::{Labels, SampleOptions, sample, to_rgba8};
-use tarflow::{Model, ModelConfig};
 
-fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/golden")
-        .join(name)
-}
-
-/// The golden conditional model (8x8 RGBA, patch 2, 3 classes, 4 blocks) with class names and a
-/// noise sigma (so that denoising runs), saved as `cond.safetensors` in `dir`.
-fn write_cond_model(dir: &Path) -> PathBuf {
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(golden("cond.json")).unwrap()).unwrap();
-    let config = serde_json::from_value(json["config"].clone()).unwrap();
-    let mut model = load_reference(
-        &golden("cond.pth"),
-        Some(config),
-        ConfigHints::default(),
-        &Device::Cpu,
-    )
-    .unwrap();
-    model.config_mut().class_names = ["stone", "wood", "grass"].map(String::from).to_vec();
-    model.config_mut().noise_sigma = 0.05;
-    let path = dir.join("cond.safetensors");
-    save_model(&model, &path).unwrap();
-    path
-}
-
-/// A random model slow enough to still be running a while after it starts (N = 256 patches).
-fn slow_model() -> TarflowModel {
-    let mut cfg = ModelConfig::new(4, 32, 2, 128, 4, 2);
-    cfg.num_classes = 2;
-    let w = init_weights(
-        &cfg,
-        3,
-        InitOptions {
-            proj_out_scale: 0.05,
-        },
-        &Device::Cpu,
-    )
-    .unwrap();
-    TarflowModel {
-        model: Arc::new(Model::from_weights(cfg, &w, &Device::Cpu).unwrap()),
-    }
-}
-
-fn app(root: &Path, settings: TarflowSettings) -> App {
-    let mut app = App::new();
-    app.add_plugins((
-        MinimalPlugins,
-        AssetPlugin {
-            file_path: root.to_string_lossy().into_owned(),
-            ..Default::default()
-        },
-        ImagePlugin::default(),
-        TarflowPlugin { settings },
-    ));
-    app.finish();
-    app.cleanup();
-    app
-}
-
-fn monitor(app: &App) -> WorkerMonitor {
-    app.world().resource::<TarflowWorkers>().monitor()
-}
-
-fn load(app: &mut App, name: &str) -> Handle<TarflowModel> {
-    let handle: Handle<TarflowModel> = app.world().resource::<AssetServer>().load(name.to_string());
-    for _ in 0..2000 {
-        app.update();
-        match app.world().resource::<AssetServer>().load_state(&handle) {
-            LoadState::Loaded => return handle,
-            LoadState::Failed(e) => panic!("{name} failed to load: {e}"),
-            _ => std::thread::sleep(Duration::from_millis(2)),
-        }
-    }
-    panic!("{name} did not load within 2000 frames");
-}
+use common::{app, load, monitor, slow_model, write_cond_model};
 
 /// Everything the plugin said, gathered frame by frame.
 #[derive(Default)]
@@ -176,7 +99,7 @@ fn pixels(app: &App, image: &Handle<Image>) -> Vec<u8> {
 #[test]
 fn the_handle_exists_at_once_with_the_right_size() {
     let dir = tempfile::tempdir().unwrap();
-    write_cond_model(dir.path());
+    write_cond_model(dir.path(), "cond.safetensors", Some(0.05));
     let mut app = app(dir.path(), TarflowSettings::default());
 
     // Before the model has loaded: a handle at once, sized when the model is there.
@@ -233,7 +156,7 @@ fn the_handle_exists_at_once_with_the_right_size() {
 #[test]
 fn patches_arrive_in_raster_order_and_the_result_is_the_engines_byte_for_byte() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_cond_model(dir.path());
+    let path = write_cond_model(dir.path(), "cond.safetensors", Some(0.05));
     let mut app = app(dir.path(), TarflowSettings::default());
     let model = load(&mut app, "cond.safetensors");
     let request = GenerateTexture::new(model)
@@ -341,7 +264,7 @@ fn patches_arrive_in_raster_order_and_the_result_is_the_engines_byte_for_byte() 
 #[test]
 fn the_patch_budget_limits_each_frame() {
     let dir = tempfile::tempdir().unwrap();
-    write_cond_model(dir.path());
+    write_cond_model(dir.path(), "cond.safetensors", Some(0.05));
     let mut app = app(
         dir.path(),
         TarflowSettings {
@@ -374,14 +297,14 @@ fn the_patch_budget_limits_each_frame() {
 #[test]
 fn a_despawned_removed_or_replaced_request_stops_its_work() {
     let dir = tempfile::tempdir().unwrap();
-    write_cond_model(dir.path());
+    write_cond_model(dir.path(), "cond.safetensors", Some(0.05));
     let mut app = app(dir.path(), TarflowSettings::default());
     let monitor = monitor(&app);
     let small = load(&mut app, "cond.safetensors");
     let slow = app
         .world_mut()
         .resource_mut::<Assets<TarflowModel>>()
-        .add(slow_model());
+        .add(slow_model(2));
     let despawned = app
         .world_mut()
         .spawn(GenerateTexture::new(slow.clone()).with_class(0))
@@ -442,7 +365,7 @@ fn a_despawned_removed_or_replaced_request_stops_its_work() {
 #[test]
 fn failing_requests_are_reported_while_others_finish() {
     let dir = tempfile::tempdir().unwrap();
-    write_cond_model(dir.path());
+    write_cond_model(dir.path(), "cond.safetensors", Some(0.05));
     std::fs::write(dir.path().join("broken.safetensors"), b"not a model").unwrap();
     let mut app = app(dir.path(), TarflowSettings::default());
     let monitor = monitor(&app);
@@ -546,7 +469,7 @@ fn the_app_exits_cleanly_with_work_in_flight() {
     let slow = app
         .world_mut()
         .resource_mut::<Assets<TarflowModel>>()
-        .add(slow_model());
+        .add(slow_model(2));
     for seed in 0..16 {
         app.world_mut()
             .spawn(GenerateTexture::new(slow.clone()).with_seed(seed));
@@ -571,7 +494,7 @@ fn the_app_exits_cleanly_with_work_in_flight() {
 #[test]
 fn an_unavailable_device_fails_requests_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
-    write_cond_model(dir.path());
+    write_cond_model(dir.path(), "cond.safetensors", Some(0.05));
     let device = tarflow::DeviceChoice::Cuda(0);
     if device.compiled_in() {
         return;
@@ -600,7 +523,7 @@ fn an_unavailable_device_fails_requests_with_the_reason() {
 #[test]
 fn a_request_changed_in_place_starts_over_in_the_same_image() {
     let dir = tempfile::tempdir().unwrap();
-    let path = write_cond_model(dir.path());
+    let path = write_cond_model(dir.path(), "cond.safetensors", Some(0.05));
     let mut app = app(dir.path(), TarflowSettings::default());
     let model = load(&mut app, "cond.safetensors");
     let entity = app

@@ -2,77 +2,27 @@
 //! requests mixed in, and models unloaded while requests run. Every request ends (finished, or
 //! failed with a message), nothing panics, and every worker thread is still serving.
 
+mod common;
+
 use std::collections::HashSet;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use bevy::asset::{AssetPlugin, LoadState};
 use bevy::ecs::message::Messages;
 use bevy::prelude::*;
+use bevy_tarflow::TarflowWorkers;
 use bevy_tarflow::prelude::*;
-use bevy_tarflow::{TarflowWorkers, WorkerMonitor};
-use tarflow::candle::Device;
-use tarflow::format::{ConfigHints, load_reference, save_model};
+use common::{app, load, monitor, write_cond_model};
 
-fn golden(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../shared/golden")
-        .join(name)
-}
-
-/// The golden conditional model (8x8 RGBA, 3 classes) as `name` in `dir`.
-fn write_cond_model(dir: &Path, name: &str) {
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(golden("cond.json")).unwrap()).unwrap();
-    let config = serde_json::from_value(json["config"].clone()).unwrap();
-    let mut model = load_reference(
-        &golden("cond.pth"),
-        Some(config),
-        ConfigHints::default(),
-        &Device::Cpu,
-    )
-    .unwrap();
-    model.config_mut().class_names = ["stone", "wood", "grass"].map(String::from).to_vec();
-    save_model(&model, &dir.join(name)).unwrap();
-}
-
-fn app(root: &Path, workers: usize) -> App {
-    let mut app = App::new();
-    app.add_plugins((
-        MinimalPlugins,
-        AssetPlugin {
-            file_path: root.to_string_lossy().into_owned(),
+/// The plugin with `workers` workers of 3 streams each.
+fn workers_app(root: &std::path::Path, workers: usize) -> App {
+    app(
+        root,
+        TarflowSettings {
+            workers,
+            streams_per_worker: 3,
             ..Default::default()
         },
-        ImagePlugin::default(),
-        TarflowPlugin {
-            settings: TarflowSettings {
-                workers,
-                streams_per_worker: 3,
-                ..Default::default()
-            },
-        },
-    ));
-    app.finish();
-    app.cleanup();
-    app
-}
-
-fn monitor(app: &App) -> WorkerMonitor {
-    app.world().resource::<TarflowWorkers>().monitor()
-}
-
-fn load(app: &mut App, name: &str) -> Handle<TarflowModel> {
-    let handle: Handle<TarflowModel> = app.world().resource::<AssetServer>().load(name.to_string());
-    for _ in 0..2000 {
-        app.update();
-        match app.world().resource::<AssetServer>().load_state(&handle) {
-            LoadState::Loaded => return handle,
-            LoadState::Failed(e) => panic!("{name} failed to load: {e}"),
-            _ => std::thread::sleep(Duration::from_millis(2)),
-        }
-    }
-    panic!("{name} did not load within 2000 frames");
+    )
 }
 
 /// Finished and failed requests, gathered frame by frame.
@@ -142,9 +92,9 @@ impl Ends {
 #[test]
 fn many_requests_from_many_entities_all_end() {
     let dir = tempfile::tempdir().unwrap();
-    write_cond_model(dir.path(), "cond.safetensors");
+    write_cond_model(dir.path(), "cond.safetensors", None);
     std::fs::write(dir.path().join("broken.safetensors"), b"not a model").unwrap();
-    let mut app = app(dir.path(), 4);
+    let mut app = workers_app(dir.path(), 4);
     let monitor = monitor(&app);
     let model = load(&mut app, "cond.safetensors");
     let broken: Handle<TarflowModel> = app
@@ -203,9 +153,9 @@ fn many_requests_from_many_entities_all_end() {
 #[test]
 fn models_unloaded_while_requests_run_end_every_request() {
     let dir = tempfile::tempdir().unwrap();
-    write_cond_model(dir.path(), "a.safetensors");
-    write_cond_model(dir.path(), "b.safetensors");
-    let mut app = app(dir.path(), 2);
+    write_cond_model(dir.path(), "a.safetensors", None);
+    write_cond_model(dir.path(), "b.safetensors", None);
+    let mut app = workers_app(dir.path(), 2);
     let monitor = monitor(&app);
     let a = load(&mut app, "a.safetensors");
     let b = load(&mut app, "b.safetensors");
@@ -236,7 +186,7 @@ fn models_unloaded_while_requests_run_end_every_request() {
         .remove(&a);
     let late_a = spawn(&mut app, &a, 3);
     // Load a third model while the others run.
-    write_cond_model(dir.path(), "c.safetensors");
+    write_cond_model(dir.path(), "c.safetensors", None);
     let c: Handle<TarflowModel> = app.world().resource::<AssetServer>().load("c.safetensors");
     // Requests for it made at once wait for it; frames run through `ends` so that no message of
     // the requests in flight is missed meanwhile.
