@@ -73,19 +73,19 @@ pub(crate) fn linear_rows(
     b: &[f32],
     y: &mut [f32],
     parallel_macs: usize,
-) {
+) -> std::result::Result<(), String> {
     let n = b.len();
     let k = w.len().checked_div(n).unwrap_or(0);
-    assert!(
-        w.len() == n * k && x.len() == m * k && y.len() == m * n,
-        "linear_rows: x {} W {} b {} y {} for m {m}",
-        x.len(),
-        w.len(),
-        n,
-        y.len()
-    );
+    if w.len() != n * k || x.len() != m * k || y.len() != m * n {
+        return Err(format!(
+            "linear layer: input of {} values, weight of {}, bias of {n}, output of {} for {m} rows",
+            x.len(),
+            w.len(),
+            y.len()
+        ));
+    }
     if n == 0 || m == 0 {
-        return;
+        return Ok(());
     }
     for row in y.chunks_mut(n) {
         row.copy_from_slice(b);
@@ -97,7 +97,7 @@ pub(crate) fn linear_rows(
         gemm::Parallelism::None
     };
     // SAFETY: y is (m, n) row-major, x (m, k) row-major, and rhs(i, j) = W[j, i] lies at
-    // j * k + i in W (n, k): every index stays inside the slices (asserted above).
+    // j * k + i in W (n, k): every index stays inside the slices (checked above).
     unsafe {
         gemm::gemm(
             m,
@@ -121,6 +121,7 @@ pub(crate) fn linear_rows(
             par,
         );
     }
+    Ok(())
 }
 
 /// `y = x W^T + b` for x (M, in), W (out, in), b (out).
@@ -155,7 +156,7 @@ impl CustomOp3 for LinearOp {
         let b = f32_slice(s3, l3, "linear bias")?;
         let mut y = vec![0f32; m * n];
         // Small products (denoising one image: 64 rows) run faster on one thread.
-        linear_rows(x, m, w, b, &mut y, 1 << 23);
+        linear_rows(x, m, w, b, &mut y, 1 << 23).map_err(candle_core::Error::msg)?;
         Ok((CpuStorage::F32(y), Shape::from((m, n))))
     }
 

@@ -2,6 +2,8 @@
 //! block's state (tokens, KV caches, conditioning) between steps, so that a stream can pause,
 //! report and be cancelled after any step.
 
+use std::borrow::Cow;
+
 use candle_core::Tensor;
 
 use super::cache::LayerCache;
@@ -477,14 +479,14 @@ impl BlockRun {
 
     /// The transformer's output for input positions `a..a+t` of every row, (rows, t, out), on
     /// the fused CPU path when the sampler has it, else on candle's ops.
-    fn predict_host(
+    fn predict_host<'c>(
         &self,
         model: &Model,
         prep: &Prepared<'_>,
-        caches: &mut Caches,
+        caches: &'c mut Caches,
         a: usize,
         t: usize,
-    ) -> Result<Vec<f32>> {
+    ) -> Result<Cow<'c, [f32]>> {
         let (Seq::Host(seq), Some(host)) = (&self.seq, &self.host) else {
             return Err(Error::InvalidInput("the run keeps no host sequence".into()));
         };
@@ -507,7 +509,7 @@ impl BlockRun {
                     host.qscale.as_deref(),
                     state,
                 )?;
-                Ok(state.out.clone())
+                Ok(Cow::Borrowed(&state.out))
             }
             (_, Caches::Ops(c)) => {
                 let x = Tensor::from_vec(x, (rows, t, d), model.device())?;
@@ -534,7 +536,7 @@ impl BlockRun {
                         self.qscale.as_ref(),
                     )?;
                 }
-                host_vec(&prep.fast.proj_out.forward(&h)?)
+                Ok(Cow::Owned(host_vec(&prep.fast.proj_out.forward(&h)?)?))
             }
             _ => Err(Error::InvalidInput(
                 "the run's caches do not match its method".into(),
