@@ -222,7 +222,7 @@ fn peak_rss_child(spec: &str) {
     match (before, status_kib("VmHWM:")) {
         (Some(before), Some(peak)) => println!(
             "peak_rss/{name}/{b}: {:.1} MiB peak; {:.1} MiB resident before the run \
-             (model {weights_mib:.1} MiB + sampler's transposed copy + both models of the bench)",
+             (model {weights_mib:.1} MiB + the sampler's packed copy + both models of the bench)",
             peak as f64 / 1024.0,
             before as f64 / 1024.0,
         ),

@@ -215,10 +215,19 @@ impl Caches {
 
 /// The prepared forms of the block being inverted.
 pub(crate) struct Prepared<'a> {
-    /// Transposed candle weights (every device).
-    pub(crate) fast: &'a FastBlock,
+    /// Transposed candle weights (every device; prepared only for the methods that use them).
+    pub(crate) fast: Option<&'a FastBlock>,
     /// Packed host weights (CPU only).
     pub(crate) cpu: Option<&'a CpuBlock>,
+}
+
+impl Prepared<'_> {
+    /// The candle-ops form of the block (an error if the sampler did not prepare it).
+    fn fast(&self) -> Result<&FastBlock> {
+        self.fast.ok_or_else(|| {
+            Error::InvalidInput("the block's candle-ops weights are not prepared".into())
+        })
+    }
 }
 
 /// The sequence being inverted.
@@ -398,12 +407,12 @@ impl BlockRun {
             Method::Cached | Method::CachedOps | Method::Plain => {
                 let Caches::Ops(c) = caches else {
                     if opts.method == Method::Plain {
-                        self.step_ops(model, prep.fast, &mut [], opts)?;
+                        self.step_ops(model, prep.fast()?, &mut [], opts)?;
                         return Ok(1);
                     }
                     return Err(Error::InvalidInput("the run has no tensor caches".into()));
                 };
-                self.step_ops(model, prep.fast, c, opts)?;
+                self.step_ops(model, prep.fast()?, c, opts)?;
                 Ok(1)
             }
         }
@@ -520,14 +529,14 @@ impl BlockRun {
                     None
                 };
                 let mut h = prep
-                    .fast
+                    .fast()?
                     .proj_in
                     .forward(&x)?
                     .broadcast_add(&self.pos.narrow(0, a, t)?)?;
                 if let Some(c) = &self.class {
                     h = h.broadcast_add(c)?;
                 }
-                for (layer, cache) in prep.fast.layers.iter().zip(c.iter_mut()) {
+                for (layer, cache) in prep.fast()?.layers.iter().zip(c.iter_mut()) {
                     cache.truncate(a);
                     h = layer_step(
                         layer,
@@ -536,7 +545,7 @@ impl BlockRun {
                         self.qscale.as_ref(),
                     )?;
                 }
-                Ok(Cow::Owned(host_vec(&prep.fast.proj_out.forward(&h)?)?))
+                Ok(Cow::Owned(host_vec(&prep.fast()?.proj_out.forward(&h)?)?))
             }
             _ => Err(Error::InvalidInput(
                 "the run's caches do not match its method".into(),

@@ -1,11 +1,11 @@
 //! [`Sampler`]: a model prepared for sampling, reusable for any number of runs.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::Tensor;
 
 use super::fused::CpuBlock;
-use super::options::{Labels, SampleOptions};
+use super::options::{Labels, Method, SampleOptions};
 use super::reverse::{FastBlock, Prepared, prepare};
 use super::stream::{SampleStream, Samples};
 use crate::error::{Error, Result};
@@ -13,15 +13,18 @@ use crate::model::Model;
 
 struct Inner {
     model: Model,
-    fast: Vec<FastBlock>,
+    /// Transposed candle weights, prepared on first use: on the CPU only `Method::CachedOps` and
+    /// `Method::Plain` need them.
+    fast: OnceLock<Vec<FastBlock>>,
     /// Packed weights of the fused CPU path (CPU models only).
     cpu: Option<Vec<CpuBlock>>,
 }
 
-/// A model prepared for sampling: it keeps transposed copies of the linear weights, with which
-/// candle's matmul runs several times faster on the few rows of a sampling step, and, for a model
-/// on the CPU, the weights packed for the fused CPU kernels of [`Method::Cached`](super::Method)
-/// (each as much memory again as the model's weights).
+/// A model prepared for sampling: for a model on the CPU, the weights packed for the fused CPU
+/// kernels of [`Method::Cached`] (as much memory again as the model's weights); and, when a
+/// method that runs on candle's ops first needs them (every method on other devices), transposed
+/// copies of the linear weights, with which candle's matmul runs several times faster on the few
+/// rows of a sampling step.
 ///
 /// Make one per model and reuse it: cloning is cheap (shared), and it is `Send + Sync`, so a
 /// worker thread can own a clone.
@@ -51,8 +54,12 @@ impl Sampler {
         } else {
             None
         };
+        let fast = OnceLock::new();
+        if cpu.is_none() {
+            let _ = fast.set(prepare(model)?);
+        }
         Ok(Self(Arc::new(Inner {
-            fast: prepare(model)?,
+            fast,
             cpu,
             model: model.clone(),
         })))
@@ -68,14 +75,28 @@ impl Sampler {
         self.0.cpu.is_some()
     }
 
-    /// The prepared forms of block `t`.
-    pub(crate) fn prepared(&self, t: usize) -> Result<Prepared<'_>> {
-        let fast = self
-            .0
-            .fast
-            .get(t)
-            .ok_or_else(|| Error::InvalidInput(format!("the model has no block {t}")))?;
+    /// The prepared forms of block `t` that `method` uses.
+    pub(crate) fn prepared(&self, t: usize, method: Method) -> Result<Prepared<'_>> {
+        if t >= self.0.model.blocks.len() {
+            return Err(Error::InvalidInput(format!("the model has no block {t}")));
+        }
         let cpu = self.0.cpu.as_ref().and_then(|c| c.get(t));
+        let fused = cpu.is_some() && matches!(method, Method::Cached | Method::Jacobi);
+        let fast = if fused {
+            None
+        } else {
+            let blocks = match self.0.fast.get() {
+                Some(b) => b,
+                None => {
+                    // Two threads may both prepare; one result is kept, both are equal.
+                    let _ = self.0.fast.set(prepare(&self.0.model)?);
+                    self.0.fast.get().ok_or_else(|| {
+                        Error::InvalidInput("the sampler's weights could not be prepared".into())
+                    })?
+                }
+            };
+            blocks.get(t)
+        };
         Ok(Prepared { fast, cpu })
     }
 

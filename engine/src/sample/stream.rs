@@ -390,7 +390,7 @@ impl SampleStream {
                         State::Denoise
                     };
                 } else {
-                    let prep = sampler.prepared(run.block)?;
+                    let prep = sampler.prepared(run.block, self.opts.method)?;
                     let before = run.steps_done;
                     run.step(model, &prep, &mut self.caches, &self.opts)?;
                     for pos in before + 1..=run.steps_done {
