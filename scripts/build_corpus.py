@@ -338,8 +338,14 @@ def main() -> None:
         for sub in ("train", "test"):
             shutil.rmtree(args.out / sub, ignore_errors=True)
     by_class = defaultdict(list)
+    taken = set()
     for cls, name, pkg, installed, p, holders, lic in chosen:
         out_name = name if names[name] == 1 else f"{name}__{pkg.removeprefix('minetest-')}"
+        n = 2
+        while out_name in taken:  # the same name twice in one package (a modpack)
+            out_name = f"{name}__{pkg.removeprefix('minetest-')}{n}"
+            n += 1
+        taken.add(out_name)
         by_class[cls].append((out_name, name, pkg, installed, p, holders, lic))
 
     rows = []
