@@ -1,12 +1,13 @@
-//! Dataset loader tests: the shared minetest16 folder, bad files and empty classes, size
-//! policies, animation strips and channel choice.
+//! Dataset loader tests: the shared minetest16 folder, bad files and folders without images,
+//! game-project layouts and train/test splits, size policies, animation strips and channel
+//! choice.
 
 mod train_util;
 
 use std::path::Path;
 
 use tarflow::Error;
-use tarflow::train::{ChannelChoice, DataConfig, Dataset, SizePolicy, Skipped};
+use tarflow::train::{ChannelChoice, DataConfig, Dataset, SizePolicy, Skipped, is_split};
 use train_util::{Pattern, minetest16, write_patterns};
 
 fn load_reporting(root: &Path, cfg: &DataConfig) -> (tarflow::Result<Dataset>, Vec<String>) {
@@ -77,39 +78,41 @@ fn bad_files_and_empty_classes_give_the_documented_messages() {
     std::fs::write(root.join("stripes/.DS_Store"), "ignored silently").unwrap();
     std::fs::create_dir(root.join("empty")).unwrap();
 
+    // A subfolder without images is not a class: one line for it, the rest loads.
     let (r, lines) = load_reporting(root, &DataConfig::default());
-    let err = r.unwrap_err();
-    assert!(matches!(err, Error::Dataset { .. }));
-    let msg = err.to_string();
-    assert!(
-        msg.contains(&root.join("empty").display().to_string())
-            && msg.contains("class `empty` has no images (the folder is empty)"),
-        "{msg}"
+    let data = r.unwrap();
+    assert_eq!(data.class_names(), ["stripes"]);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert_eq!(
+        lines[0],
+        format!(
+            "skipped {}: no images in this folder (it is empty): not a class",
+            root.join("empty").display()
+        )
     );
-    assert_eq!(lines.len(), 2, "{lines:?}");
     assert!(
-        lines[0].starts_with("skipped ")
-            && lines[0].contains("corrupt.png")
-            && lines[0].contains("corrupt or unsupported PNG file"),
+        lines[1].starts_with("skipped ")
+            && lines[1].contains("corrupt.png")
+            && lines[1].contains("corrupt or unsupported PNG file"),
         "{lines:?}"
     );
     assert!(
-        lines[1].contains("notes.txt")
-            && lines[1].ends_with("not an image file (unrecognised contents and extension)"),
+        lines[2].contains("notes.txt")
+            && lines[2].ends_with("not an image file (unrecognised contents and extension)"),
         "{lines:?}"
     );
 
-    // A class whose files are all unusable says so.
+    // A folder whose files are all unusable is skipped the same way, with one line.
     std::fs::write(root.join("empty/readme.txt"), "todo").unwrap();
-    let msg = Dataset::load(root, &DataConfig::default())
-        .unwrap_err()
-        .to_string();
+    let (r, lines) = load_reporting(root, &DataConfig::default());
+    assert_eq!(r.unwrap().class_names(), ["stripes"]);
     assert!(
-        msg.contains("class `empty` has no usable images (all 1 file(s) skipped)"),
-        "{msg}"
+        lines[0].ends_with("empty: no images in this folder (1 other file(s)): not a class"),
+        "{lines:?}"
     );
+    assert_eq!(lines.len(), 3, "{lines:?}");
 
-    // Without the empty class the rest loads, with the skipped files counted.
+    // Without the empty folder, the skipped files are counted.
     std::fs::remove_dir_all(root.join("empty")).unwrap();
     let data = Dataset::load(root, &DataConfig::default()).unwrap();
     assert_eq!(data.len(), 2);
@@ -216,5 +219,131 @@ fn sizes_strips_channels_and_flat_folders() {
     assert_eq!(
         held.items().iter().map(|i| i.file).collect::<Vec<_>>(),
         held2.items().iter().map(|i| i.file).collect::<Vec<_>>()
+    );
+}
+
+/// A game project's asset folder: textures by class beside `sounds/`, `locale/` and `models/`.
+/// The folders without images are skipped with one line each (not one per sound file), never
+/// an error and never a class.
+#[test]
+fn folders_without_images_are_skipped_with_one_line_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write_patterns(root, &[Pattern::Stripes, Pattern::Checkers], 2, 8, 0);
+    std::fs::create_dir_all(root.join("sounds/ui")).unwrap();
+    for k in 0..5 {
+        std::fs::write(root.join(format!("sounds/step_{k}.ogg")), b"OggS....").unwrap();
+    }
+    std::fs::write(root.join("sounds/ui/click.wav"), b"RIFF....WAVE").unwrap();
+    std::fs::create_dir_all(root.join("locale")).unwrap();
+    std::fs::write(root.join("locale/en.po"), "msgid \"\"").unwrap();
+    std::fs::create_dir_all(root.join("models")).unwrap();
+    std::fs::write(root.join("README.md"), "# my game").unwrap();
+
+    let (r, lines) = load_reporting(root, &DataConfig::default());
+    let data = r.unwrap();
+    assert_eq!(data.class_names(), ["checkers", "stripes"]);
+    assert_eq!(data.len(), 4);
+    let folder = |name: &str| format!("skipped {}: no images", root.join(name).display());
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert!(lines[0].contains("README.md"), "{lines:?}");
+    for (line, name, files) in [
+        (&lines[1], "locale", 1),
+        (&lines[2], "models", 0),
+        (&lines[3], "sounds", 6),
+    ] {
+        assert!(line.starts_with(&folder(name)), "{lines:?}");
+        if files > 0 {
+            assert!(line.contains(&format!("({files} other file(s))")), "{line}");
+        }
+    }
+
+    // Images only at the top level, beside folders without images: an unconditional set.
+    let flat = tempfile::tempdir().unwrap();
+    write_patterns(flat.path(), &[Pattern::Dots], 3, 8, 0);
+    let dots = flat.path().join("dots");
+    for f in std::fs::read_dir(&dots).unwrap().flatten() {
+        std::fs::rename(f.path(), flat.path().join(f.file_name())).unwrap();
+    }
+    std::fs::remove_dir(&dots).unwrap();
+    std::fs::create_dir_all(flat.path().join("sounds")).unwrap();
+    std::fs::write(flat.path().join("sounds/a.ogg"), b"OggS").unwrap();
+    let (r, lines) = load_reporting(flat.path(), &DataConfig::default());
+    let data = r.unwrap();
+    assert!(!data.is_conditional());
+    assert_eq!(data.len(), 3);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+}
+
+/// A folder of exactly `train/` and `test/` is a split, never two classes "train" and "test":
+/// `load_split` gives both parts with the same class ids; `load` refuses it.
+#[test]
+fn a_train_test_folder_is_a_split_not_two_classes() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write_patterns(
+        &root.join("train"),
+        &[Pattern::Stripes, Pattern::Checkers, Pattern::Dots],
+        3,
+        8,
+        0,
+    );
+    write_patterns(
+        &root.join("test"),
+        &[Pattern::Stripes, Pattern::Dots],
+        1,
+        8,
+        1,
+    );
+    std::fs::write(root.join("TEST_SPLIT.txt"), "stripes_000.png").unwrap();
+    assert!(is_split(root).unwrap());
+    assert!(!is_split(&root.join("train")).unwrap());
+
+    let err = Dataset::load(root, &DataConfig::default()).unwrap_err();
+    assert!(matches!(err, Error::Dataset { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("it is a split, not two classes") && msg.contains("load_split"),
+        "{msg}"
+    );
+
+    let mut lines = Vec::new();
+    let (train, test) = Dataset::load_split(root, &DataConfig::default(), &mut |s| {
+        lines.push(s.to_string())
+    })
+    .unwrap();
+    let test = test.expect("a split has a test part");
+    assert_eq!(train.class_names(), ["checkers", "dots", "stripes"]);
+    assert_eq!(train.len(), 9);
+    assert_eq!(test.len(), 2);
+    // The test part keeps the training ids (dots is 1, stripes 2), not its own (0, 1).
+    assert_eq!(test.class_names(), train.class_names());
+    let mut labels: Vec<usize> = test.items().iter().map(|i| i.label.unwrap()).collect();
+    labels.sort();
+    assert_eq!(labels, [1, 2]);
+    assert!(lines.is_empty(), "{lines:?}");
+
+    // Any other folder is itself, with no test part.
+    let (only, none) =
+        Dataset::load_split(&root.join("train"), &DataConfig::default(), &mut |_| {}).unwrap();
+    assert!(none.is_none());
+    assert_eq!(only.len(), 9);
+
+    // A test class the training part lacks cannot be evaluated.
+    write_patterns(&root.join("test"), &[Pattern::Checkers], 1, 8, 2);
+    std::fs::create_dir_all(root.join("test/lava")).unwrap();
+    Pattern::Dots
+        .image(
+            8,
+            &mut <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(3),
+        )
+        .save(root.join("test/lava/lava.png"))
+        .unwrap();
+    let msg = Dataset::load_split(root, &DataConfig::default(), &mut |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        msg.contains("`lava` are in `test/` but not in `train/`"),
+        "{msg}"
     );
 }

@@ -340,3 +340,44 @@ fn new_classes_keep_old_ids() {
         .to_string();
     assert!(err.contains("class id 0 is `checkers`"), "{err}");
 }
+
+/// The `test/` part of a split is the held-out set: the trainer evaluates on exactly it (with
+/// the training ids), holds nothing out of `train/`, and refuses images of another format.
+#[test]
+fn a_split_test_part_is_the_held_out_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    write_patterns(
+        &root.join("train"),
+        &[Pattern::Stripes, Pattern::Checkers],
+        4,
+        8,
+        1,
+    );
+    write_patterns(&root.join("test"), &[Pattern::Stripes], 2, 8, 2);
+    let (train, test) = Dataset::load_split(root, &DataConfig::default(), &mut |_| {}).unwrap();
+    let test = test.unwrap();
+    let config = TrainConfig {
+        holdout_fraction: 0.0,
+        ..quick_config(4)
+    };
+    let dev = Device::Cpu;
+    let mut t = Trainer::new(small_model(), config, train, &dev).unwrap();
+    assert_eq!(t.train_data().len(), 8);
+    assert!(t.holdout_data().is_empty());
+    t.set_holdout(test).unwrap();
+    assert_eq!(t.holdout_data().len(), 2);
+    t.step().unwrap();
+    let r = t.evaluate_holdout().unwrap().unwrap();
+    assert_eq!(r.images, 2);
+    // stripes is id 1 in training: the per-class report counts both images there.
+    assert_eq!(r.per_class[1].1, 2);
+    assert!(r.bits_per_dim.is_finite());
+
+    // Another size is refused, naming both.
+    let other = tempfile::tempdir().unwrap();
+    write_patterns(other.path(), &[Pattern::Stripes], 1, 16, 3);
+    let wrong = Dataset::load(other.path(), &DataConfig::default()).unwrap();
+    let msg = t.set_holdout(wrong).unwrap_err().to_string();
+    assert!(msg.contains("16x16") && msg.contains("8x8"), "{msg}");
+}

@@ -25,13 +25,22 @@ impl RgbaImage {
         }
     }
 
-    /// Copy a `w` x `h` block of RGBA8 pixels (row-major) to the pixel position (x, y), clipped
-    /// to the image.
-    pub fn blit(&mut self, x: u32, y: u32, w: u32, h: u32, rgba: &[u8]) {
+    /// Copy a `w` x `h` block of RGBA8 pixels (row-major, `w * h * 4` bytes) to the pixel
+    /// position (x, y), clipped to the image. A slice of another length is an error (nothing is
+    /// copied then).
+    pub fn blit(&mut self, x: u32, y: u32, w: u32, h: u32, rgba: &[u8]) -> Result<()> {
         let (iw, ih) = (self.width as usize, self.height as usize);
         let (x, y, w, h) = (x as usize, y as usize, w as usize, h as usize);
+        let need = w.checked_mul(h).and_then(|n| n.checked_mul(4));
+        if need != Some(rgba.len()) {
+            return Err(Error::InvalidInput(format!(
+                "a {w}x{h} RGBA block needs {} bytes, {} given",
+                need.map_or_else(|| "more than usize::MAX".into(), |n| n.to_string()),
+                rgba.len()
+            )));
+        }
         for row in 0..h {
-            let ty = y + row;
+            let ty = y.saturating_add(row);
             if ty >= ih || x >= iw {
                 break;
             }
@@ -40,6 +49,7 @@ impl RgbaImage {
             let dst = (ty * iw + x) * 4;
             self.pixels[dst..dst + n * 4].copy_from_slice(src);
         }
+        Ok(())
     }
 }
 
@@ -121,8 +131,21 @@ mod tests {
     #[test]
     fn blit_clips() {
         let mut img = RgbaImage::new(3, 3);
-        img.blit(2, 2, 2, 2, &[9; 16]);
+        img.blit(2, 2, 2, 2, &[9; 16]).unwrap();
         assert_eq!(&img.pixels[(2 * 3 + 2) * 4..], &[9, 9, 9, 9]);
         assert_eq!(img.pixels.iter().filter(|&&v| v == 9).count(), 4);
+    }
+
+    #[test]
+    fn blit_of_a_short_or_long_slice_is_an_error_not_a_panic() {
+        let mut img = RgbaImage::new(3, 3);
+        let msg = img.blit(0, 0, 2, 2, &[9; 15]).unwrap_err().to_string();
+        assert!(
+            msg.contains("a 2x2 RGBA block needs 16 bytes, 15 given"),
+            "{msg}"
+        );
+        assert!(img.blit(0, 0, 2, 2, &[9; 17]).is_err());
+        assert!(img.blit(0, 0, u32::MAX, u32::MAX, &[9; 16]).is_err());
+        assert!(img.pixels.iter().all(|&v| v == 0), "nothing copied");
     }
 }

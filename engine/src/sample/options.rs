@@ -199,6 +199,21 @@ impl SampleOptions {
         Ok(())
     }
 
+    /// [`validate`](Self::validate), plus what depends on the model: guidance needs a
+    /// class-conditional model (on a model without classes both branches are the same, so
+    /// guidance would double the work and change nothing).
+    pub fn validate_for(&self, model: &crate::config::ModelConfig) -> Result<()> {
+        self.validate()?;
+        if self.uses_guidance() && model.num_classes == 0 {
+            return Err(Error::InvalidInput(format!(
+                "guidance {} asked for, but the model has no classes: guidance steers towards a \
+                 class and needs a class-conditional model (use guidance 0)",
+                self.guidance
+            )));
+        }
+        Ok(())
+    }
+
     /// Whether the run needs the unconditional branch (a doubled batch).
     pub fn uses_guidance(&self) -> bool {
         self.guidance > 0.0
@@ -289,6 +304,23 @@ mod tests {
             assert!(o.validate().is_err());
         }
         assert!(SampleOptions::default().validate().is_ok());
+    }
+
+    #[test]
+    fn guidance_on_a_model_without_classes_is_refused() {
+        let mut cfg = crate::config::ModelConfig::new(3, 8, 2, 64, 2, 1);
+        let guided = SampleOptions {
+            guidance: 2.0,
+            ..Default::default()
+        };
+        let msg = guided.validate_for(&cfg).unwrap_err().to_string();
+        assert!(
+            msg.contains("guidance 2 asked for, but the model has no classes"),
+            "{msg}"
+        );
+        assert!(SampleOptions::default().validate_for(&cfg).is_ok());
+        cfg.num_classes = 2;
+        assert!(guided.validate_for(&cfg).is_ok());
     }
 
     #[test]

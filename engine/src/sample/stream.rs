@@ -69,8 +69,7 @@ impl PatchEvent {
                 self.pixels.len()
             ))
         })?;
-        image.blit(self.x, self.y, self.size, self.size, px);
-        Ok(())
+        image.blit(self.x, self.y, self.size, self.size, px)
     }
 }
 
@@ -207,9 +206,9 @@ impl SampleStream {
         labels: &Labels,
         opts: &SampleOptions,
     ) -> Result<Self> {
-        opts.validate()?;
         let model = sampler.model();
         let cfg = model.config();
+        opts.validate_for(cfg)?;
         let (n, d) = (cfg.num_patches(), cfg.patch_dim());
         let b = labels.len();
         if b == 0 {

@@ -1,14 +1,20 @@
 //! [`Dataset`]: training images read from a folder with the `image` crate.
 //!
-//! Layout: every first-level subfolder of the root is a class (its name is the class name), and
-//! the images below it, at any depth, belong to it. A root without subfolders is an
-//! unconditional dataset. Files and folders whose name starts with `.` are ignored silently.
+//! Layout: every first-level subfolder of the root that holds images is a class (its name is the
+//! class name), and the images below it, at any depth, belong to it. Subfolders without a single
+//! image (a game project's `sounds/`, `locale/`, `models/`) are skipped, one [`Skipped`] line
+//! each. A root without such subfolders is an unconditional dataset of its top-level images.
+//! Files and folders whose name starts with `.` are ignored silently.
+//!
+//! A root whose only subfolders are `train/` and `test/` is a split, never two classes:
+//! [`Dataset::load_split`] loads `train/` for training and `test/` as the held-out set with the
+//! same classes, size and channels; [`Dataset::load`] refuses it.
 //!
 //! Every readable image (PNG, JPEG, WebP, BMP, TGA, GIF; palette, grayscale, 16-bit, RGB and
 //! RGBA all accepted) is decoded to 8-bit RGBA, then converted to the dataset's channel count
 //! ([`ChannelChoice`]). Files that are not images, or cannot be decoded, are skipped: each one
-//! gives one [`Skipped`] line (`skipped PATH: REASON`) and is counted. An empty dataset, or a
-//! class folder without a single usable image, is an [`Error::Dataset`] naming the folder.
+//! gives one [`Skipped`] line (`skipped PATH: REASON`) and is counted. An empty dataset is an
+//! [`Error::Dataset`] naming the folder.
 //!
 //! Images whose size differs from the training size follow the [`SizePolicy`]; vertical
 //! animation strips (an `S x kS` image) can be split into `k` frames ([`DataConfig::split_strips`]).
@@ -148,10 +154,10 @@ pub struct DataConfig {
     pub classes: Vec<String>,
 }
 
-/// A file that was left out of the dataset, and why.
+/// A file, or a subfolder without images, that was left out of the dataset, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Skipped {
-    /// The file.
+    /// The file or folder.
     pub path: PathBuf,
     /// Why it was skipped.
     pub reason: String,
@@ -301,6 +307,21 @@ fn files_below(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// Whether `root` is a train/test split: its only (non-hidden) subfolders are `train/` and
+/// `test/` (files beside them, such as a licence or a split list, are allowed).
+pub fn is_split(root: &Path) -> Result<bool> {
+    if !root.is_dir() {
+        return Ok(false);
+    }
+    let mut names: Vec<String> = sorted_entries(root)?
+        .into_iter()
+        .filter(|p| p.is_dir())
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    names.sort();
+    Ok(names == ["test", "train"])
+}
+
 /// Decode one file to RGBA8, or say why it cannot be used.
 fn decode(path: &Path) -> std::result::Result<(RgbaImage, Vec<u8>), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read the file: {e}"))?;
@@ -381,9 +402,16 @@ impl Dataset {
             return Err(Error::InvalidInput("image size 0 asked for".into()));
         }
         let entries = sorted_entries(root)?;
+        if is_split(root)? {
+            return Err(Error::Dataset {
+                path: root.to_path_buf(),
+                reason: "the folder holds exactly `train/` and `test/`: it is a split, not two \
+                         classes; load it with Dataset::load_split (or give `train/` or `test/` \
+                         itself)"
+                    .into(),
+            });
+        }
         let subdirs: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir()).collect();
-        let by_class = !subdirs.is_empty();
-        let conditional = by_class && !config.unconditional;
 
         // Class ids: the known classes keep theirs, new folders follow in name order.
         let mut class_names = config.classes.clone();
@@ -407,83 +435,93 @@ impl Dataset {
             skipped.push(s);
         };
 
-        // (file, class folder index) in a stable order.
-        let mut files: Vec<(PathBuf, Option<usize>)> = Vec::new();
-        let mut folder_class: Vec<(PathBuf, String, Option<usize>)> = Vec::new();
-        if by_class {
-            for p in &entries {
-                if !p.is_dir() {
-                    if decode(p).is_ok() {
-                        skip(
-                            p,
-                            "image at the top level, outside any class folder (put it in a \
-                             subfolder named after its class)"
-                                .into(),
-                            &mut skipped,
-                        );
-                    } else {
-                        skip(p, "not an image file".into(), &mut skipped);
-                    }
-                }
-            }
-            for d in &subdirs {
-                let name = d
-                    .file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default();
-                let id = if conditional {
-                    Some(match class_names.iter().position(|c| *c == name) {
-                        Some(i) => i,
-                        None => {
-                            class_names.push(name.clone());
-                            class_names.len() - 1
-                        }
-                    })
-                } else {
-                    None
-                };
-                folder_class.push(((*d).clone(), name, id));
-                let mut below = Vec::new();
-                files_below(d, &mut below)?;
-                files.extend(below.into_iter().map(|f| (f, Some(folder_class.len() - 1))));
-            }
-        } else {
-            files.extend(entries.iter().map(|p| (p.clone(), None)));
+        // Decode every file of every subfolder first: a subfolder is a class only when it
+        // holds at least one image (game projects keep `sounds/`, `locale/`, `models/` beside
+        // their textures). Without any such class folder, the top-level images are the data.
+        type Scan = (PathBuf, Vec<(PathBuf, Decode)>);
+        type Decode = std::result::Result<(RgbaImage, Vec<u8>), String>;
+        let mut scans: Vec<Scan> = Vec::new();
+        for d in &subdirs {
+            let mut below = Vec::new();
+            files_below(d, &mut below)?;
+            let decoded: Vec<(PathBuf, Decode)> =
+                below.into_iter().map(|f| (f.clone(), decode(&f))).collect();
+            scans.push(((*d).clone(), decoded));
         }
+        let has_image = |s: &Scan| s.1.iter().any(|(_, r)| r.is_ok());
+        let by_class = scans.iter().any(has_image);
+        let conditional = by_class && !config.unconditional;
 
         let mut decoded: Vec<Decoded> = Vec::new();
-        let mut usable = vec![0usize; folder_class.len()];
-        let mut found = vec![0usize; folder_class.len()];
-        for (path, folder) in &files {
-            if let Some(f) = folder {
-                found[*f] += 1;
+        let mut push = |path: PathBuf, class: Option<usize>, image: RgbaImage, bytes: Vec<u8>| {
+            let rel = path
+                .strip_prefix(root)
+                .unwrap_or(&path)
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/");
+            decoded.push(Decoded {
+                rel,
+                path,
+                class,
+                image,
+                bytes: bytes.len() as u64,
+                hash: format!("{:016x}", fnv1a(&bytes)),
+            });
+        };
+        for p in entries.iter().filter(|p| !p.is_dir()) {
+            match decode(p) {
+                Ok((image, bytes)) if !by_class => push(p.clone(), None, image, bytes),
+                Ok(_) => skip(
+                    p,
+                    "image at the top level, outside any class folder (put it in a subfolder \
+                     named after its class)"
+                        .into(),
+                    &mut skipped,
+                ),
+                Err(reason) => skip(p, reason, &mut skipped),
             }
-            match decode(path) {
-                Ok((image, bytes)) => {
-                    if let Some(f) = folder {
-                        usable[*f] += 1;
+        }
+        for (dir, files) in scans {
+            let n = files.len();
+            if !files.iter().any(|(_, r)| r.is_ok()) {
+                // One line for the whole folder, not one per sound file.
+                skip(
+                    &dir,
+                    if n == 0 {
+                        "no images in this folder (it is empty): not a class".into()
+                    } else {
+                        format!("no images in this folder ({n} other file(s)): not a class")
+                    },
+                    &mut skipped,
+                );
+                continue;
+            }
+            let name = dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let id = if conditional {
+                Some(match class_names.iter().position(|c| *c == name) {
+                    Some(i) => i,
+                    None => {
+                        class_names.push(name.clone());
+                        class_names.len() - 1
                     }
-                    let rel = path
-                        .strip_prefix(root)
-                        .unwrap_or(path)
-                        .components()
-                        .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                        .collect::<Vec<_>>()
-                        .join("/");
-                    decoded.push(Decoded {
-                        rel,
-                        path: path.clone(),
-                        class: folder.and_then(|f| folder_class[f].2),
-                        image,
-                        bytes: bytes.len() as u64,
-                        hash: format!("{:016x}", fnv1a(&bytes)),
-                    });
+                })
+            } else {
+                None
+            };
+            for (path, r) in files {
+                match r {
+                    Ok((image, bytes)) => push(path, id, image, bytes),
+                    Err(reason) => skip(&path, reason, &mut skipped),
                 }
-                Err(reason) => skip(path, reason, &mut skipped),
             }
         }
 
-        // Errors that say where: an empty dataset, an empty class folder.
+        // An empty dataset is an error that says where.
         if decoded.is_empty() {
             return Err(Error::Dataset {
                 path: root.to_path_buf(),
@@ -493,25 +531,6 @@ impl Dataset {
                     skipped.len()
                 ),
             });
-        }
-        for (f, (dir, name, _)) in folder_class.iter().enumerate() {
-            if usable[f] == 0 {
-                return Err(Error::Dataset {
-                    path: dir.clone(),
-                    reason: if found[f] == 0 {
-                        format!(
-                            "class `{name}` has no images (the folder is empty); add images \
-                             or remove the folder"
-                        )
-                    } else {
-                        format!(
-                            "class `{name}` has no usable images (all {} file(s) skipped); \
-                             add images or remove the folder",
-                            found[f]
-                        )
-                    },
-                });
-            }
         }
 
         // Training size: given, or the most common width.
@@ -646,6 +665,64 @@ impl Dataset {
             items,
             skipped,
         })
+    }
+
+    /// Load a dataset folder that may be a train/test split (see [`is_split`]). A split gives
+    /// `train/` and, as the held-out set, `test/`, loaded with the training part's classes,
+    /// size and channels so that ids and tensors mean the same; a class folder in `test/` that
+    /// `train/` lacks is an error. Any other folder gives itself and `None`. `report` is called
+    /// once for each skipped file or folder, of both parts.
+    pub fn load_split(
+        root: &Path,
+        config: &DataConfig,
+        report: &mut dyn FnMut(&Skipped),
+    ) -> Result<(Dataset, Option<Dataset>)> {
+        if !is_split(root)? {
+            return Ok((Self::load_with_report(root, config, report)?, None));
+        }
+        let train = Self::load_with_report(&root.join("train"), config, report)?;
+        let test_cfg = DataConfig {
+            img_size: Some(train.img_size()),
+            channels: ChannelChoice::from_count(train.channels())?,
+            classes: train.class_names().to_vec(),
+            ..config.clone()
+        };
+        let test_root = root.join("test");
+        let test = Self::load_with_report(&test_root, &test_cfg, report)?;
+        if test.is_conditional() != train.is_conditional() {
+            return Err(Error::Dataset {
+                path: test_root,
+                reason: format!(
+                    "`test/` {} class folders but `train/` {}: both parts of a split must be \
+                     laid out alike",
+                    if test.is_conditional() {
+                        "has"
+                    } else {
+                        "has no"
+                    },
+                    if train.is_conditional() {
+                        "has"
+                    } else {
+                        "has none"
+                    },
+                ),
+            });
+        }
+        if test.num_classes() > train.num_classes() {
+            return Err(Error::Dataset {
+                path: test_root,
+                reason: format!(
+                    "class(es) {} are in `test/` but not in `train/`: a held-out class the \
+                     model never trains on cannot be evaluated",
+                    test.class_names()[train.num_classes()..]
+                        .iter()
+                        .map(|c| format!("`{c}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            });
+        }
+        Ok((train, Some(test)))
     }
 
     /// Build a dataset from items already in memory (tests, generated data). Every item must

@@ -7,12 +7,22 @@
 //!
 //! # fn main() -> tarflow::Result<()> {
 //! let device = tarflow::candle::Device::Cpu;
-//! let data = Dataset::load(Path::new("assets/textures"), &DataConfig::default())?;
-//! for line in data.skipped() {
-//!     eprintln!("{line}");
-//! }
+//! // `assets/textures` holds `train/` and `test/`: train on one, hold the other out.
+//! let (data, test) = Dataset::load_split(
+//!     Path::new("assets/textures"),
+//!     &DataConfig::default(),
+//!     &mut |skipped| eprintln!("{skipped}"),
+//! )?;
 //! let sizes = ModelConfig::new(data.channels(), data.img_size(), 2, 256, 4, 2);
-//! let mut trainer = Trainer::new(sizes, TrainConfig::default(), data, &device)?;
+//! // With a `test/` part, hold out nothing more from `train/`.
+//! let config = TrainConfig {
+//!     holdout_fraction: if test.is_some() { 0.0 } else { 0.1 },
+//!     ..TrainConfig::default()
+//! };
+//! let mut trainer = Trainer::new(sizes, config, data, &device)?;
+//! if let Some(test) = test {
+//!     trainer.set_holdout(test)?;
+//! }
 //! trainer.set_progress(|p| {
 //!     if let Progress::Step(m) = p {
 //!         println!("step {} loss {:.4} bpd {:.3}", m.step, m.loss, m.bits_per_dim);
@@ -38,7 +48,7 @@ pub use augment::{AugmentConfig, NoiseConfig, Placement};
 pub use checkpoint::{Checkpoint, RngState, TrainerState};
 pub use dataset::{
     ChannelChoice, DataConfig, DataManifest, Dataset, Item, ManifestEntry, ResizeFilter,
-    SizePolicy, Skipped,
+    SizePolicy, Skipped, is_split,
 };
 pub use eval::{BpdReport, evaluate_bpd};
 pub use optim::{AdamW, AdamWSettings};

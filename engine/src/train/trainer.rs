@@ -668,6 +668,55 @@ impl Trainer {
         Ok(())
     }
 
+    /// Use `data` as the held-out set (e.g. the `test/` part of [`Dataset::load_split`])
+    /// instead of the part split off by [`TrainConfig::holdout_fraction`] (set that to 0 so
+    /// that no training file is held out for nothing). Its images must have the model's size
+    /// and channels, and its class ids the model's meaning.
+    pub fn set_holdout(&mut self, data: Dataset) -> Result<()> {
+        let cfg = self.model.config();
+        if data.channels() != cfg.in_channels || data.img_size() != cfg.img_size {
+            return Err(Error::InvalidInput(format!(
+                "the held-out images at {} are {}x{} with {} channel(s), the model takes {}x{} \
+                 with {}",
+                data.root().display(),
+                data.img_size(),
+                data.img_size(),
+                data.channels(),
+                cfg.img_size,
+                cfg.img_size,
+                cfg.in_channels
+            )));
+        }
+        if data.is_conditional() {
+            let names = data.class_names();
+            let ok = names.len() <= cfg.num_classes
+                && names
+                    .iter()
+                    .enumerate()
+                    .all(|(id, n)| *n == cfg.class_name(id));
+            if !ok {
+                return Err(Error::InvalidInput(format!(
+                    "the held-out classes at {} ({}) do not keep the model's class ids ({}): \
+                     load them with DataConfig::classes set to the model's class names",
+                    data.root().display(),
+                    names.join(", "),
+                    cfg.class_names.join(", ")
+                )));
+            }
+        }
+        self.holdout = data;
+        Ok(())
+    }
+
+    /// Record `key = value` in the model's provenance (kept in checkpoints and exported
+    /// models), e.g. the model a fine-tuning run started from.
+    pub fn set_provenance(&mut self, key: &str, value: serde_json::Value) {
+        self.model
+            .config_mut()
+            .provenance
+            .insert(key.to_string(), value);
+    }
+
     /// The model with the live weights (the one being optimised).
     pub fn model(&self) -> &Model {
         &self.model
