@@ -490,6 +490,68 @@ fn bad_requests_explain_themselves() {
     }
 }
 
+/// Guidance on a model without classes would double the work and change nothing: an error,
+/// for `sample` and `sheet`.
+#[test]
+fn guidance_on_an_unconditional_model_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("small.safetensors");
+    let g = golden("small.pth");
+    ok(&["import", s(&g), "--in-channels", "3", "--out", s(&m)]);
+    for cmd in ["sample", "sheet"] {
+        let out = dir.path().join(format!("{cmd}.png"));
+        let o = tarflow(&[cmd, "--model", s(&m), "--guidance", "2", "--out", s(&out)]);
+        let msg = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success()
+                && msg.contains("guidance 2 asked for, but the model has no classes")
+                && !msg.contains("panicked"),
+            "{cmd}: {msg}"
+        );
+        assert!(!out.exists(), "{cmd}");
+    }
+    ok(&[
+        "sample",
+        "--model",
+        s(&m),
+        "--count",
+        "1",
+        "--out",
+        s(&dir.path().join("ok.png")),
+    ]);
+}
+
+/// Sizes that overflow u32 are errors, not panics or wrapped-around images.
+#[test]
+fn huge_scale_or_cols_are_errors_not_overflows() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = model(dir.path());
+    for (flag, value) in [
+        ("--scale", "4294967295"),
+        ("--cols", "18446744073709551615"),
+    ] {
+        let out = dir.path().join("big.png");
+        let o = tarflow(&[
+            "sample",
+            "--model",
+            &m,
+            "--count",
+            "2",
+            flag,
+            value,
+            "--out",
+            s(&out),
+        ]);
+        let msg = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success()
+                && msg.contains(&format!("lower {flag}"))
+                && !msg.contains("panicked"),
+            "{flag}: {msg}"
+        );
+    }
+}
+
 fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims());
     (a - b)

@@ -147,6 +147,60 @@ fn trains_resumes_and_grows_classes() {
     }
 }
 
+/// Start `tarflow ARGS` and return it once it says Ctrl-C is handled, with the stdout lines
+/// read so far and to come.
+fn spawn_training(
+    args: &[&str],
+    stderr: &Path,
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<()>,
+) {
+    use std::io::BufRead;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tarflow"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(std::fs::File::create(stderr).unwrap()))
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let start = Instant::now();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(120).saturating_sub(start.elapsed()))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "no `Ctrl-C stops` line within 2 minutes ({e}): {}",
+                    std::fs::read_to_string(stderr).unwrap_or_default()
+                )
+            });
+        if line.contains("Ctrl-C stops after the current step") {
+            break;
+        }
+    }
+    (child, rx, reader)
+}
+
+fn sigint(child: &std::process::Child) {
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Ctrl-C stops after the current step: the checkpoint (and model) first, and no sample grid,
+/// which an interrupted run skips; the rerun resumes at the checkpoint's step.
 #[test]
 fn ctrl_c_saves_a_checkpoint_and_the_rerun_resumes() {
     let dir = tempfile::tempdir().unwrap();
@@ -154,36 +208,32 @@ fn ctrl_c_saves_a_checkpoint_and_the_rerun_resumes() {
     make_folder(&data, &["stripes", "checks"], 4);
     let out = dir.path().join("m.safetensors");
     let ckpt = dir.path().join("m.ckpt.safetensors");
+    let samples = dir.path().join("m.samples.png");
     let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
-    let child = Command::new(env!("CARGO_BIN_EXE_tarflow"))
-        .args(train_args(d, o, "100000", "2"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !ckpt.exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no checkpoint within 2 minutes"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    // No periodic checkpoint or grid before the interruption: all that is written is its doing.
+    let (child, rx, reader) = spawn_training(
+        &train_args(d, o, "100000", "100000"),
+        &dir.path().join("stderr.txt"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    sigint(&child);
+    let t = Instant::now();
     let o2 = child.wait_with_output().unwrap();
+    let stop_time = t.elapsed();
+    reader.join().unwrap();
     let text = format!(
         "{}{}",
-        String::from_utf8_lossy(&o2.stdout),
-        String::from_utf8_lossy(&o2.stderr)
+        rx.try_iter().collect::<Vec<_>>().join("\n"),
+        std::fs::read_to_string(dir.path().join("stderr.txt")).unwrap()
     );
     assert!(o2.status.success(), "Ctrl-C should exit cleanly: {text}");
     assert!(
         text.contains("interrupted at step") && text.contains("run the same command to resume"),
         "{text}"
+    );
+    assert!(
+        stop_time < Duration::from_secs(30),
+        "stopping took {stop_time:?}"
     );
     let step: u64 = text
         .split("interrupted at step ")
@@ -191,13 +241,56 @@ fn ctrl_c_saves_a_checkpoint_and_the_rerun_resumes() {
         .and_then(|t| t.split(':').next())
         .and_then(|n| n.trim().parse().ok())
         .unwrap();
-    assert!((2..100000).contains(&step));
-    let again = ok(&train_args(d, o, &(step + 2).to_string(), "2"));
+    assert!(step < 100000);
+    let c = tarflow::train::Checkpoint::load(&ckpt, &tarflow::candle::Device::Cpu).unwrap();
+    assert_eq!(c.state.step, step);
+    assert!(out.exists(), "the model is exported with the checkpoint");
+    assert!(
+        !samples.exists(),
+        "an interrupted run skips the sample grid: {text}"
+    );
+    let again = ok(&train_args(d, o, &(step + 2).to_string(), "100000"));
     assert!(again.contains(&format!("at step {step}")), "{again}");
     assert!(
         again.contains(&format!("trained to step {}", step + 2)),
         "{again}"
     );
+    assert!(samples.exists(), "a run to its end writes the grid");
+}
+
+/// A second Ctrl-C exits at once: status 130 when it lands before the clean exit (130 or 0
+/// are both fine here, the first stop being quick), and whatever is on disk loads.
+#[test]
+fn a_second_ctrl_c_exits_at_once_keeping_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("art");
+    make_folder(&data, &["stripes", "checks"], 4);
+    let out = dir.path().join("m.safetensors");
+    let ckpt = dir.path().join("m.ckpt.safetensors");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    let stderr = dir.path().join("stderr.txt");
+    let (child, _rx, reader) = spawn_training(&train_args(d, o, "100000", "1"), &stderr);
+    std::thread::sleep(Duration::from_millis(300));
+    sigint(&child);
+    sigint(&child);
+    let t = Instant::now();
+    let status = child.wait_with_output().unwrap().status;
+    reader.join().unwrap();
+    let err = std::fs::read_to_string(&stderr).unwrap();
+    assert!(t.elapsed() < Duration::from_secs(30), "{:?}", t.elapsed());
+    assert!(
+        status.success() || status.code() == Some(130),
+        "{status}: {err}"
+    );
+    if status.code() == Some(130) {
+        assert!(err.contains("second Ctrl-C: exiting now"), "{err}");
+    }
+    if ckpt.exists() {
+        tarflow::train::Checkpoint::load(&ckpt, &tarflow::candle::Device::Cpu).unwrap();
+    }
+    if out.exists() {
+        tarflow::format::load_model(&out, &tarflow::candle::Device::Cpu).unwrap();
+    }
 }
 
 #[test]
@@ -245,6 +338,213 @@ fn bad_training_input_is_explained() {
     let msg = String::from_utf8_lossy(&o.stderr);
     assert!(
         !o.status.success() && msg.contains("multiple of the head size"),
+        "{msg}"
+    );
+}
+
+/// `args` with `flag` set to `values` (replacing its value when it is there already).
+fn with<'a>(mut args: Vec<&'a str>, flag: &'a str, values: &[&'a str]) -> Vec<&'a str> {
+    match args.iter().position(|a| *a == flag) {
+        Some(i) if values.len() == 1 => args[i + 1] = values[0],
+        _ => {
+            args.push(flag);
+            args.extend_from_slice(values);
+        }
+    }
+    args
+}
+
+fn fails(args: &[&str]) -> String {
+    let o = tarflow(args);
+    let msg = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(
+        !o.status.success() && !msg.contains("panicked"),
+        "tarflow {args:?} should fail cleanly: {msg}"
+    );
+    msg
+}
+
+/// A model file without its checkpoint is never fine-tuned or overwritten unasked: the run
+/// stops, naming the file and the two ways out; `--from` fine-tunes into another file (never
+/// itself), keeps the source's sizes and records where it came from; `--fresh` replaces.
+#[test]
+fn an_existing_model_without_a_checkpoint_is_never_overwritten() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("art");
+    make_folder(&data, &["stripes", "checks"], 3);
+    let out = dir.path().join("m.safetensors");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    ok(&train_args(d, o, "3", "3"));
+    std::fs::remove_file(dir.path().join("m.ckpt.safetensors")).unwrap();
+    let before = std::fs::read(&out).unwrap();
+
+    let msg = fails(&with(train_args(d, o, "6", "3"), "--channels", &["128"]));
+    assert!(
+        msg.contains(&format!("{o} exists and has no checkpoint beside it"))
+            && msg.contains("--fresh to replace it")
+            && msg.contains(&format!("--from {o} --out NEW.safetensors")),
+        "{msg}"
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        before,
+        "the model was touched"
+    );
+
+    // --from X --out X is refused.
+    let mut args = train_args(d, o, "6", "3");
+    args.extend(["--from", o]);
+    let msg = fails(&args);
+    assert!(msg.contains("--from and --out are the same file"), "{msg}");
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+
+    // --from with other sizes is refused; with the same, it fine-tunes a new model.
+    let tuned = dir.path().join("tuned.safetensors");
+    let t = tuned.to_str().unwrap();
+    let msg = fails(&[
+        "train",
+        d,
+        "--out",
+        t,
+        "--from",
+        o,
+        "--steps",
+        "2",
+        "--channels",
+        "128",
+    ]);
+    assert!(
+        msg.contains("fine-tuning keeps the sizes") && msg.contains("--channels 128 (it has 64)"),
+        "{msg}"
+    );
+    let text = ok(&[
+        "train", d, "--out", t, "--from", o, "--steps", "2", "--batch", "8", "--warmup", "1",
+    ]);
+    assert!(
+        text.contains("fine-tuned from") && text.contains("trained to step 2"),
+        "{text}"
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        before,
+        "the source was touched"
+    );
+    let cfg: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", t])).unwrap();
+    assert_eq!(cfg["channels"], 64);
+    assert_eq!(cfg["provenance"]["fine_tuned_from"]["model"], o);
+    assert_eq!(cfg["provenance"]["fine_tuned_from"]["steps"], 3);
+    assert_eq!(cfg["provenance"]["steps"], 2);
+    // Its rerun resumes from its own checkpoint, keeping the record.
+    let text = ok(&[
+        "train", d, "--out", t, "--from", o, "--steps", "3", "--batch", "8", "--warmup", "1",
+    ]);
+    assert!(
+        text.contains("resuming") && text.contains("at step 2"),
+        "{text}"
+    );
+    let cfg: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", t])).unwrap();
+    assert_eq!(cfg["provenance"]["fine_tuned_from"]["model"], o);
+
+    // --fresh replaces, with the sizes asked for.
+    let text = ok(&train_args(d, o, "2", "3")
+        .into_iter()
+        .chain(["--fresh"])
+        .collect::<Vec<_>>());
+    assert!(text.contains("new model"), "{text}");
+    assert_ne!(std::fs::read(&out).unwrap(), before);
+}
+
+/// Resuming refuses flags that differ from the checkpoint (naming flag, both values and
+/// `--fresh`), and raising `--steps` past the planned total keeps the schedule: the extra
+/// steps run at its final learning rate, never jumping back up.
+#[test]
+fn resuming_refuses_changed_flags_and_keeps_the_schedule() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("art");
+    make_folder(&data, &["stripes", "checks"], 3);
+    let out = dir.path().join("m.safetensors");
+    let ckpt = dir.path().join("m.ckpt.safetensors");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    ok(&train_args(d, o, "6", "3"));
+    let load = || tarflow::train::Checkpoint::load(&ckpt, &tarflow::candle::Device::Cpu).unwrap();
+    let before = std::fs::read(&ckpt).unwrap();
+
+    for (flag, value, said) in [
+        ("--lr", "0.001", "--lr 0.001 (it has 0.0005)"),
+        ("--channels", "128", "--channels 128 (it has 64)"),
+        ("--batch", "4", "--batch 4 (it has 8)"),
+        ("--noise", "uniform", "--noise uniform (it has 0.05)"),
+        ("--hflip", "", "--hflip (it was trained without)"),
+        ("--image-channels", "rgba", "--image-channels 4 (it has 3)"),
+        ("--seed", "3", "--seed 3 (it has 0)"),
+        ("--ema", "0.99", "--ema 0.99 (it has 0.999)"),
+    ] {
+        let extra: Vec<&str> = [value].into_iter().filter(|v| !v.is_empty()).collect();
+        let msg = fails(&with(train_args(d, o, "9", "3"), flag, &extra));
+        assert!(
+            msg.contains(said) && msg.contains("--fresh") && msg.contains("at step 6"),
+            "{flag}: {msg}"
+        );
+    }
+    assert_eq!(std::fs::read(&ckpt).unwrap(), before, "a refused run wrote");
+    // The same values as the checkpoint's are fine.
+    let mut args = train_args(d, o, "9", "3");
+    args.extend(["--lr", "0.0005", "--noise", "0.05"]);
+    let text = ok(&args);
+    assert!(
+        text.contains("at step 6")
+            && text
+                .contains("schedule ends at step 6: steps past it run at its final learning rate")
+            && text.contains("trained to step 9"),
+        "{text}"
+    );
+    let c = load();
+    assert_eq!(c.state.step, 9);
+    let cfg = &c.state.config;
+    assert_eq!(cfg.total_steps, 6, "the schedule keeps its length");
+    let s = cfg.schedule();
+    for k in 6..9 {
+        assert_eq!(s.lr_at(k), cfg.min_lr, "step {k}");
+        assert!(s.lr_at(k) <= s.lr_at(5));
+    }
+}
+
+/// A game project's texture folder split into `train/` and `test/`: trains on `train/` (its
+/// sound folder skipped with one line), holds out `test/`, and never makes classes of the two.
+#[test]
+fn a_split_folder_trains_on_train_and_holds_out_test() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("textures");
+    make_folder(&root.join("train"), &["stripes", "checks"], 4);
+    make_folder(&root.join("test"), &["stripes", "checks"], 1);
+    std::fs::create_dir_all(root.join("train/sounds")).unwrap();
+    std::fs::write(root.join("train/sounds/step.ogg"), b"OggS").unwrap();
+    std::fs::write(root.join("TEST_SPLIT.txt"), "stripes_0.png").unwrap();
+    let out = dir.path().join("m.safetensors");
+    let (d, o) = (root.to_str().unwrap(), out.to_str().unwrap());
+    let text = ok(&train_args(d, o, "2", "2"));
+    assert!(
+        text.contains("is split: training on train/, holding out test/ (2 images)")
+            && text.contains("8 images of 8x8 px")
+            && text.contains("held-out:")
+            && text.contains("on 2 images"),
+        "{text}"
+    );
+    let sounds = root.join("train/sounds");
+    assert_eq!(
+        text.matches(&format!("skipped {}", sounds.display()))
+            .count(),
+        1,
+        "{text}"
+    );
+    let cfg: serde_json::Value = serde_json::from_str(&ok(&["info", "--json", o])).unwrap();
+    assert_eq!(cfg["class_names"], serde_json::json!(["checks", "stripes"]));
+
+    let mut args = train_args(d, o, "3", "2");
+    args.extend(["--fresh", "--holdout", "0.2"]);
+    let msg = fails(&args);
+    assert!(
+        msg.contains("test/ is the held-out set: drop --holdout"),
         "{msg}"
     );
 }

@@ -71,7 +71,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         let cols = args
             .cols
             .unwrap_or_else(|| (args.count as f64).sqrt().ceil() as usize);
-        let (sheet, _) = grid(&images, cols, 1);
+        let (sheet, _) = grid(&images, cols, 1)?;
         save_png(&args.out, &sheet, args.scale)?;
         println!("wrote {} samples to {}", images.len(), args.out.display());
     } else {

@@ -135,7 +135,7 @@ pub fn run(args: SheetArgs) -> anyhow::Result<()> {
     let bar = progress_bar(labels.len() as u64, "sheet");
     let (images, _) = generate(&model, &labels, None, &opts, args.sampling.batch, &bar)?;
     bar.finish_and_clear();
-    let (sheet, corners) = grid(&images, cols, args.gap);
+    let (sheet, corners) = grid(&images, cols, args.gap)?;
     save_png(&args.out, &sheet, 1)?;
 
     let tile = cfg.img_size as u32;

@@ -1,13 +1,14 @@
 //! `tarflow train DIR --out MODEL`: train (or resume, or continue incrementally) on a folder of art.
 
+use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use tarflow::sample::{Labels, SampleOptions, sample};
+use tarflow::sample::{Labels, SampleOptions, SampleStream};
 use tarflow::train::{
     AugmentConfig, ChannelChoice, Checkpoint, DataConfig, Dataset, NoiseConfig, Progress,
     RunOptions, SizePolicy, TrainConfig, Trainer, evaluate_bpd,
@@ -18,42 +19,57 @@ use crate::generate::{open_device, progress_bar};
 use crate::images::{grid, save_png};
 
 /// Arguments of `tarflow train`.
+///
+/// Options without a value given take the documented default for a new run; when resuming from
+/// a checkpoint they take the checkpoint's value, and giving one that differs is an error (a
+/// checkpoint resumes with its own settings; `--fresh` starts over).
 #[derive(Debug, Args)]
 pub struct TrainArgs {
-    /// Folder of training images; each first-level subfolder is a class (a flat folder trains an
-    /// unconditional model).
+    /// Folder of training images; each first-level subfolder that holds images is a class
+    /// (subfolders without images are skipped; a folder of images alone trains an
+    /// unconditional model). A folder holding exactly `train/` and `test/` is a split: it
+    /// trains on `train/` and holds out `test/`.
     pub data: PathBuf,
     /// The model file to write (the EMA weights). Its checkpoint goes beside it
-    /// (`NAME.ckpt.safetensors`) and so does a sample grid (`NAME.samples.png`).
+    /// (`NAME.ckpt.safetensors`) and so does a sample grid (`NAME.samples.png`). An existing
+    /// model without a checkpoint is never overwritten unless `--fresh` is given.
     #[arg(long)]
     pub out: PathBuf,
-    /// Total optimizer steps; running again with a larger number continues.
+    /// Start a new run from the weights of this model (fine-tuning): its sizes, classes (new
+    /// class folders get new ids) and image format are kept; writes to `--out`, which must be
+    /// another file.
+    #[arg(long, value_name = "MODEL")]
+    pub from: Option<PathBuf>,
+    /// Step to train to. A new run's learning-rate schedule (warmup, then a cosine down to its
+    /// minimum) ends here. A resumed run keeps the schedule it started with: a larger number
+    /// trains on, and steps beyond the schedule's end run at its final (minimum) learning rate.
     #[arg(long, default_value_t = 2000)]
     pub steps: u64,
-    /// Images per step.
-    #[arg(long, default_value_t = 32)]
-    pub batch: usize,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 5e-4)]
-    pub lr: f64,
-    /// Warmup steps of the learning rate.
-    #[arg(long, default_value_t = 100)]
-    pub warmup: u64,
-    /// Patch side in pixels (new models; default 2 up to 32 px images, else 4).
+    /// Images per step [default: 32].
+    #[arg(long)]
+    pub batch: Option<usize>,
+    /// Peak learning rate [default: 0.0005].
+    #[arg(long)]
+    pub lr: Option<f64>,
+    /// Warmup steps of the learning rate [default: 100].
+    #[arg(long)]
+    pub warmup: Option<u64>,
+    /// Patch side in pixels [default: 2 up to 32 px images, else 4].
     #[arg(long)]
     pub patch_size: Option<usize>,
-    /// Transformer width (new models; a multiple of 64).
-    #[arg(long, default_value_t = 128)]
-    pub channels: usize,
-    /// Flow blocks (new models).
-    #[arg(long, default_value_t = 4)]
-    pub blocks: usize,
-    /// Attention layers per flow block (new models).
-    #[arg(long, default_value_t = 2)]
-    pub layers: usize,
-    /// Training noise: a Gaussian sigma in the [-1, 1] scale (enables denoising), or `uniform`.
-    #[arg(long, default_value = "0.05")]
-    pub noise: String,
+    /// Transformer width, a multiple of 64 [default: 128].
+    #[arg(long)]
+    pub channels: Option<usize>,
+    /// Flow blocks [default: 4].
+    #[arg(long)]
+    pub blocks: Option<usize>,
+    /// Attention layers per flow block [default: 2].
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// Training noise: a Gaussian sigma in the [-1, 1] scale (enables denoising), or `uniform`
+    /// [default: 0.05].
+    #[arg(long)]
+    pub noise: Option<String>,
     /// Augment with left-right flips.
     #[arg(long)]
     pub hflip: bool,
@@ -66,39 +82,41 @@ pub struct TrainArgs {
     /// Augment with wrap-around crops (tileable textures).
     #[arg(long)]
     pub toroidal: bool,
-    /// Image channels: auto, gray, gray-alpha, rgb, rgba.
-    #[arg(long, default_value = "auto")]
-    pub image_channels: ChannelChoice,
-    /// Training image size (default: the most common width in the folder).
+    /// Image channels: auto, gray, gray-alpha, rgb, rgba [default: auto].
+    #[arg(long)]
+    pub image_channels: Option<ChannelChoice>,
+    /// Training image size [default: the most common width in the folder].
     #[arg(long)]
     pub img_size: Option<usize>,
-    /// Images of another size: error, crop (textures) or resize (sprites).
-    #[arg(long, default_value = "error")]
-    pub size_policy: SizePolicy,
+    /// Images of another size: error, crop (textures) or resize (sprites) [default: error].
+    #[arg(long)]
+    pub size_policy: Option<SizePolicy>,
     /// Split vertical animation strips into frames.
     #[arg(long)]
     pub split_strips: bool,
     /// Ignore class folders.
     #[arg(long)]
     pub unconditional: bool,
-    /// Probability of dropping a label (trains the unconditional branch for guidance).
-    #[arg(long, default_value_t = 0.1)]
-    pub label_dropout: f64,
-    /// Fraction of each class held out for evaluation.
-    #[arg(long, default_value_t = 0.1)]
-    pub holdout: f64,
-    /// EMA decay of the exported weights.
-    #[arg(long, default_value_t = 0.999)]
-    pub ema: f64,
+    /// Probability of dropping a label (trains the unconditional branch for guidance)
+    /// [default: 0.1].
+    #[arg(long)]
+    pub label_dropout: Option<f64>,
+    /// Fraction of each class held out for evaluation [default: 0.1; with a `train/`+`test/`
+    /// split, `test/` is held out instead].
+    #[arg(long)]
+    pub holdout: Option<f64>,
+    /// EMA decay of the exported weights [default: 0.999].
+    #[arg(long)]
+    pub ema: Option<f64>,
     /// Steps between checkpoints, sample grids and model exports.
     #[arg(long, default_value_t = 250)]
     pub checkpoint_every: u64,
     /// Steps between held-out evaluations (0: only at the end).
     #[arg(long, default_value_t = 0)]
     pub eval_every: u64,
-    /// Seed of initialisation, batches, augmentation and noise.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
+    /// Seed of initialisation, batches, augmentation and noise [default: 0].
+    #[arg(long)]
+    pub seed: Option<u64>,
     /// Compute device: cpu, cuda, cuda:N or metal.
     #[arg(long, default_value = "cpu")]
     pub device: String,
@@ -126,12 +144,24 @@ fn noise(arg: &str) -> anyhow::Result<NoiseConfig> {
     Ok(NoiseConfig::Gaussian { sigma })
 }
 
-fn load_data(root: &Path, cfg: &DataConfig) -> anyhow::Result<Dataset> {
-    let data = Dataset::load(root, cfg)?;
-    for s in data.skipped() {
-        eprintln!("{s}");
+fn show_noise(n: &NoiseConfig) -> String {
+    match n {
+        NoiseConfig::Uniform => "uniform".into(),
+        NoiseConfig::Gaussian { sigma } => sigma.to_string(),
     }
-    Ok(data)
+}
+
+/// The training data and, for a `train/` + `test/` split, the held-out `test/` part.
+fn load_data(root: &Path, cfg: &DataConfig) -> anyhow::Result<(Dataset, Option<Dataset>)> {
+    let (data, test) = Dataset::load_split(root, cfg, &mut |s| eprintln!("{s}"))?;
+    if let Some(t) = &test {
+        println!(
+            "{} is split: training on train/, holding out test/ ({} images)",
+            root.display(),
+            t.len()
+        );
+    }
+    Ok((data, test))
 }
 
 fn describe(data: &Dataset) -> String {
@@ -149,8 +179,178 @@ fn describe(data: &Dataset) -> String {
     )
 }
 
-/// A grid of samples from the EMA model, one row per class (8 per row).
-fn write_samples(model: &Model, path: &Path) -> anyhow::Result<()> {
+/// The flags given explicitly that differ from what a checkpoint or model already fixes.
+#[derive(Default)]
+struct Conflicts(Vec<String>);
+
+impl Conflicts {
+    fn check<T: PartialEq + std::fmt::Display>(&mut self, flag: &str, given: Option<T>, has: T) {
+        if let Some(g) = given
+            && g != has
+        {
+            self.0.push(format!("--{flag} {g} (it has {has})"));
+        }
+    }
+
+    fn switch(&mut self, flag: &str, given: bool, has: bool) {
+        if given && !has {
+            self.0.push(format!("--{flag} (it was trained without)"));
+        }
+    }
+}
+
+/// Sizes and image format fixed by an existing model: `--channels`, `--blocks`, `--layers`,
+/// `--patch-size`, `--img-size`, `--image-channels`.
+fn check_sizes(args: &TrainArgs, m: &ModelConfig, c: &mut Conflicts) {
+    c.check("channels", args.channels, m.channels);
+    c.check("blocks", args.blocks, m.num_blocks);
+    c.check("layers", args.layers, m.layers_per_block);
+    c.check("patch-size", args.patch_size, m.patch_size);
+    c.check("img-size", args.img_size, m.img_size);
+    c.check(
+        "image-channels",
+        args.image_channels.and_then(|i| i.count()),
+        m.in_channels,
+    );
+}
+
+/// Refuse every flag given with a value the checkpoint's run does not have: a resumed run
+/// continues with its own settings.
+fn check_resume(args: &TrainArgs, path: &Path, ckpt: &Checkpoint) -> anyhow::Result<()> {
+    let mut c = Conflicts::default();
+    check_sizes(args, &ckpt.model_config, &mut c);
+    let t = &ckpt.state.config;
+    let d = &ckpt.state.manifest.config;
+    if let Some(n) = &args.noise {
+        let n = noise(n)?;
+        if n != t.noise {
+            c.0.push(format!(
+                "--noise {} (it has {})",
+                show_noise(&n),
+                show_noise(&t.noise)
+            ));
+        }
+    }
+    let policy = |p: SizePolicy| format!("{p:?}").to_lowercase();
+    c.check(
+        "size-policy",
+        args.size_policy.map(policy),
+        policy(d.size_policy),
+    );
+    c.switch("split-strips", args.split_strips, d.split_strips);
+    c.switch("unconditional", args.unconditional, d.unconditional);
+    c.check("lr", args.lr, t.lr);
+    c.check("batch", args.batch, t.batch_size);
+    c.check("warmup", args.warmup, t.warmup_steps);
+    c.check("ema", args.ema, t.ema_decay);
+    c.check("label-dropout", args.label_dropout, t.label_dropout);
+    c.check("holdout", args.holdout, t.holdout_fraction);
+    c.check("seed", args.seed, t.seed);
+    c.switch("hflip", args.hflip, t.augment.hflip);
+    c.switch("vflip", args.vflip, t.augment.vflip);
+    c.switch("rot90", args.rot90, t.augment.rot90);
+    c.switch("toroidal", args.toroidal, t.augment.toroidal);
+    if !c.0.is_empty() {
+        bail!(
+            "the checkpoint {} resumes with its own settings, and these flags differ from them: \
+             {}. Drop them to resume (at step {}), or add --fresh to start a new run (it \
+             replaces the checkpoint and {})",
+            path.display(),
+            c.0.join(", "),
+            ckpt.state.step,
+            args.out.display()
+        );
+    }
+    Ok(())
+}
+
+/// The training settings of a new run.
+fn train_config(args: &TrainArgs, split: bool) -> anyhow::Result<TrainConfig> {
+    let d = TrainConfig::default();
+    if split && args.holdout.is_some() {
+        bail!(
+            "{} is split into train/ and test/, and test/ is the held-out set: drop --holdout \
+             (or train on {} to hold out a fraction of it)",
+            args.data.display(),
+            args.data.join("train").display()
+        );
+    }
+    Ok(TrainConfig {
+        seed: args.seed.unwrap_or(d.seed),
+        batch_size: args.batch.unwrap_or(d.batch_size),
+        lr: args.lr.unwrap_or(d.lr),
+        warmup_steps: args.warmup.unwrap_or(d.warmup_steps),
+        total_steps: args.steps,
+        label_dropout: args.label_dropout.unwrap_or(d.label_dropout),
+        ema_decay: args.ema.unwrap_or(d.ema_decay),
+        noise: noise(args.noise.as_deref().unwrap_or("0.05"))?,
+        augment: AugmentConfig {
+            hflip: args.hflip,
+            vflip: args.vflip,
+            rot90: args.rot90,
+            toroidal: args.toroidal,
+        },
+        holdout_fraction: if split {
+            0.0
+        } else {
+            args.holdout.unwrap_or(d.holdout_fraction)
+        },
+        ..d
+    })
+}
+
+/// Whether two paths name the same file (or would: the same path when neither exists).
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Ctrl-C: the first asks training to stop after the current step (the checkpoint is then
+/// written, the sample grid skipped); a second exits at once, though never in the middle of
+/// writing the checkpoint or model (it waits for the write to finish).
+#[derive(Default)]
+struct Interrupt {
+    stop: Arc<AtomicBool>,
+    writing: Mutex<()>,
+}
+
+impl Interrupt {
+    /// Record a Ctrl-C; true when it is the second and the process should exit now.
+    fn press(&self) -> bool {
+        self.stop.swap(true, Ordering::SeqCst)
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    /// Hold while writing a file a second Ctrl-C must not cut short.
+    fn writing(&self) -> MutexGuard<'_, ()> {
+        self.writing.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn install(self: &Arc<Self>) -> anyhow::Result<()> {
+        let me = self.clone();
+        ctrlc::set_handler(move || {
+            if me.press() {
+                let _done = me.writing();
+                eprintln!("second Ctrl-C: exiting now (the last checkpoint written is kept)");
+                std::process::exit(130);
+            }
+            eprintln!(
+                "Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to exit \
+                 at once)"
+            );
+        })
+        .context("cannot install the Ctrl-C handler")
+    }
+}
+
+/// A grid of samples from the EMA model, one row per class (8 per row). Skipped (false) when
+/// a Ctrl-C arrives while sampling.
+fn write_samples(model: &Model, path: &Path, int: &Interrupt) -> anyhow::Result<bool> {
     let k = model.config().num_classes;
     let labels = if k == 0 {
         Labels::Unconditional(32)
@@ -165,65 +365,90 @@ fn write_samples(model: &Model, path: &Path) -> anyhow::Result<()> {
         seed: 1,
         ..Default::default()
     };
-    let samples = sample(model, &labels, &opts)?;
-    let (sheet, _) = grid(&samples.rgba, 8, 1);
-    save_png(path, &sheet, 4)
+    let run = SampleStream::new(model, &labels, &opts)?.run(|_| {
+        if int.stopped() {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    })?;
+    let Some(samples) = run else {
+        return Ok(false);
+    };
+    let (sheet, _) = grid(&samples.rgba, 8, 1)?;
+    let _w = int.writing();
+    save_png(path, &sheet, 4)?;
+    Ok(true)
 }
 
 /// Train.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let device = open_device(&args.device)?;
+    let ckpt_path = beside(&args.out, "ckpt.safetensors");
+    let samples_path = beside(&args.out, "samples.png");
+    if let Some(from) = &args.from
+        && same_file(from, &args.out)
+    {
+        bail!(
+            "--from and --out are the same file ({}): fine-tuning starts a new model and never \
+             overwrites the one it starts from; give another --out",
+            args.out.display()
+        );
+    }
+    let resume = ckpt_path.exists() && !args.fresh;
+    if !resume && args.out.exists() && !args.fresh {
+        bail!(
+            "{} exists and has no checkpoint beside it ({}), so there is no run to resume and \
+             training would overwrite it. Add --fresh to replace it with a new model, or keep \
+             it and fine-tune a copy: --from {} --out NEW.safetensors",
+            args.out.display(),
+            ckpt_path.display(),
+            args.out.display()
+        );
+    }
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let ckpt_path = beside(&args.out, "ckpt.safetensors");
-    let samples_path = beside(&args.out, "samples.png");
     let data_cfg = DataConfig {
         img_size: args.img_size,
-        channels: args.image_channels,
-        size_policy: args.size_policy,
+        channels: args.image_channels.unwrap_or_default(),
+        size_policy: args.size_policy.unwrap_or_default(),
         split_strips: args.split_strips,
         unconditional: args.unconditional,
         ..Default::default()
     };
-    let train_cfg = TrainConfig {
-        seed: args.seed,
-        batch_size: args.batch,
-        lr: args.lr,
-        warmup_steps: args.warmup,
-        total_steps: args.steps,
-        label_dropout: args.label_dropout,
-        ema_decay: args.ema,
-        noise: noise(&args.noise)?,
-        augment: AugmentConfig {
-            hflip: args.hflip,
-            vflip: args.vflip,
-            rot90: args.rot90,
-            toroidal: args.toroidal,
-        },
-        holdout_fraction: args.holdout,
-        ..Default::default()
-    };
 
-    let mut trainer = if ckpt_path.exists() && !args.fresh {
+    let mut trainer = if resume {
         let ckpt = Checkpoint::load(&ckpt_path, &device)?;
+        check_resume(&args, &ckpt_path, &ckpt)?;
         // Known classes keep their ids; new class folders get the next ones.
         let cfg = DataConfig {
             classes: ckpt.model_config.class_names.clone(),
             ..ckpt.state.manifest.config.clone()
         };
-        let data = load_data(&args.data, &cfg)?;
-        let mut config = ckpt.state.config.clone();
-        config.total_steps = args.steps;
+        let (data, test) = load_data(&args.data, &cfg)?;
         let old_classes = ckpt.model_config.num_classes;
         let mut t = Trainer::from_checkpoint(ckpt, data, &device)?;
-        t.set_config(config)?;
+        if let Some(test) = test {
+            t.set_holdout(test)?;
+        }
         println!(
             "resuming {} at step {} ({})",
             ckpt_path.display(),
             t.step_count(),
             describe(t.train_data())
         );
+        if args.from.is_some() {
+            println!("(--from only starts a run: this one resumes from its checkpoint)");
+        }
+        let schedule = t.config().schedule();
+        if args.steps > schedule.total_steps {
+            println!(
+                "the learning-rate schedule ends at step {}: steps past it run at its final \
+                 learning rate {}",
+                schedule.total_steps, schedule.min_lr
+            );
+        }
         if t.data_changed() {
             let new = t.model_config().num_classes.saturating_sub(old_classes);
             println!(
@@ -231,33 +456,65 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             );
         }
         t
-    } else if args.out.exists() && !args.fresh {
-        let model = tarflow::format::load_model(&args.out, &device)?;
+    } else if let Some(from) = &args.from {
+        let model = tarflow::format::load_model(from, &device)
+            .with_context(|| format!("cannot load the model --from {}", from.display()))?;
+        let m = model.config();
+        let mut c = Conflicts::default();
+        check_sizes(&args, m, &mut c);
+        if !c.0.is_empty() {
+            bail!(
+                "fine-tuning keeps the sizes of the model --from {}, and these flags differ: {}; \
+                 drop them, or train a new model without --from",
+                from.display(),
+                c.0.join(", ")
+            );
+        }
         let cfg = DataConfig {
-            classes: model.config().class_names.clone(),
+            classes: m.class_names.clone(),
+            img_size: Some(m.img_size),
+            channels: ChannelChoice::from_count(m.in_channels)?,
             ..data_cfg
         };
-        let data = load_data(&args.data, &cfg)?;
+        let (data, test) = load_data(&args.data, &cfg)?;
+        let train_cfg = train_config(&args, test.is_some())?;
         println!(
-            "continuing from the model {} ({})",
+            "new model {}, fine-tuned from {} ({})",
             args.out.display(),
+            from.display(),
             describe(&data)
         );
-        Trainer::from_model(&model, train_cfg, data, &device)?
+        let mut t = Trainer::from_model(&model, train_cfg, data, &device)?;
+        t.set_provenance(
+            "fine_tuned_from",
+            serde_json::json!({
+                "model": from.display().to_string(),
+                "steps": m.provenance.get("steps").cloned().unwrap_or(serde_json::Value::Null),
+            }),
+        );
+        if let Some(test) = test {
+            t.set_holdout(test)?;
+        }
+        t
     } else {
-        let data = load_data(&args.data, &data_cfg)?;
+        let (data, test) = load_data(&args.data, &data_cfg)?;
+        let train_cfg = train_config(&args, test.is_some())?;
         let s = data.img_size();
         let patch = args.patch_size.unwrap_or(if s <= 32 { 2 } else { 4 });
         let sizes = ModelConfig::new(
             data.channels(),
             s,
             patch,
-            args.channels,
-            args.blocks,
-            args.layers,
+            args.channels.unwrap_or(128),
+            args.blocks.unwrap_or(4),
+            args.layers.unwrap_or(2),
         );
         println!("new model: {} ({})", args.out.display(), describe(&data));
-        Trainer::new(sizes, train_cfg, data, &device)?
+        let mut t = Trainer::new(sizes, train_cfg, data, &device)?;
+        if let Some(test) = test {
+            t.set_holdout(test)?;
+        }
+        t
     };
     let c = trainer.model_config().clone();
     println!(
@@ -281,10 +538,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = stop.clone();
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-        .context("cannot install the Ctrl-C handler")?;
+    let int = Arc::new(Interrupt::default());
+    int.install()?;
+    println!(
+        "training to step {} (Ctrl-C stops after the current step and saves a checkpoint)",
+        args.steps
+    );
 
     let bar = progress_bar(args.steps, "training");
     bar.set_position(trainer.step_count());
@@ -316,18 +575,26 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let started = Instant::now();
     let start_step = trainer.step_count();
     let every = args.checkpoint_every.max(1);
-    while trainer.step_count() < args.steps && !stop.load(Ordering::SeqCst) {
+    while trainer.step_count() < args.steps && !int.stopped() {
         let until = ((trainer.step_count() / every + 1) * every).min(args.steps);
         let opts = RunOptions {
             until_step: until,
-            checkpoint: Some(ckpt_path.clone()),
+            checkpoint: None,
             checkpoint_every: 0,
             eval_every: args.eval_every,
-            stop: Some(stop.clone()),
+            stop: Some(int.stop.clone()),
         };
         let summary = trainer.run(&opts)?;
-        export(&mut trainer, &args, started, start_step)?;
-        write_samples(&trainer.ema_model()?, &samples_path)?;
+        {
+            // The checkpoint first; a second Ctrl-C waits for these writes.
+            let _w = int.writing();
+            trainer.save_checkpoint(&ckpt_path)?;
+            export(&mut trainer, &args, started, start_step)?;
+        }
+        if int.stopped() {
+            break;
+        }
+        write_samples(&trainer.ema_model()?, &samples_path, &int)?;
         if bar.is_hidden()
             && let Some(m) = summary.last
         {
@@ -346,7 +613,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
-    if stop.load(Ordering::SeqCst) {
+    if int.stopped() {
         println!(
             "interrupted at step {}: checkpoint saved to {}; run the same command to resume",
             trainer.step_count(),
@@ -354,7 +621,6 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         );
         return Ok(());
     }
-    export(&mut trainer, &args, started, start_step)?;
     let holdout = trainer.holdout_data().clone();
     let report = if holdout.is_empty() {
         None
@@ -362,7 +628,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         Some(evaluate_bpd(
             &trainer.ema_model()?,
             &holdout,
-            args.batch,
+            trainer.config().batch_size,
             0,
             |_, _| {},
         )?)
@@ -431,4 +697,50 @@ fn export(
         bail!("internal: a conditional dataset produced an unconditional model");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_second_ctrl_c_exits_but_waits_for_a_write_in_progress() {
+        let int = Arc::new(Interrupt::default());
+        assert!(!int.press(), "the first Ctrl-C only stops");
+        assert!(int.stopped());
+        assert!(int.press(), "the second exits");
+
+        // While a checkpoint is being written, the exiting handler waits for it.
+        let writing = int.writing();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handler = {
+            let int = int.clone();
+            std::thread::spawn(move || {
+                let _done = int.writing();
+                tx.send(()).unwrap();
+            })
+        };
+        assert!(
+            rx.recv_timeout(std::time::Duration::from_millis(200))
+                .is_err(),
+            "the exit went ahead during the write"
+        );
+        drop(writing);
+        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
+        handler.join().unwrap();
+    }
+
+    #[test]
+    fn noise_and_paths() {
+        assert_eq!(noise("uniform").unwrap(), NoiseConfig::Uniform);
+        assert_eq!(show_noise(&noise("0.05").unwrap()), "0.05");
+        assert!(same_file(
+            Path::new("a/m.safetensors"),
+            Path::new("a/m.safetensors")
+        ));
+        assert!(!same_file(
+            Path::new("a/m.safetensors"),
+            Path::new("a/n.safetensors")
+        ));
+    }
 }
