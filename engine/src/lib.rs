@@ -18,6 +18,7 @@
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod fidelity;
 pub mod format;
 pub mod model;
 pub mod runtime;

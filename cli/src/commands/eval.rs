@@ -1,12 +1,19 @@
-//! `tarflow eval --model M DIR`: bits/dim per class and overall, next to what PNG achieves.
+//! `tarflow eval --model M DIR`: bits/dim per class and overall, next to what PNG achieves;
+//! with `--samples N`, also the sample-fidelity report (recognition, precision/recall, copy
+//! check; see `tarflow::fidelity`) of N generated images per class.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use anyhow::{Context, bail};
 use clap::Args;
 use serde::Serialize;
+use tarflow::Model;
+use tarflow::fidelity::{
+    Classifier, ClassifierConfig, FidelityConfig, FidelityReport, NearCopyRule,
+};
 use tarflow::train::{ChannelChoice, DataConfig, Dataset, evaluate_bpd};
 
-use crate::generate::{load, open_device, progress_bar};
+use crate::generate::{SamplingArgs, load, progress_bar};
 
 /// Arguments of `tarflow eval`.
 #[derive(Debug, Args)]
@@ -14,20 +21,38 @@ pub struct EvalArgs {
     /// The model file.
     #[arg(long)]
     pub model: PathBuf,
-    /// Folder of images laid out as for training (class subfolders named as the model's classes).
+    /// Folder of images laid out as for training (class subfolders named as the model's
+    /// classes). With `--samples`: the folder holding `train/` and `test/` (or, with `--train`,
+    /// the held-out folder itself).
     pub data: PathBuf,
-    /// Images per forward pass.
-    #[arg(long, default_value_t = 64)]
-    pub batch: usize,
-    /// Seed of the dequantisation noise.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Print JSON instead of a table.
+    /// Also generate this many images per class and print the sample-fidelity report
+    /// (recognition by a classifier trained on the training split, precision/recall, copy check).
+    #[arg(long)]
+    pub samples: Option<usize>,
+    /// The training split, when it is not DATA/train (DATA is then the held-out split).
+    #[arg(long)]
+    pub train: Option<PathBuf>,
+    /// Neighbours of the k-NN balls of precision and recall.
+    #[arg(long, default_value_t = 3)]
+    pub k: usize,
+    /// A sample is a near-copy when its mean absolute difference to a training image (or its
+    /// mirror) is below this many 8-bit levels per subpixel.
+    #[arg(long, default_value_t = 2.0, conflicts_with = "near_copy_quantile")]
+    pub near_copy_levels: f64,
+    /// Instead: a near-copy is closer to the training set than this quantile (0-1, e.g. 0.01)
+    /// of the held-out real images' nearest-training distances.
+    #[arg(long)]
+    pub near_copy_quantile: Option<f64>,
+    /// Optimiser steps of the classifier.
+    #[arg(long, default_value_t = ClassifierConfig::default().steps)]
+    pub classifier_steps: usize,
+    /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
-    /// Compute device.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
+    /// Sampling options (`--seed` also seeds the dequantisation noise of bits/dim, `--batch`
+    /// is also the images per forward pass).
+    #[command(flatten)]
+    pub sampling: SamplingArgs,
 }
 
 /// One row of the report.
@@ -45,9 +70,111 @@ pub struct Row {
 
 /// Evaluate.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let device = open_device(&args.device)?;
+    let device = args.sampling.open_device()?;
     let model = load(&args.model, &device)?;
-    let cfg = model.config().clone();
+    let Some(per_class) = args.samples else {
+        let data = load_data(&model, &args.data)?;
+        let rows = bpd_rows(&model, &data, &args)?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        } else {
+            print_bpd(&rows);
+        }
+        return Ok(());
+    };
+    if per_class == 0 {
+        bail!("--samples must be at least 1");
+    }
+    let (train_dir, test_dir) = match &args.train {
+        Some(t) => (t.clone(), args.data.clone()),
+        None => {
+            let (t, h) = (args.data.join("train"), args.data.join("test"));
+            if !t.is_dir() || !h.is_dir() {
+                bail!(
+                    "{}: --samples needs the folder holding train/ and test/ (as assets/textures), \
+                     or the held-out folder with --train TRAIN_DIR",
+                    args.data.display()
+                );
+            }
+            (t, h)
+        }
+    };
+    let test = load_data(&model, &test_dir)?;
+    let train = load_data(&model, &train_dir)?;
+    let rows = bpd_rows(&model, &test, &args)?;
+
+    let clf_cfg = ClassifierConfig {
+        steps: args.classifier_steps,
+        ..Default::default()
+    };
+    let bar = progress_bar(clf_cfg.steps as u64, "classifier");
+    let t0 = std::time::Instant::now();
+    let classifier =
+        Classifier::train_with_progress(&train, &clf_cfg, |done, _| bar.set_position(done as u64))?;
+    let classifier_seconds = t0.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    let fid_cfg = FidelityConfig {
+        k: args.k,
+        near_copy: match args.near_copy_quantile {
+            Some(q) => NearCopyRule::RealQuantile(q),
+            None => NearCopyRule::MaxDistance(args.near_copy_levels / 255.0),
+        },
+        batch: args.sampling.batch,
+        ..Default::default()
+    };
+    let sampled_classes = train.class_counts()[..train.num_classes()]
+        .iter()
+        .filter(|&&n| n > 0)
+        .count();
+    let bar = progress_bar((per_class * sampled_classes) as u64, "sampling");
+    let t0 = std::time::Instant::now();
+    let report = FidelityReport::from_model(
+        &classifier,
+        &model,
+        &train,
+        &test,
+        per_class,
+        &args.sampling.options(),
+        &fid_cfg,
+        |done, _| bar.set_position(done as u64),
+    )
+    .with_context(|| format!("the fidelity report of {}", args.model.display()))?;
+    let sampling_seconds = t0.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+
+    if args.json {
+        let out = serde_json::json!({
+            "bits_per_dim": rows,
+            "bits_per_dim_data": test_dir,
+            "fidelity": report,
+            "train": train_dir,
+            "test": test_dir,
+            "samples_per_class": per_class,
+            "sampling": args.sampling.options(),
+            "classifier": {
+                "config": classifier.config(),
+                "train_seconds": classifier_seconds,
+            },
+            "sampling_seconds": sampling_seconds,
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+    println!("bits/dim on {}:", test_dir.display());
+    print_bpd(&rows);
+    println!();
+    print_fidelity(&report, &train_dir, &test_dir);
+    eprintln!(
+        "(classifier trained in {classifier_seconds:.1} s; sampled and scored in {sampling_seconds:.1} s)"
+    );
+    Ok(())
+}
+
+/// Load a data folder with the model's size, channels and class ids; a class folder unknown to
+/// the model is an error.
+fn load_data(model: &Model, dir: &Path) -> anyhow::Result<Dataset> {
+    let cfg = model.config();
     let data_cfg = DataConfig {
         img_size: Some(cfg.img_size),
         channels: ChannelChoice::from_count(cfg.in_channels)?,
@@ -55,22 +182,32 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         classes: cfg.class_names.clone(),
         ..Default::default()
     };
-    let data = Dataset::load(&args.data, &data_cfg)?;
+    let data = Dataset::load(dir, &data_cfg)?;
     for s in data.skipped() {
         eprintln!("{s}");
     }
     if data.num_classes() > cfg.num_classes && cfg.num_classes > 0 {
         let extra = &data.class_names()[cfg.num_classes..];
-        anyhow::bail!(
+        bail!(
             "{}: class folder(s) {} are unknown to the model",
-            args.data.display(),
+            dir.display(),
             extra.join(", ")
         );
     }
+    Ok(data)
+}
+
+/// Bits/dim per class and overall, next to the PNG files' own.
+fn bpd_rows(model: &Model, data: &Dataset, args: &EvalArgs) -> anyhow::Result<Vec<Row>> {
+    let cfg = model.config();
     let bar = progress_bar(data.len() as u64, "evaluating");
-    let report = evaluate_bpd(&model, &data, args.batch, args.seed, |done, _| {
-        bar.set_position(done as u64)
-    })?;
+    let report = evaluate_bpd(
+        model,
+        data,
+        args.sampling.batch,
+        args.sampling.seed,
+        |done, _| bar.set_position(done as u64),
+    )?;
     bar.finish_and_clear();
 
     // PNG code length of the same images, file by file (frames of a strip share their file).
@@ -109,15 +246,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         model_bpd: report.bits_per_dim,
         png_bpd: all_png,
     });
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-        return Ok(());
-    }
+    Ok(rows)
+}
+
+fn print_bpd(rows: &[Row]) {
     println!(
         "{:<12} {:>7} {:>10} {:>9}",
         "class", "images", "model bpd", "PNG bpd"
     );
-    for r in &rows {
+    for r in rows {
         println!(
             "{:<12} {:>7} {:>10.3} {:>9.3}",
             r.class, r.images, r.model_bpd, r.png_bpd
@@ -126,5 +263,92 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     println!(
         "(bits per subpixel; model under uniform dequantisation, as the reference's evaluate_bpd.py)"
     );
-    Ok(())
+}
+
+fn pct(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{:.0}%", 100.0 * v))
+}
+
+fn num(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.2}"))
+}
+
+/// A [0, 1] distance in 8-bit levels.
+fn levels(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{:.1}", 255.0 * v))
+}
+
+fn print_fidelity(report: &FidelityReport, train: &Path, test: &Path) {
+    println!(
+        "sample fidelity ({} samples; reals: {} for precision/recall, {} for recognition and \
+         the copy check):",
+        report.overall.generated,
+        train.display(),
+        test.display()
+    );
+    println!(
+        "{:<12} {:>7} {:>8} {:>8} {:>9} {:>7} {:>9} {:>9} {:>11}",
+        "class",
+        "samples",
+        "recog.",
+        "recog.",
+        "precision",
+        "recall",
+        "nearest",
+        "nearest",
+        "near-copies"
+    );
+    println!(
+        "{:<12} {:>7} {:>8} {:>8} {:>9} {:>7} {:>9} {:>9} {:>11}",
+        "", "", "samples", "reals", "", "", "samples", "reals", ""
+    );
+    for c in report.classes.iter().chain([&report.overall]) {
+        println!(
+            "{:<12} {:>7} {:>8} {:>8} {:>9} {:>7} {:>9} {:>9} {:>11}",
+            c.class,
+            c.generated,
+            pct(c.recognised_generated),
+            pct(c.recognised_real),
+            num(c.precision),
+            num(c.recall),
+            levels(c.copy.generated_median),
+            levels(c.copy.real_median),
+            format!("{}/{}", c.copy.near_copies, c.generated),
+        );
+    }
+    let t = 255.0 * report.near_copy_threshold;
+    println!(
+        "recog.: share the classifier (trained on the training split) assigns to the class asked \
+         for; precision/recall: k={} nearest-neighbour balls in its feature space.",
+        report.k
+    );
+    println!();
+    println!(
+        "Copy check, for artists: each generated texture is compared with every training \
+         texture (and its mirror image, since training flips them), and 'nearest' is the average \
+         difference per colour channel to the closest one, in 8-bit levels (0-255), as a median \
+         per class. The held-out real textures, which are new art, show how far genuinely new \
+         work sits from the training set. A sample closer than {t:.1} levels is a near-copy of one \
+         training file: it carries that file's licence and attribution, so check them before \
+         shipping it (the closest samples and their files are listed below; sample numbers count \
+         from 0, class by class)."
+    );
+    if report.overall.copy.real_near_copies > 0 {
+        println!(
+            "Note: {} held-out real texture(s) are also under the threshold: the training set \
+             holds near-duplicates, or the threshold is too loose.",
+            report.overall.copy.real_near_copies
+        );
+    }
+    for c in &report.closest {
+        println!(
+            "  sample {:>4} ({}) {:>5.1} levels from {}{}{}",
+            c.sample,
+            c.class,
+            255.0 * c.distance,
+            c.train_file,
+            if c.mirrored { " (mirrored)" } else { "" },
+            if c.near_copy { "  NEAR-COPY" } else { "" }
+        );
+    }
 }
