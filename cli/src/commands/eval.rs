@@ -340,6 +340,17 @@ fn print_fidelity(report: &FidelityReport, train: &Path, test: &Path) {
             report.overall.copy.real_near_copies
         );
     }
+    if !report.closest.is_empty() {
+        let n = report.overall.copy.near_copies;
+        println!(
+            "{} The samples closest to a training image:",
+            if n == 0 {
+                "No near-copies.".to_string()
+            } else {
+                format!("{n} near-copies (NEAR-COPY below).")
+            }
+        );
+    }
     for c in &report.closest {
         println!(
             "  sample {:>4} ({}) {:>5.1} levels from {}{}{}",
