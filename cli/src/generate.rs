@@ -125,6 +125,16 @@ pub fn progress_bar(total: u64, what: &str) -> ProgressBar {
     bar
 }
 
+/// Print a line above the bar, or on stdout when the bar is hidden (no terminal: a log file, CI),
+/// where `ProgressBar::println` would drop it.
+pub fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
+}
+
 /// Generate one image per label (None = unconditional), `batch` at a time, from the noise of
 /// `seed` (item k always gets noise stream k, whatever the batch size), showing progress.
 /// Returns the final RGBA8 images and the float images (B, C, H, W).

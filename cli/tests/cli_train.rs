@@ -548,3 +548,24 @@ fn a_split_folder_trains_on_train_and_holds_out_test() {
         "{msg}"
     );
 }
+
+/// Without a terminal (a log file, CI) the progress bar is hidden; the periodic held-out lines
+/// must still be printed (indicatif's `println` on a hidden bar drops them).
+#[test]
+fn periodic_held_out_lines_reach_a_log_without_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("textures");
+    make_folder(&root.join("train"), &["stripes", "checks"], 4);
+    make_folder(&root.join("test"), &["stripes", "checks"], 1);
+    let out = dir.path().join("m.safetensors");
+    let (d, o) = (root.to_str().unwrap(), out.to_str().unwrap());
+    let mut args = train_args(d, o, "4", "4");
+    args.extend(["--eval-every", "2"]);
+    let text = ok(&args);
+    for step in [2, 4] {
+        assert!(
+            text.contains(&format!("step {step}: held-out ")),
+            "no held-out line for step {step}: {text}"
+        );
+    }
+}

@@ -15,7 +15,7 @@ use tarflow::train::{
 };
 use tarflow::{Model, ModelConfig};
 
-use crate::generate::{open_device, progress_bar};
+use crate::generate::{open_device, progress_bar, say};
 use crate::images::{grid, save_png};
 
 /// Arguments of `tarflow train`.
@@ -561,14 +561,18 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             reason,
             consecutive,
         } => {
-            b.println(format!(
-                "step {step}: skipped ({reason}), {consecutive} in a row"
-            ));
+            say(
+                &b,
+                format!("step {step}: skipped ({reason}), {consecutive} in a row"),
+            );
         }
-        Progress::Evaluated(r) => b.println(format!(
-            "step {}: held-out {:.3} bits/dim on {} images",
-            r.step, r.bits_per_dim, r.images
-        )),
+        Progress::Evaluated(r) => say(
+            &b,
+            format!(
+                "step {}: held-out {:.3} bits/dim on {} images",
+                r.step, r.bits_per_dim, r.images
+            ),
+        ),
         _ => {}
     });
 
@@ -594,7 +598,18 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         if int.stopped() {
             break;
         }
-        write_samples(&trainer.ema_model()?, &samples_path, &int)?;
+        // The grid is a preview: a model that cannot be sampled yet (an early uniform-noise
+        // model can diverge) must not stop a run whose checkpoint is already safe.
+        if let Err(e) = write_samples(&trainer.ema_model()?, &samples_path, &int) {
+            say(
+                &bar,
+                format!(
+                    "step {}: no sample grid ({}); training goes on",
+                    trainer.step_count(),
+                    crate::error_chain(&e)
+                ),
+            );
+        }
         if bar.is_hidden()
             && let Some(m) = summary.last
         {
