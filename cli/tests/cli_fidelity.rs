@@ -12,7 +12,7 @@ fn repo() -> PathBuf {
 }
 
 fn demo() -> PathBuf {
-    repo().join("assets/models/minetest16.safetensors")
+    repo().join("assets/models/textures16.safetensors")
 }
 
 /// The folder holding the demo model's `train/` and `test/` (from its provenance).
@@ -82,6 +82,7 @@ fn eval_samples_json_has_every_field() {
         "recognised_generated",
         "recognised_real",
         "precision",
+        "precision_real",
         "recall",
     ] {
         let x = all[key].as_f64().unwrap_or_else(|| panic!("{key}: {all}"));

@@ -287,11 +287,12 @@ fn print_fidelity(report: &FidelityReport, train: &Path, test: &Path) {
         test.display()
     );
     println!(
-        "{:<12} {:>7} {:>8} {:>8} {:>9} {:>7} {:>9} {:>9} {:>11}",
+        "{:<12} {:>7} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>9} {:>11}",
         "class",
         "samples",
         "recog.",
         "recog.",
+        "precision",
         "precision",
         "recall",
         "nearest",
@@ -299,17 +300,18 @@ fn print_fidelity(report: &FidelityReport, train: &Path, test: &Path) {
         "near-copies"
     );
     println!(
-        "{:<12} {:>7} {:>8} {:>8} {:>9} {:>7} {:>9} {:>9} {:>11}",
-        "", "", "samples", "reals", "", "", "samples", "reals", ""
+        "{:<12} {:>7} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>9} {:>11}",
+        "", "", "samples", "reals", "samples", "reals", "", "samples", "reals", ""
     );
     for c in report.classes.iter().chain([&report.overall]) {
         println!(
-            "{:<12} {:>7} {:>8} {:>8} {:>9} {:>7} {:>9} {:>9} {:>11}",
+            "{:<12} {:>7} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>9} {:>11}",
             c.class,
             c.generated,
             pct(c.recognised_generated),
             pct(c.recognised_real),
             num(c.precision),
+            num(c.precision_real),
             num(c.recall),
             levels(c.copy.generated_median),
             levels(c.copy.real_median),
@@ -319,7 +321,9 @@ fn print_fidelity(report: &FidelityReport, train: &Path, test: &Path) {
     let t = 255.0 * report.near_copy_threshold;
     println!(
         "recog.: share the classifier (trained on the training split) assigns to the class asked \
-         for; precision/recall: k={} nearest-neighbour balls in its feature space.",
+         for; precision: share inside the training reals' k={} nearest-neighbour balls in its \
+         feature space (for samples, and for the held-out reals as the reference); recall: share \
+         of training reals inside the samples' balls.",
         report.k
     );
     println!();

@@ -27,7 +27,7 @@
 //! use tarflow::prelude::*;
 //!
 //! # fn main() -> tarflow::Result<()> {
-//! let model = load_model(Path::new("assets/models/minetest16.safetensors"), &tarflow::candle::Device::Cpu)?;
+//! let model = load_model(Path::new("assets/models/textures16.safetensors"), &tarflow::candle::Device::Cpu)?;
 //! let data = DataConfig { classes: model.config().class_names.clone(), ..Default::default() };
 //! let train = Dataset::load(Path::new("assets/textures/train"), &data)?;
 //! let test = Dataset::load(Path::new("assets/textures/test"), &data)?;
@@ -122,6 +122,9 @@ pub struct ClassFidelity {
     pub recognised_real: Option<f64>,
     /// Share of generated images inside the training reals' k-NN balls (feature space).
     pub precision: Option<f64>,
+    /// The same share for the held-out real images: the precision that new real art of the
+    /// class reaches, the reference to set `precision` against.
+    pub precision_real: Option<f64>,
     /// Share of training reals inside the generated images' k-NN balls (feature space).
     pub recall: Option<f64>,
     /// Nearest-training-image distances.
@@ -262,7 +265,7 @@ impl FidelityReport {
         let test_y = labels_by_name(test, names)?;
         let (gen_f, gen_p) = classifier.features_and_predictions(generated)?;
         let (train_f, _) = classifier.features_and_predictions(&train_px)?;
-        let test_p = classifier.predict(&test_px)?;
+        let (test_f, test_p) = classifier.features_and_predictions(&test_px)?;
 
         let index = NearestIndex::new(&train_px, s, c, config.mirrors)?;
         let nearest = |px: &Vec<u8>| {
@@ -288,6 +291,8 @@ impl FidelityReport {
             let real_f: Vec<Vec<f32>> = tr.iter().map(|&i| train_f[i].clone()).collect();
             let g_f: Vec<Vec<f32>> = g.iter().map(|&i| gen_f[i].clone()).collect();
             let pr = precision_recall(&real_f, &g_f, config.k);
+            let te_f: Vec<Vec<f32>> = te.iter().map(|&i| test_f[i].clone()).collect();
+            let pr_real = precision_recall(&real_f, &te_f, config.k);
             let gd: Vec<f64> = g.iter().map(|&i| gen_near[i].distance).collect();
             let td: Vec<f64> = te.iter().map(|&i| test_d[i]).collect();
             let near = gd.iter().filter(|&&d| d < threshold).count();
@@ -299,6 +304,7 @@ impl FidelityReport {
                 recognised_generated: share(g_hits, g.len()),
                 recognised_real: share(te_hits, te.len()),
                 precision: pr.precision,
+                precision_real: pr_real.precision,
                 recall: pr.recall,
                 copy: CopyCheck {
                     generated_mean: metrics::mean(&gd),
@@ -513,6 +519,12 @@ mod tests {
         let good = FidelityReport::from_images(&clf, &train, &test, &px, &truth, &fc).unwrap();
         assert_eq!(good.overall.recognised_generated, Some(1.0));
         assert_eq!(good.overall.recognised_real, Some(1.0));
+        // The held-out reals scored as samples: their precision is the reals' reference.
+        assert!(good.overall.precision.is_some());
+        assert_eq!(good.overall.precision, good.overall.precision_real);
+        for c in &good.classes {
+            assert_eq!(c.precision, c.precision_real, "{}", c.class);
+        }
         // Constant labels: every image claimed to be "red": half are recognised.
         let blind = vec![0usize; px.len()];
         let bad = FidelityReport::from_images(&clf, &train, &test, &px, &blind, &fc).unwrap();
