@@ -91,7 +91,7 @@ impl TextureClass {
 /// # use bevy::prelude::*;
 /// # use bevy_tarflow::prelude::*;
 /// fn spawn(mut commands: Commands, assets: Res<AssetServer>) {
-///     let model: Handle<TarflowModel> = assets.load("models/minetest16.safetensors");
+///     let model: Handle<TarflowModel> = assets.load("models/textures16.safetensors");
 ///     commands.spawn(
 ///         GenerateTexture::new(model)
 ///             .with_class("stone")
@@ -122,6 +122,9 @@ pub struct GenerateTexture {
     pub temperature: f32,
     /// Denoise the result with the model's training noise level (when it has one).
     pub denoise: bool,
+    /// Pixel-art alpha: pixels less opaque than this (0-1) become transparent, the others opaque
+    /// (see `SampleOptions::alpha_cutoff`); `None` keeps the model's alpha.
+    pub alpha_cutoff: Option<f32>,
 }
 
 impl GenerateTexture {
@@ -135,6 +138,7 @@ impl GenerateTexture {
             guidance: d.guidance,
             temperature: d.temperature,
             denoise: d.denoise,
+            alpha_cutoff: d.alpha_cutoff,
         }
     }
 
@@ -168,6 +172,12 @@ impl GenerateTexture {
         self
     }
 
+    /// Snap alpha to transparent/opaque at this opacity (pixel-art sprites).
+    pub fn with_alpha_cutoff(mut self, cutoff: f32) -> Self {
+        self.alpha_cutoff = Some(cutoff);
+        self
+    }
+
     /// The engine's options for this request (the engine's defaults for everything else), as
     /// `tarflow::sample::sample` would take them to make the same texture.
     pub fn sample_options(&self) -> SampleOptions {
@@ -176,6 +186,7 @@ impl GenerateTexture {
             guidance: self.guidance,
             temperature: self.temperature,
             denoise: self.denoise,
+            alpha_cutoff: self.alpha_cutoff,
             ..Default::default()
         }
     }
@@ -296,5 +307,27 @@ fn on_request_insert(mut world: DeferredWorld, ctx: HookContext) {
 fn on_request_discard(mut world: DeferredWorld, ctx: HookContext) {
     if let Some(mut jobs) = world.get_resource_mut::<TarflowJobs>() {
         jobs.cancel(ctx.entity);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every builder setting reaches the engine's options (what the workers sample with).
+    #[test]
+    fn builder_settings_reach_the_sample_options() {
+        let req = GenerateTexture::new(Handle::default())
+            .with_seed(9)
+            .with_guidance(2.5)
+            .with_temperature(0.8)
+            .with_denoise(false)
+            .with_alpha_cutoff(0.5);
+        let o = req.sample_options();
+        assert_eq!(
+            (o.seed, o.guidance, o.temperature, o.denoise, o.alpha_cutoff),
+            (9, 2.5, 0.8, false, Some(0.5))
+        );
+        assert_eq!(GenerateTexture::new(Handle::default()).alpha_cutoff, None);
     }
 }

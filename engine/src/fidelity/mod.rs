@@ -54,7 +54,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::sample::{Labels, SampleOptions, Sampler, prior_noise, to_u8};
+use crate::sample::{Labels, SampleOptions, Sampler, alpha_threshold, prior_noise, to_u8};
 use crate::train::Dataset;
 
 /// Options of the metrics. Every field has a default (`{}` is valid JSON).
@@ -457,6 +457,13 @@ pub fn sample_images(
             for ch in 0..c {
                 for i in 0..s * s {
                     px[i * c + ch] = to_u8(img[ch * s * s + i]);
+                }
+            }
+            // The same alpha as the sampler delivers (gray-alpha and RGBA images).
+            if let (Some(cut), 2 | 4) = (opts.alpha_cutoff, c) {
+                let t = alpha_threshold(cut);
+                for a in px.iter_mut().skip(c - 1).step_by(c) {
+                    *a = if *a < t { 0 } else { 255 };
                 }
             }
             out.push(px);

@@ -53,6 +53,28 @@ impl RgbaImage {
     }
 }
 
+/// The byte an alpha cutoff in [0, 1] compares against: pixels with alpha below it become fully
+/// transparent, the others fully opaque.
+pub fn alpha_threshold(cutoff: f32) -> u8 {
+    (cutoff.clamp(0.0, 1.0) * 255.0).round() as u8
+}
+
+/// Snap the alpha of interleaved RGBA8 pixels to 0 or 255 at `threshold` (see
+/// [`alpha_threshold`]); colours are left as they are. A slice that is not whole pixels is an
+/// error.
+pub fn snap_alpha(rgba: &mut [u8], threshold: u8) -> Result<()> {
+    if rgba.len() % 4 != 0 {
+        return Err(Error::InvalidInput(format!(
+            "{} bytes are not whole RGBA pixels",
+            rgba.len()
+        )));
+    }
+    for px in rgba.chunks_exact_mut(4) {
+        px[3] = if px[3] < threshold { 0 } else { 255 };
+    }
+    Ok(())
+}
+
 /// One value in [-1, 1] to a byte: `round((x + 1) / 2 * 255)`, clamped to 0..=255 (NaN gives 0).
 pub fn to_u8(x: f32) -> u8 {
     ((x.clamp(-1.0, 1.0) + 1.0) * 0.5 * 255.0).round() as u8
@@ -126,6 +148,20 @@ mod tests {
         assert_eq!(to_rgba8(&rgb).unwrap()[0].pixels, vec![255, 0, 128, 255]);
         let five = Tensor::zeros((1, 5, 1, 1), DType::F32, &Device::Cpu).unwrap();
         assert!(to_rgba8(&five).is_err());
+    }
+
+    #[test]
+    fn snapped_alpha_is_binary_and_colours_unchanged() {
+        let mut px = vec![
+            10, 20, 30, 0, 40, 50, 60, 127, 70, 80, 90, 128, 1, 2, 3, 255,
+        ];
+        snap_alpha(&mut px, alpha_threshold(0.5)).unwrap();
+        assert_eq!(
+            px,
+            vec![10, 20, 30, 0, 40, 50, 60, 0, 70, 80, 90, 255, 1, 2, 3, 255]
+        );
+        assert_eq!(alpha_threshold(0.5), 128);
+        assert!(snap_alpha(&mut [0u8; 5], 128).is_err());
     }
 
     #[test]

@@ -10,7 +10,7 @@
 //!
 //! # fn main() -> tarflow::Result<()> {
 //! let device = "cpu".parse::<DeviceChoice>()?.open()?;
-//! let model = load_model(Path::new("assets/models/minetest16.safetensors"), &device)?;
+//! let model = load_model(Path::new("assets/models/textures16.safetensors"), &device)?;
 //! let opts = SampleOptions { guidance: 1.5, seed: 42, ..Default::default() };
 //! // Everything at once...
 //! let samples = sample(&model, &Labels::repeat(0, 4), &opts)?;
@@ -36,7 +36,7 @@ pub mod stream;
 
 pub use cache::LayerCache;
 pub use denoise::{denoise, denoise_with_sigma};
-pub use image::{RgbaImage, planes_to_rgba, to_rgba8, to_u8};
+pub use image::{RgbaImage, alpha_threshold, planes_to_rgba, snap_alpha, to_rgba8, to_u8};
 pub use noise::prior_noise;
 pub use options::{GuideWhat, JacobiOptions, Labels, Method, SampleOptions};
 pub use sampler::Sampler;

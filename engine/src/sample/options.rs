@@ -142,6 +142,12 @@ pub struct SampleOptions {
     pub method: Method,
     /// Parameters of [`Method::Jacobi`] (ignored by the other methods).
     pub jacobi: JacobiOptions,
+    /// Pixel-art alpha: when set, every RGBA8 pixel the sampler delivers (streamed patches,
+    /// denoised and final images) gets alpha 0 below this opacity (in [0, 1]) and 255 from it
+    /// on, so sprites have crisp edges and opaque textures no stray see-through pixels. The float
+    /// images (`Samples::images`, `raw`) are left exact. `None` (the default) keeps the model's
+    /// alpha as it is.
+    pub alpha_cutoff: Option<f32>,
 }
 
 impl Default for SampleOptions {
@@ -157,6 +163,7 @@ impl Default for SampleOptions {
             previews: false,
             method: Method::Cached,
             jacobi: JacobiOptions::default(),
+            alpha_cutoff: None,
         }
     }
 }
@@ -182,6 +189,11 @@ impl SampleOptions {
                 "temperature {} must be finite and >= 0",
                 self.temperature
             ));
+        }
+        if let Some(a) = self.alpha_cutoff
+            && !(a.is_finite() && (0.0..=1.0).contains(&a))
+        {
+            return bad(format!("alpha cutoff {a} must be in [0, 1]"));
         }
         let j = &self.jacobi;
         if j.segments == 0 || j.max_iters == 0 {

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use candle_core::Tensor;
 
 use super::denoise::denoise;
-use super::image::{RgbaImage, planes_to_rgba, to_rgba8};
+use super::image::{RgbaImage, alpha_threshold, planes_to_rgba, snap_alpha, to_rgba8};
 use super::noise::prior_noise;
 use super::options::{Labels, SampleOptions};
 use super::reverse::{BlockRun, Caches};
@@ -305,6 +305,23 @@ impl SampleStream {
         });
     }
 
+    /// The alpha threshold of `opts.alpha_cutoff`, if any.
+    fn alpha_threshold(&self) -> Option<u8> {
+        self.opts.alpha_cutoff.map(alpha_threshold)
+    }
+
+    /// Finished float images as the RGBA8 images delivered to the caller (alpha snapped when
+    /// asked).
+    fn deliverable(&self, images: &Tensor) -> Result<Vec<RgbaImage>> {
+        let mut rgba = to_rgba8(images)?;
+        if let Some(t) = self.alpha_threshold() {
+            for img in &mut rgba {
+                snap_alpha(&mut img.pixels, t)?;
+            }
+        }
+        Ok(rgba)
+    }
+
     /// RGBA8 pixels, per item, of the token at position `pos` (block order) of `run`.
     fn patch_event(&self, run: &BlockRun, pos: usize) -> Result<PatchEvent> {
         let cfg = self.sampler.model().config();
@@ -317,7 +334,13 @@ impl SampleStream {
         let d = cfg.patch_dim();
         let pixels = values
             .chunks(d)
-            .map(|v| planes_to_rgba(v, cfg.in_channels, p, p))
+            .map(|v| {
+                let mut px = planes_to_rgba(v, cfg.in_channels, p, p)?;
+                if let Some(t) = self.alpha_threshold() {
+                    snap_alpha(&mut px, t)?;
+                }
+                Ok(px)
+            })
             .collect::<Result<Vec<_>>>()?;
         let (row, col) = (index / grid, index % grid);
         Ok(PatchEvent {
@@ -414,7 +437,7 @@ impl SampleStream {
                     })?;
                     self.progress();
                     self.queue.push_back(SampleEvent::Denoised {
-                        images: to_rgba8(&images)?,
+                        images: self.deliverable(&images)?,
                     });
                     self.images = Some(images);
                 } else {
@@ -428,7 +451,7 @@ impl SampleStream {
                 let (Some(raw), Some(images)) = (raw, images) else {
                     return Err(Error::InvalidInput("the run has no result".into()));
                 };
-                let rgba = to_rgba8(&images)?;
+                let rgba = self.deliverable(&images)?;
                 debug_assert_eq!(rgba.len(), self.batch);
                 self.queue
                     .push_back(SampleEvent::Finished(Box::new(Samples {
