@@ -63,7 +63,7 @@ pub fn alpha_threshold(cutoff: f32) -> u8 {
 /// [`alpha_threshold`]); colours are left as they are. A slice that is not whole pixels is an
 /// error.
 pub fn snap_alpha(rgba: &mut [u8], threshold: u8) -> Result<()> {
-    if rgba.len() % 4 != 0 {
+    if !rgba.len().is_multiple_of(4) {
         return Err(Error::InvalidInput(format!(
             "{} bytes are not whole RGBA pixels",
             rgba.len()
