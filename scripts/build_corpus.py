@@ -329,8 +329,10 @@ def main() -> None:
                 seen[key] = name
                 installed = os.path.relpath(p, root)
                 holders, lic = licence_of(stanzas, source_path(pkg, installed))
+                if strip:  # the note travels in the path column of ATTRIBUTION.md
+                    installed += " (first frame of the animation strip)"
                 chosen.append((classify(name), name, pkg, installed, img if strip else p, holders,
-                               lic + (" (first frame of the animation strip)" if strip else "")))
+                               lic))
 
     # Unique output names: the original name unless two packages ship the same one.
     names = Counter(c[1] for c in chosen)
@@ -395,7 +397,9 @@ def write_attribution(args, roots, rows, skipped) -> None:
         "",
         "**Share-alike.** Most files are CC BY-SA (3.0 or 4.0): this attribution and the "
         "share-alike terms travel with the files *and with models trained on them*, including the "
-        "bundled demo model and the textures it generates.",
+        "bundled demo model and the textures it generates. Two files of `minetest-mod-unifieddyes` "
+        "are GPL-2+ and seven of `minetest-mod-throwing-arrows` MPL-2.0: a project that cannot "
+        "take those terms drops the two packages from `PACKAGES` and retrains.",
         "",
         "Packages (Debian version):",
         "",

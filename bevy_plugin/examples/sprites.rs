@@ -5,7 +5,7 @@
 //! cargo run -p bevy_tarflow --example sprites --features render
 //! ```
 //!
-//! Uses the demo model `assets/models/minetest16.safetensors` when the workspace has it, a model
+//! Uses the demo model `assets/models/textures16.safetensors` when the workspace has it, a model
 //! with random weights otherwise. With `TARFLOW_SCREENSHOTS=DIR` set, it saves `DIR/midway.png`
 //! once half the textures are done and another is caught half painted, and `DIR/final.png` when
 //! all are done, then exits (for runs under Xvfb; see the examples' README).
@@ -56,7 +56,7 @@ struct Demo {
 
 fn main() -> AppExit {
     let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets");
-    let demo = assets.join("models/minetest16.safetensors");
+    let demo = assets.join("models/textures16.safetensors");
     let mut app = App::new();
     app.add_plugins((
         DefaultPlugins
@@ -80,7 +80,7 @@ fn main() -> AppExit {
         let handle = app
             .world()
             .resource::<AssetServer>()
-            .load("models/minetest16.safetensors");
+            .load("models/textures16.safetensors");
         (handle, 0)
     } else {
         match random_model() {

@@ -22,7 +22,7 @@
 //! use bevy_tarflow::prelude::*;
 //!
 //! fn request(mut commands: Commands, assets: Res<AssetServer>) {
-//!     let model: Handle<TarflowModel> = assets.load("models/minetest16.safetensors");
+//!     let model: Handle<TarflowModel> = assets.load("models/textures16.safetensors");
 //!     commands.spawn(GenerateTexture::new(model).with_class("stone").with_seed(42));
 //! }
 //!

@@ -1,4 +1,4 @@
-//! The bundled demo model: it loads, has the 8 minetest16 classes, and the README's main command
+//! The bundled demo model: it loads, has the 13 classes of `assets/textures`, and the README's main command
 //! (a sprite sheet with its atlas) produces a finite, seed-reproducible sheet.
 
 use std::path::PathBuf;
@@ -11,11 +11,12 @@ fn repo() -> PathBuf {
 }
 
 fn demo() -> PathBuf {
-    repo().join("assets/models/minetest16.safetensors")
+    repo().join("assets/models/textures16.safetensors")
 }
 
-const CLASSES: [&str; 8] = [
-    "foliage", "ground", "items", "ore", "stone", "tools", "wood", "wool",
+const CLASSES: [&str; 13] = [
+    "armor", "fabric", "foliage", "glass", "ground", "items", "light", "machines", "metal", "ore",
+    "stone", "tools", "wood",
 ];
 
 #[test]
@@ -87,20 +88,22 @@ fn readme_main_command_writes_a_reproducible_sheet_and_atlas() {
     let a = image::open(&outs[0]).unwrap().to_rgba8();
     let b = image::open(&outs[1]).unwrap().to_rgba8();
     assert_eq!(a, b, "the same seed gives the same sheet");
+    let k = CLASSES.len() as u32;
     assert_eq!(
         (a.width(), a.height()),
-        (8 * 16, 8 * 16),
-        "8 per class x 8 classes of 16 px"
+        (8 * 16, k * 16),
+        "8 per class, one row per class, of 16 px"
     );
     let atlas: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(outs[0].with_extension("json")).unwrap())
             .unwrap();
     let frames = atlas["frames"].as_array().unwrap();
-    assert_eq!(frames.len(), 64);
+    assert_eq!(frames.len(), 8 * CLASSES.len());
     for (i, class) in CLASSES.iter().enumerate() {
         assert_eq!(frames[i * 8]["class"], *class);
     }
     // Not blank: the sheet has visible, varied pixels.
     let opaque = a.pixels().filter(|p| p[3] > 0).count();
-    assert!(opaque > 64 * 16 * 16 / 4, "only {opaque} visible pixels");
+    let n = 8 * CLASSES.len() * 16 * 16;
+    assert!(opaque > n / 4, "only {opaque} of {n} pixels visible");
 }

@@ -9,7 +9,7 @@
 //!
 //! # fn main() -> tarflow::Result<()> {
 //! let device = "cpu".parse::<DeviceChoice>()?.open()?;
-//! let model = load_model(Path::new("assets/models/minetest16.safetensors"), &device)?;
+//! let model = load_model(Path::new("assets/models/textures16.safetensors"), &device)?;
 //! println!("{} classes, {} parameters", model.config().num_classes, model.config().parameter_count());
 //! # Ok(()) }
 //! ```

@@ -85,7 +85,7 @@ fn class_blind(model: &Model) -> Model {
 #[test]
 fn class_blind_copy_of_the_demo_model_is_recognised_less() {
     let model = tarflow::format::load_model(
-        &repo().join("assets/models/minetest16.safetensors"),
+        &repo().join("assets/models/textures16.safetensors"),
         &Device::Cpu,
     )
     .unwrap();
@@ -181,7 +181,7 @@ fn class_blind_copy_of_the_demo_model_is_recognised_less() {
 #[test]
 fn unknown_data_class_is_a_clear_error() {
     let model = tarflow::format::load_model(
-        &repo().join("assets/models/minetest16.safetensors"),
+        &repo().join("assets/models/textures16.safetensors"),
         &Device::Cpu,
     )
     .unwrap();
