@@ -207,11 +207,11 @@ impl TarflowWorkers {
         self.threads.len()
     }
 
-    /// Queue a job; gives it back when no worker is left to take it.
-    pub(crate) fn submit(&self, job: Job) -> Result<(), Job> {
+    /// Queue a job; gives it back (boxed: a job is large) when no worker is left to take it.
+    pub(crate) fn submit(&self, job: Job) -> Result<(), Box<Job>> {
         match &self.jobs {
-            Some(tx) => tx.send(job).map_err(|e| e.into_inner()),
-            None => Err(job),
+            Some(tx) => tx.send(job).map_err(|e| Box::new(e.into_inner())),
+            None => Err(Box::new(job)),
         }
     }
 
