@@ -44,7 +44,8 @@ enum Command {
 fn main() -> ExitCode {
     // RAYON_NUM_THREADS (candle re-reads /proc/cpuinfo per matmul without it) and malloc
     // keeping freed tensor memory: see tarflow::runtime. No other thread exists yet.
-    tarflow::runtime::tune_process();
+    // SAFETY: first statement of main: no other thread exists yet.
+    unsafe { tarflow::runtime::tune_process() };
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Train(a) => commands::train::run(a),

@@ -6,10 +6,26 @@
 
 /// Apply both settings below; returns what was done, one line each, for logs.
 ///
-/// Call it before any other thread exists (it may set an environment variable).
-pub fn tune_process() -> Vec<String> {
+/// ```
+/// // First thing in `main`:
+/// // SAFETY: no other thread exists yet.
+/// let done = unsafe { tarflow::runtime::tune_process() };
+/// # let _ = done;
+/// ```
+///
+/// Calling it without `unsafe` does not compile:
+///
+/// ```compile_fail
+/// let _ = tarflow::runtime::tune_process();
+/// ```
+///
+/// # Safety
+/// No other thread may exist (or read or write the environment) while it runs: it may set an
+/// environment variable, which is not thread-safe (see [`std::env::set_var`]).
+pub unsafe fn tune_process() -> Vec<String> {
     let mut done = Vec::new();
-    if let Some(n) = set_thread_count() {
+    // SAFETY: the caller guarantees no other thread exists.
+    if let Some(n) = unsafe { set_thread_count() } {
         done.push(format!("RAYON_NUM_THREADS={n}"));
     }
     if keep_freed_memory() {
@@ -21,16 +37,18 @@ pub fn tune_process() -> Vec<String> {
 /// Set `RAYON_NUM_THREADS` to the machine's parallelism when it is unset, and return it.
 ///
 /// candle sizes its CPU thread pools from it and, when it is unset, reads /proc/cpuinfo again on
-/// every matmul (about 30 us each, about 100 ms per sampled texture). Call before any other
-/// thread exists: setting the environment is not thread-safe.
-pub fn set_thread_count() -> Option<usize> {
+/// every matmul (about 30 us each, about 100 ms per sampled texture).
+///
+/// # Safety
+/// No other thread may exist while it runs: setting the environment is not thread-safe.
+pub unsafe fn set_thread_count() -> Option<usize> {
     if std::env::var_os("RAYON_NUM_THREADS").is_some() {
         return None;
     }
     let n = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    // SAFETY: documented precondition: no other thread exists yet.
+    // SAFETY: the caller guarantees no other thread exists.
     unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
     Some(n)
 }
