@@ -569,3 +569,52 @@ fn periodic_held_out_lines_reach_a_log_without_a_terminal() {
         );
     }
 }
+
+/// `eval` on art whose class the model was not trained on scores it with the unconditional
+/// likelihood and says so, instead of refusing the folder; the known classes' rows are unchanged.
+#[test]
+fn eval_scores_unknown_classes_unconditionally() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("art");
+    make_folder(&data, &["stripes", "checks"], 4);
+    let out = dir.path().join("m.safetensors");
+    let (d, o) = (data.to_str().unwrap(), out.to_str().unwrap());
+    ok(&train_args(d, o, "2", "2"));
+    let known = dir.path().join("known");
+    make_folder(&known, &["stripes", "checks"], 2);
+    let new_art = dir.path().join("new_art");
+    make_folder(&new_art, &["stripes", "checks", "dots"], 2);
+    let rows = |folder: &Path| -> Vec<serde_json::Value> {
+        serde_json::from_str(&ok(&[
+            "eval",
+            "--model",
+            o,
+            folder.to_str().unwrap(),
+            "--json",
+        ]))
+        .unwrap()
+    };
+    let (a, b) = (rows(&known), rows(&new_art));
+    let dots = b.iter().find(|r| r["class"] == "dots").expect("a dots row");
+    assert_eq!(dots["unconditional"], true);
+    assert_eq!(dots["images"], 2);
+    assert!(dots["model_bpd"].as_f64().unwrap().is_finite());
+    for class in ["stripes", "checks"] {
+        let find =
+            |rows: &[serde_json::Value]| rows.iter().find(|r| r["class"] == class).unwrap().clone();
+        let (x, y) = (find(&a), find(&b));
+        assert_eq!(x["images"], y["images"]);
+        let (p, q) = (
+            x["model_bpd"].as_f64().unwrap(),
+            y["model_bpd"].as_f64().unwrap(),
+        );
+        // Same images, labels and noise; only the batch around them differs (float rounding).
+        assert!(
+            (p - q).abs() < 1e-3,
+            "{class}: known classes scored as before: {p} vs {q}"
+        );
+        assert_eq!(y["unconditional"], false);
+    }
+    let table = ok(&["eval", "--model", o, new_art.to_str().unwrap()]);
+    assert!(table.contains("not trained on"), "{table}");
+}

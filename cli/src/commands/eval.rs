@@ -66,6 +66,8 @@ pub struct Row {
     pub model_bpd: f64,
     /// PNG file bits per subpixel (file size * 8 / (W * H * channels)).
     pub png_bpd: f64,
+    /// Scored with the unconditional likelihood (a class the model does not know, or no class).
+    pub unconditional: bool,
 }
 
 /// Evaluate.
@@ -73,7 +75,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let device = args.sampling.open_device()?;
     let model = load(&args.model, &device)?;
     let Some(per_class) = args.samples else {
-        let data = load_data(&model, &args.data)?;
+        let data = load_data(&model, &args.data, true)?;
         let rows = bpd_rows(&model, &data, &args)?;
         if args.json {
             println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -99,8 +101,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             (t, h)
         }
     };
-    let test = load_data(&model, &test_dir)?;
-    let train = load_data(&model, &train_dir)?;
+    let test = load_data(&model, &test_dir, false)?;
+    let train = load_data(&model, &train_dir, false)?;
     let rows = bpd_rows(&model, &test, &args)?;
 
     let clf_cfg = ClassifierConfig {
@@ -171,9 +173,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Load a data folder with the model's size, channels and class ids; a class folder unknown to
-/// the model is an error.
-fn load_data(model: &Model, dir: &Path) -> anyhow::Result<Dataset> {
+/// Load a data folder with the model's size, channels and class ids. A class folder unknown to
+/// the model gets the next id (scored unconditionally by `evaluate_bpd`) when `allow_unknown`,
+/// else it is an error (the fidelity report samples the model's own classes).
+fn load_data(model: &Model, dir: &Path, allow_unknown: bool) -> anyhow::Result<Dataset> {
     let cfg = model.config();
     let data_cfg = DataConfig {
         img_size: Some(cfg.img_size),
@@ -186,7 +189,7 @@ fn load_data(model: &Model, dir: &Path) -> anyhow::Result<Dataset> {
     for s in data.skipped() {
         eprintln!("{s}");
     }
-    if data.num_classes() > cfg.num_classes && cfg.num_classes > 0 {
+    if data.num_classes() > cfg.num_classes && cfg.num_classes > 0 && !allow_unknown {
         let extra = &data.class_names()[cfg.num_classes..];
         bail!(
             "{}: class folder(s) {} are unknown to the model",
@@ -216,6 +219,7 @@ fn bpd_rows(model: &Model, data: &Dataset, args: &EvalArgs) -> anyhow::Result<Ve
         f.bytes as f64 * 8.0 / (f.size.0 * f.size.1 * cfg.in_channels) as f64
     };
     let k = cfg.num_classes;
+    let slots = report.per_class.len() - 1;
     let mut rows = Vec::new();
     for (slot, &(bpd, n)) in report.per_class.iter().enumerate() {
         if n == 0 {
@@ -223,12 +227,14 @@ fn bpd_rows(model: &Model, data: &Dataset, args: &EvalArgs) -> anyhow::Result<Ve
         }
         let class = if slot < k {
             cfg.class_name(slot)
+        } else if slot < slots {
+            data.class_names()[slot].clone()
         } else {
             "unlabelled".into()
         };
         let in_class: Vec<f64> = files
             .iter()
-            .filter(|f| f.class.unwrap_or(k).min(k) == slot)
+            .filter(|f| f.class.unwrap_or(slots).min(slots) == slot)
             .map(png_bpd)
             .collect();
         let png = in_class.iter().sum::<f64>() / in_class.len().max(1) as f64;
@@ -237,6 +243,7 @@ fn bpd_rows(model: &Model, data: &Dataset, args: &EvalArgs) -> anyhow::Result<Ve
             images: n,
             model_bpd: bpd,
             png_bpd: png,
+            unconditional: slot >= k,
         });
     }
     let all_png = files.iter().map(png_bpd).sum::<f64>() / files.len().max(1) as f64;
@@ -245,6 +252,7 @@ fn bpd_rows(model: &Model, data: &Dataset, args: &EvalArgs) -> anyhow::Result<Ve
         images: report.images,
         model_bpd: report.bits_per_dim,
         png_bpd: all_png,
+        unconditional: false,
     });
     Ok(rows)
 }
@@ -256,8 +264,21 @@ fn print_bpd(rows: &[Row]) {
     );
     for r in rows {
         println!(
-            "{:<12} {:>7} {:>10.3} {:>9.3}",
-            r.class, r.images, r.model_bpd, r.png_bpd
+            "{:<12} {:>7} {:>10.3} {:>9.3}{}",
+            r.class,
+            r.images,
+            r.model_bpd,
+            r.png_bpd,
+            if r.unconditional { "  *" } else { "" }
+        );
+    }
+    if rows
+        .iter()
+        .any(|r| r.unconditional && r.class != "unlabelled")
+    {
+        println!(
+            "* a class the model was not trained on: scored with its unconditional likelihood \
+             (the mean class embedding), how well this art fits the model's style overall"
         );
     }
     println!(

@@ -18,7 +18,9 @@ pub struct BpdReport {
     pub bits_per_dim: f64,
     /// Images evaluated.
     pub images: usize,
-    /// Per class id (the last entry: unlabelled images): mean bits/dim and image count.
+    /// Per class id of the data (the last entry: unlabelled images): mean bits/dim and image
+    /// count. The data's ids are the model's for the classes it knows; classes it does not know
+    /// come after them and are scored with the unconditional likelihood (see [`evaluate_bpd`]).
     pub per_class: Vec<(f64, usize)>,
     /// Bits/dim of each image, in dataset order.
     pub per_image: Vec<f64>,
@@ -26,6 +28,9 @@ pub struct BpdReport {
 
 /// Evaluate `model` on every image of `data` (centre crops, no augmentation) with each image's
 /// own label, under uniform dequantisation drawn from a ChaCha8 RNG seeded with `seed`.
+/// Images of a class the model does not know (a class id >= its class count; load the data with
+/// the model's class names so the known ones keep their ids), and unlabelled images, are scored
+/// with the unconditional likelihood: the mean class embedding, as sampling with label -1 does.
 /// `progress(done, total)` is called after each batch.
 pub fn evaluate_bpd(
     model: &Model,
@@ -46,7 +51,8 @@ pub fn evaluate_bpd(
         )));
     }
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut per_class = vec![(0f64, 0usize); k + 1];
+    let slots = k.max(data.num_classes());
+    let mut per_class = vec![(0f64, 0usize); slots + 1];
     let mut per_image = Vec::with_capacity(data.len());
     let items = data.items();
     for chunk in items.chunks(batch.max(1)) {
@@ -62,7 +68,7 @@ pub fn evaluate_bpd(
                 &mut rng,
                 &mut images,
             );
-            labels.push(item.label.map(|l| l as i64).unwrap_or(-1));
+            labels.push(item.label.filter(|&l| l < k).map_or(-1, |l| l as i64));
         }
         let x = Tensor::from_vec(images, (chunk.len(), c, s, s), model.device())?;
         let out = model.forward_with(&x, (k > 0).then_some(labels.as_slice()), Exec::Fast)?;
@@ -70,7 +76,7 @@ pub fn evaluate_bpd(
             .iter()
             .zip(model.bits_per_dim(&out)?.to_vec1::<f32>()?)
         {
-            let slot = item.label.unwrap_or(k).min(k);
+            let slot = item.label.unwrap_or(slots).min(slots);
             per_class[slot].0 += f64::from(v);
             per_class[slot].1 += 1;
             per_image.push(f64::from(v));
