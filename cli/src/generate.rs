@@ -9,7 +9,7 @@ use tarflow::Model;
 use tarflow::candle::{Device, Tensor};
 use tarflow::sample::{
     GuideWhat, JacobiOptions, Labels, Method, RgbaImage, SampleEvent, SampleOptions, Sampler,
-    prior_noise,
+    prior_noise_range,
 };
 
 /// Options shared by `sample`, `sheet`, `vary` and `decode`.
@@ -142,20 +142,19 @@ pub fn say(bar: &ProgressBar, line: String) {
 
 /// Generate one image per label (None = unconditional), `batch` at a time, from the noise of
 /// `seed` (item k always gets noise stream k, whatever the batch size), showing progress.
-/// Returns the final RGBA8 images and the float images (B, C, H, W).
+/// Returns the final RGBA8 images and, when `keep_floats`, the float images (B, C, H, W) of
+/// each batch. The prior noise is drawn batch by batch and the float images are dropped unless
+/// asked for, so memory grows by the RGBA8 bytes of each image only (1 KiB at 16x16).
 pub fn generate(
     model: &Model,
     labels: &[Option<i64>],
     z: Option<&Tensor>,
     opts: &SampleOptions,
     batch: usize,
+    keep_floats: bool,
     bar: &ProgressBar,
 ) -> anyhow::Result<(Vec<RgbaImage>, Vec<Tensor>)> {
     let count = labels.len();
-    let z = match z {
-        Some(z) => z.clone(),
-        None => prior_noise(model.config(), count, opts.seed, model.device())?,
-    };
     let batch = batch.clamp(1, count.max(1));
     // Prepare the weights for sampling once for all chunks.
     let sampler = Sampler::new(model)?;
@@ -171,7 +170,11 @@ pub fn generate(
         } else {
             Labels::Unconditional(n)
         };
-        let stream = sampler.stream_from_noise(&z.narrow(0, start, n)?, &labels, opts)?;
+        let noise = match z {
+            Some(z) => z.narrow(0, start, n)?,
+            None => prior_noise_range(model.config(), start, n, opts.seed, model.device())?,
+        };
+        let stream = sampler.stream_from_noise(&noise, &labels, opts)?;
         let mut result = None;
         for event in stream {
             match event? {
@@ -186,7 +189,9 @@ pub fn generate(
         }
         let samples = result.ok_or_else(|| anyhow::anyhow!("sampling ended without a result"))?;
         rgba.extend(samples.rgba.iter().cloned());
-        floats.push(samples.images.clone());
+        if keep_floats {
+            floats.push(samples.images.clone());
+        }
         done_before += n as u64;
         bar.set_position(done_before);
     }

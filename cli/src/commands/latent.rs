@@ -165,6 +165,7 @@ pub fn decode(args: DecodeArgs) -> anyhow::Result<()> {
         Some(&z),
         &args.sampling.options(),
         args.sampling.batch,
+        true,
         &bar,
     )?;
     bar.finish_and_clear();
@@ -218,6 +219,7 @@ pub fn vary(args: VaryArgs) -> anyhow::Result<()> {
         Some(&zs),
         &args.sampling.options(),
         args.sampling.batch,
+        false,
         &bar,
     )?;
     bar.finish_and_clear();

@@ -60,6 +60,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         None,
         &args.sampling.options(),
         args.sampling.batch,
+        false,
         &bar,
     )?;
     bar.finish_and_clear();

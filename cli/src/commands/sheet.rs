@@ -133,7 +133,15 @@ pub fn run(args: SheetArgs) -> anyhow::Result<()> {
     };
     let opts = args.sampling.options();
     let bar = progress_bar(labels.len() as u64, "sheet");
-    let (images, _) = generate(&model, &labels, None, &opts, args.sampling.batch, &bar)?;
+    let (images, _) = generate(
+        &model,
+        &labels,
+        None,
+        &opts,
+        args.sampling.batch,
+        false,
+        &bar,
+    )?;
     bar.finish_and_clear();
     let (sheet, corners) = grid(&images, cols, args.gap)?;
     save_png(&args.out, &sheet, 1)?;

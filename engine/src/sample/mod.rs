@@ -37,7 +37,7 @@ pub mod stream;
 pub use cache::LayerCache;
 pub use denoise::{denoise, denoise_with_sigma};
 pub use image::{RgbaImage, alpha_threshold, planes_to_rgba, snap_alpha, to_rgba8, to_u8};
-pub use noise::prior_noise;
+pub use noise::{prior_noise, prior_noise_range};
 pub use options::{GuideWhat, JacobiOptions, Labels, Method, SampleOptions};
 pub use sampler::Sampler;
 pub use stream::{CancelToken, PatchEvent, SampleEvent, SampleStream, Samples};

@@ -18,6 +18,18 @@ pub fn prior_noise(
     seed: u64,
     device: &Device,
 ) -> Result<Tensor> {
+    prior_noise_range(config, 0, batch, seed, device)
+}
+
+/// The noise of items `first .. first + batch` of [`prior_noise`]'s sequence (item k from stream
+/// k), so that a long run can draw it batch by batch, in bounded memory, with the same result.
+pub fn prior_noise_range(
+    config: &ModelConfig,
+    first: usize,
+    batch: usize,
+    seed: u64,
+    device: &Device,
+) -> Result<Tensor> {
     let (n, d) = (config.num_patches(), config.patch_dim());
     if batch == 0 {
         return Err(Error::InvalidInput(
@@ -25,7 +37,7 @@ pub fn prior_noise(
         ));
     }
     let mut values = Vec::with_capacity(batch * n * d);
-    for k in 0..batch {
+    for k in first..first + batch {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         rng.set_stream(k as u64);
         values.extend((0..n * d).map(|_| rng.sample::<f32, _>(StandardNormal)));
@@ -36,6 +48,15 @@ pub fn prior_noise(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_range_is_the_same_slice_of_the_whole() {
+        let c = ModelConfig::new(3, 8, 2, 64, 1, 1);
+        let all = prior_noise(&c, 7, 3, &Device::Cpu).unwrap();
+        let part = prior_noise_range(&c, 4, 2, 3, &Device::Cpu).unwrap();
+        let flat = |t: &Tensor| t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(flat(&all.narrow(0, 4, 2).unwrap()), flat(&part));
+    }
 
     #[test]
     fn items_do_not_depend_on_the_batch() {
