@@ -43,6 +43,15 @@ fn classifier_recognises_held_out_minetest16_textures() {
 
 /// The demo model's training folder (from its provenance, relative to the repo) and the
 /// held-out folder next to it.
+/// The bundled demo model.
+fn demo_model() -> Model {
+    tarflow::format::load_model(
+        &repo().join("assets/models/textures16.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap()
+}
+
 fn demo_data(model: &Model) -> (PathBuf, PathBuf) {
     let rel = model
         .config()
@@ -84,11 +93,7 @@ fn class_blind(model: &Model) -> Model {
 
 #[test]
 fn class_blind_copy_of_the_demo_model_is_recognised_less() {
-    let model = tarflow::format::load_model(
-        &repo().join("assets/models/textures16.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let model = demo_model();
     let cfg = model.config().clone();
     let (train_dir, test_dir) = demo_data(&model);
     let data_cfg = DataConfig {
@@ -180,11 +185,7 @@ fn class_blind_copy_of_the_demo_model_is_recognised_less() {
 
 #[test]
 fn unknown_data_class_is_a_clear_error() {
-    let model = tarflow::format::load_model(
-        &repo().join("assets/models/textures16.safetensors"),
-        &Device::Cpu,
-    )
-    .unwrap();
+    let model = demo_model();
     let cfg = model.config().clone();
     let dir = tempfile::tempdir().unwrap();
     for class in ["not_a_model_class", "another_one"] {

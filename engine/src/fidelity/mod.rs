@@ -49,12 +49,11 @@ pub use metrics::{
     precision_recall,
 };
 
-use candle_core::DType;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::sample::{Labels, SampleOptions, Sampler, alpha_threshold, prior_noise, to_u8};
+use crate::sample::{Labels, SampleOptions, Sampler, prior_noise_range};
 use crate::train::Dataset;
 
 /// Options of the metrics. Every field has a default (`{}` is valid JSON).
@@ -398,16 +397,7 @@ pub fn model_class_ids(model: &Model, data: &Dataset, classes: &[usize]) -> Resu
                 .into(),
         ));
     }
-    let (s, c) = (cfg.img_size, cfg.in_channels);
-    if (data.img_size(), data.channels()) != (s, c) {
-        return Err(Error::InvalidInput(format!(
-            "the data at {} is {}x{} with {} channel(s), the model makes {s}x{s} with {c}",
-            data.root().display(),
-            data.img_size(),
-            data.img_size(),
-            data.channels()
-        )));
-    }
+    data.check_fits(cfg)?;
     classes
         .iter()
         .map(|&id| {
@@ -438,35 +428,30 @@ pub fn sample_images(
 ) -> Result<Vec<Vec<u8>>> {
     opts.validate()?;
     let cfg = model.config();
-    let (s, c) = (cfg.img_size, cfg.in_channels);
+    let c = cfg.in_channels;
+    // Which of the delivered RGBA bytes are the model's channels (see `planes_to_rgba`).
+    let keep: &[usize] = match c {
+        1 => &[0],
+        2 => &[0, 3],
+        3 => &[0, 1, 2],
+        _ => &[0, 1, 2, 3],
+    };
     let total = labels.len();
-    let z = prior_noise(cfg, total, opts.seed, model.device())?;
     let sampler = Sampler::new(model)?;
     let mut out = Vec::with_capacity(total);
     for start in (0..total).step_by(batch.max(1)) {
         let n = batch.max(1).min(total - start);
         let chunk = Labels::Classes(labels[start..start + n].to_vec());
-        let samples = sampler.reverse(&z.narrow(0, start, n)?, &chunk, opts)?;
-        let v = samples
-            .images
-            .to_dtype(DType::F32)?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        for img in v.chunks_exact(c * s * s) {
-            let mut px = vec![0u8; s * s * c];
-            for ch in 0..c {
-                for i in 0..s * s {
-                    px[i * c + ch] = to_u8(img[ch * s * s + i]);
-                }
-            }
-            // The same alpha as the sampler delivers (gray-alpha and RGBA images).
-            if let (Some(cut), 2 | 4) = (opts.alpha_cutoff, c) {
-                let t = alpha_threshold(cut);
-                for a in px.iter_mut().skip(c - 1).step_by(c) {
-                    *a = if *a < t { 0 } else { 255 };
-                }
-            }
-            out.push(px);
+        let z = prior_noise_range(cfg, start, n, opts.seed, model.device())?;
+        // The RGBA8 images the sampler delivers (alpha cutoff included), as a user gets them.
+        let samples = sampler.reverse(&z, &chunk, opts)?;
+        for img in &samples.rgba {
+            out.push(
+                img.pixels
+                    .chunks_exact(4)
+                    .flat_map(|px| keep.iter().map(move |&i| px[i]))
+                    .collect(),
+            );
         }
         progress(out.len(), total);
     }

@@ -877,6 +877,22 @@ impl Dataset {
         counts
     }
 
+    /// Check the images are the size and channel count `config`'s model works on; the error
+    /// names the folder and both shapes.
+    pub fn check_fits(&self, config: &crate::config::ModelConfig) -> Result<()> {
+        let (s, c) = (config.img_size, config.in_channels);
+        if (self.img_size(), self.channels()) != (s, c) {
+            return Err(Error::InvalidInput(format!(
+                "the data at {} is {}x{} with {} channel(s), the model works on {s}x{s} with {c}",
+                self.root().display(),
+                self.img_size(),
+                self.img_size(),
+                self.channels()
+            )));
+        }
+        Ok(())
+    }
+
     /// A short human-readable report: sizes, channels, classes with counts, skipped files.
     pub fn summary(&self) -> String {
         let counts = self.class_counts();

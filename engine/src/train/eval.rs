@@ -8,7 +8,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::augment::{NoiseConfig, Placement, to_planar_with_noise};
 use super::dataset::Dataset;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::model::{Exec, Model};
 
 /// Bits/dim of a dataset, overall and per class.
@@ -41,15 +41,7 @@ pub fn evaluate_bpd(
 ) -> Result<BpdReport> {
     let cfg = model.config();
     let (s, c, k) = (cfg.img_size, cfg.in_channels, cfg.num_classes);
-    if data.img_size() != s || data.channels() != c {
-        return Err(Error::InvalidInput(format!(
-            "the data at {} is {}x{} with {} channel(s), the model takes {s}x{s} with {c}",
-            data.root().display(),
-            data.img_size(),
-            data.img_size(),
-            data.channels()
-        )));
-    }
+    data.check_fits(cfg)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let slots = k.max(data.num_classes());
     let mut per_class = vec![(0f64, 0usize); slots + 1];
