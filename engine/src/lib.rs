@@ -21,6 +21,7 @@ pub mod error;
 pub mod fidelity;
 pub mod format;
 pub mod model;
+pub mod morph;
 pub mod runtime;
 pub mod sample;
 pub mod train;
