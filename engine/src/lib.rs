@@ -21,6 +21,7 @@ pub mod edit;
 pub mod error;
 pub mod fidelity;
 pub mod format;
+pub mod lint;
 pub mod model;
 pub mod morph;
 pub mod runtime;

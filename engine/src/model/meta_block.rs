@@ -117,6 +117,31 @@ impl MetaBlock {
         labels: Option<&[i64]>,
         exec: Exec,
     ) -> Result<(Tensor, Tensor)> {
+        let (y, alpha) = self.forward_in_block_order(x, labels, exec)?;
+        let logdet = alpha.flatten_from(1)?.mean(1)?.neg()?;
+        Ok((y, logdet))
+    }
+
+    /// [`forward`](Self::forward), returning instead of the log-determinant the log-scale
+    /// `alpha` of every token, (B, N, D), in the input's (raster) order: token p's alpha scales
+    /// patch p, and the block's log-determinant is `-mean(alpha)` (all zeros without `nvp`).
+    pub fn forward_with_alpha(
+        &self,
+        x: &Tensor,
+        labels: Option<&[i64]>,
+        exec: Exec,
+    ) -> Result<(Tensor, Tensor)> {
+        let (y, alpha) = self.forward_in_block_order(x, labels, exec)?;
+        Ok((y, self.permutation.apply(&alpha.contiguous()?, 1)?))
+    }
+
+    /// The output in the input's order and alpha in the block's (permuted) order.
+    fn forward_in_block_order(
+        &self,
+        x: &Tensor,
+        labels: Option<&[i64]>,
+        exec: Exec,
+    ) -> Result<(Tensor, Tensor)> {
         let (b, n, _) = x.dims3()?;
         if let Some(l) = labels
             && l.len() != b
@@ -140,7 +165,6 @@ impl MetaBlock {
         let o = Tensor::cat(&[&zero, &o.narrow(1, 0, n - 1)?], 1)?;
         let (alpha, mu) = self.split_out(&o)?;
         let y = (x - mu)?.mul(&alpha.neg()?.exp()?)?;
-        let logdet = alpha.flatten_from(1)?.mean(1)?.neg()?;
-        Ok((self.permutation.apply(&y, 1)?, logdet))
+        Ok((self.permutation.apply(&y, 1)?, alpha))
     }
 }
