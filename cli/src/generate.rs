@@ -8,8 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tarflow::Model;
 use tarflow::candle::{Device, Tensor};
 use tarflow::sample::{
-    GuideWhat, JacobiOptions, Labels, Method, RgbaImage, SampleEvent, SampleOptions, Sampler,
-    prior_noise_range,
+    GuideWhat, JacobiOptions, Method, RgbaImage, SampleOptions, Sampler, Samples, generate_batches,
 };
 
 /// Options shared by `sample`, `sheet`, `vary` and `decode`.
@@ -141,10 +140,44 @@ pub fn say(bar: &ProgressBar, line: String) {
 }
 
 /// Generate one image per label (None = unconditional), `batch` at a time, from the noise of
-/// `seed` (item k always gets noise stream k, whatever the batch size), showing progress.
-/// Returns the final RGBA8 images and, when `keep_floats`, the float images (B, C, H, W) of
-/// each batch. The prior noise is drawn batch by batch and the float images are dropped unless
-/// asked for, so memory grows by the RGBA8 bytes of each image only (1 KiB at 16x16).
+/// `seed` (item k always gets noise stream k, whatever the batch size), showing progress, and
+/// hand each finished batch to `sink` (first item's index, the batch's samples) at once: a sink
+/// that writes its images and lets them go keeps memory bounded whatever the count.
+pub fn generate_each(
+    model: &Model,
+    labels: &[Option<i64>],
+    z: Option<&Tensor>,
+    opts: &SampleOptions,
+    batch: usize,
+    bar: &ProgressBar,
+    mut sink: impl FnMut(usize, Samples) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    // Prepare the weights for sampling once for all batches.
+    let sampler = Sampler::new(model)?;
+    let mut failure = None;
+    let run = generate_batches(
+        &sampler,
+        labels,
+        z,
+        opts,
+        batch,
+        |done| bar.set_position(done as u64),
+        |first, samples| {
+            sink(first, samples).map_err(|e| {
+                let msg = e.to_string();
+                failure = Some(e);
+                tarflow::Error::InvalidInput(msg)
+            })
+        },
+    );
+    match (run, failure) {
+        (_, Some(e)) => Err(e),
+        (r, None) => Ok(r?),
+    }
+}
+
+/// [`generate_each`], keeping every RGBA8 image and, when `keep_floats`, the float images
+/// (B, C, H, W) of each batch: for the commands that need them all (decode, vary).
 pub fn generate(
     model: &Model,
     labels: &[Option<i64>],
@@ -154,47 +187,15 @@ pub fn generate(
     keep_floats: bool,
     bar: &ProgressBar,
 ) -> anyhow::Result<(Vec<RgbaImage>, Vec<Tensor>)> {
-    let count = labels.len();
-    let batch = batch.clamp(1, count.max(1));
-    // Prepare the weights for sampling once for all chunks.
-    let sampler = Sampler::new(model)?;
-    let mut rgba = Vec::with_capacity(count);
+    let mut rgba = Vec::with_capacity(labels.len());
     let mut floats = Vec::new();
-    let conditional = model.config().num_classes > 0;
-    let mut done_before = 0u64;
-    for start in (0..count).step_by(batch) {
-        let n = batch.min(count - start);
-        let chunk = &labels[start..start + n];
-        let labels = if conditional && chunk.iter().any(Option::is_some) {
-            Labels::Classes(chunk.iter().map(|l| l.unwrap_or(-1)).collect())
-        } else {
-            Labels::Unconditional(n)
-        };
-        let noise = match z {
-            Some(z) => z.narrow(0, start, n)?,
-            None => prior_noise_range(model.config(), start, n, opts.seed, model.device())?,
-        };
-        let stream = sampler.stream_from_noise(&noise, &labels, opts)?;
-        let mut result = None;
-        for event in stream {
-            match event? {
-                SampleEvent::Progress { done, total } => {
-                    // Scale the chunk's work units to images so the bar reads in textures.
-                    let pos = done_before + (done as u64 * n as u64) / total.max(1) as u64;
-                    bar.set_position(pos);
-                }
-                SampleEvent::Finished(samples) => result = Some(samples),
-                _ => {}
-            }
-        }
-        let samples = result.ok_or_else(|| anyhow::anyhow!("sampling ended without a result"))?;
-        rgba.extend(samples.rgba.iter().cloned());
+    generate_each(model, labels, z, opts, batch, bar, |_, samples| {
+        rgba.extend(samples.rgba);
         if keep_floats {
-            floats.push(samples.images.clone());
+            floats.push(samples.images);
         }
-        done_before += n as u64;
-        bar.set_position(done_before);
-    }
+        Ok(())
+    })?;
     Ok((rgba, floats))
 }
 

@@ -241,9 +241,10 @@ fn atlas_describes_every_frame() {
         "--out",
         s(&sheet),
     ]);
-    let atlas: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.path().join("sheet.json")).unwrap())
-            .unwrap();
+    let atlas: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("sheet.atlas.json")).unwrap(),
+    )
+    .unwrap();
     let frames = atlas["frames"].as_array().unwrap();
     assert_eq!(frames.len(), 6);
     let (w, h, _) = pixels(&sheet);

@@ -94,9 +94,10 @@ fn readme_main_command_writes_a_reproducible_sheet_and_atlas() {
         (8 * 16, k * 16),
         "8 per class, one row per class, of 16 px"
     );
-    let atlas: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(outs[0].with_extension("json")).unwrap())
-            .unwrap();
+    let atlas: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(outs[0].with_extension("atlas.json")).unwrap(),
+    )
+    .unwrap();
     let frames = atlas["frames"].as_array().unwrap();
     assert_eq!(frames.len(), 8 * CLASSES.len());
     for (i, class) in CLASSES.iter().enumerate() {

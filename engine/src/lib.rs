@@ -26,6 +26,7 @@ pub mod model;
 pub mod morph;
 pub mod runtime;
 pub mod sample;
+pub mod sheet;
 pub mod train;
 
 /// The tensor library the engine is built on, re-exported so callers use the same version.
@@ -44,8 +45,10 @@ pub mod prelude {
     pub use crate::model::{Exec, ForwardOutput, Model, Weights};
     pub use crate::sample::{
         CancelToken, GuideWhat, JacobiOptions, Labels, Method, PatchEvent, RgbaImage, SampleEvent,
-        SampleOptions, SampleStream, Samples, denoise, reverse, sample, to_rgba8,
+        SampleOptions, SampleStream, Sampler, Samples, denoise, generate_batches, reverse, sample,
+        to_rgba8,
     };
+    pub use crate::sheet::{Atlas, SheetLayout};
     pub use crate::train::{
         AugmentConfig, Checkpoint, DataConfig, Dataset, NoiseConfig, Progress, StepMetrics,
         TrainConfig, Trainer,

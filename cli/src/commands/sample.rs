@@ -5,8 +5,10 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::Args;
 
-use crate::generate::{SamplingArgs, class_ids, generate, load, progress_bar};
-use crate::images::{grid, save_png};
+use tarflow::sheet::SheetLayout;
+
+use crate::generate::{SamplingArgs, class_ids, generate_each, load, progress_bar};
+use crate::images::{GridPngWriter, save_png};
 
 /// Arguments of `tarflow sample`.
 #[derive(Debug, Args)]
@@ -54,36 +56,51 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         })
         .collect();
     let bar = progress_bar(args.count as u64, "sampling");
-    let (images, _) = generate(
-        &model,
-        &labels,
-        None,
-        &args.sampling.options(),
-        args.sampling.batch,
-        false,
-        &bar,
-    )?;
-    bar.finish_and_clear();
+    let opts = args.sampling.options();
     let is_png = args
         .out
         .extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("png"));
+    // Each batch is written as soon as it is done and let go: memory stays bounded by the batch
+    // (and, for a grid, one row of it), whatever the count.
     if is_png {
         let cols = args
             .cols
             .unwrap_or_else(|| (args.count as f64).sqrt().ceil() as usize);
-        let (sheet, _) = grid(&images, cols, 1)?;
-        save_png(&args.out, &sheet, args.scale)?;
-        println!("wrote {} samples to {}", images.len(), args.out.display());
+        let side = model.config().img_size as u32;
+        let layout = SheetLayout::new(args.count, cols, side, side, 1)
+            .map_err(|e| anyhow::anyhow!("{e}").context("lower --cols or --scale"))?;
+        let mut png = GridPngWriter::create(&args.out, layout, args.scale)?;
+        generate_each(
+            &model,
+            &labels,
+            None,
+            &opts,
+            args.sampling.batch,
+            &bar,
+            |_, s| s.rgba.iter().try_for_each(|img| png.push(img)),
+        )?;
+        png.finish()?;
+        bar.finish_and_clear();
+        println!("wrote {} samples to {}", args.count, args.out.display());
     } else {
-        for (i, img) in images.iter().enumerate() {
-            save_png(
-                &args.out.join(format!("sample_{i:04}.png")),
-                img,
-                args.scale,
-            )?;
-        }
-        println!("wrote {} PNGs to {}", images.len(), args.out.display());
+        generate_each(
+            &model,
+            &labels,
+            None,
+            &opts,
+            args.sampling.batch,
+            &bar,
+            |first, s| {
+                for (i, img) in s.rgba.iter().enumerate() {
+                    let path = args.out.join(format!("sample_{:04}.png", first + i));
+                    save_png(&path, img, args.scale)?;
+                }
+                Ok(())
+            },
+        )?;
+        bar.finish_and_clear();
+        println!("wrote {} PNGs to {}", args.count, args.out.display());
     }
     Ok(())
 }

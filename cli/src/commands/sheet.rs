@@ -4,10 +4,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::Args;
-use serde::Serialize;
+use tarflow::sheet::{Atlas, SheetLayout};
 
-use crate::generate::{SamplingArgs, class_ids, generate, load, progress_bar};
-use crate::images::{grid, save_png};
+use crate::generate::{SamplingArgs, class_ids, generate_each, load, progress_bar};
+use crate::images::GridPngWriter;
 
 /// Arguments of `tarflow sheet`.
 #[derive(Debug, Args)]
@@ -28,7 +28,7 @@ pub struct SheetArgs {
     /// Transparent pixels between frames.
     #[arg(long, default_value_t = 0)]
     pub gap: u32,
-    /// The sheet PNG; the atlas is written beside it with the extension `.json`.
+    /// The sheet PNG; the atlas is written beside it as `NAME.atlas.json` (for `NAME.png`).
     #[arg(long)]
     pub out: PathBuf,
     /// Where to write the atlas instead.
@@ -36,68 +36,6 @@ pub struct SheetArgs {
     pub atlas: Option<PathBuf>,
     #[command(flatten)]
     pub sampling: SamplingArgs,
-}
-
-/// One frame of the atlas.
-#[derive(Debug, Serialize)]
-pub struct Frame {
-    /// `class_index` name, unique in the sheet.
-    pub name: String,
-    /// Class name (absent for unconditional frames).
-    pub class: Option<String>,
-    /// Class id.
-    pub class_id: Option<i64>,
-    /// Seed of the sheet; the frame's noise is stream `index` of it.
-    pub seed: u64,
-    /// Position of the frame in generation order (its noise stream).
-    pub index: usize,
-    /// Left edge in pixels.
-    pub x: u32,
-    /// Top edge in pixels.
-    pub y: u32,
-    /// Width in pixels.
-    pub w: u32,
-    /// Height in pixels.
-    pub h: u32,
-}
-
-/// A rectangle in Bevy's `URect` layout.
-#[derive(Debug, Serialize)]
-pub struct URect {
-    /// Top-left corner.
-    pub min: [u32; 2],
-    /// Bottom-right corner (exclusive).
-    pub max: [u32; 2],
-}
-
-/// Bevy's `TextureAtlasLayout` as serde writes it.
-#[derive(Debug, Serialize)]
-pub struct AtlasLayout {
-    /// Size of the sheet.
-    pub size: [u32; 2],
-    /// One rectangle per frame, in frame order.
-    pub textures: Vec<URect>,
-}
-
-/// The atlas file.
-#[derive(Debug, Serialize)]
-pub struct Atlas {
-    /// The sheet's file name.
-    pub image: String,
-    /// Sheet width in pixels.
-    pub width: u32,
-    /// Sheet height in pixels.
-    pub height: u32,
-    /// Frame side in pixels.
-    pub tile_size: u32,
-    /// The frames, row by row.
-    pub frames: Vec<Frame>,
-    /// The same rectangles as a Bevy `TextureAtlasLayout` (deserialises directly).
-    pub texture_atlas_layout: AtlasLayout,
-    /// The sampling options used.
-    pub options: tarflow::sample::SampleOptions,
-    /// The model file.
-    pub model: String,
 }
 
 /// Generate the sheet and write it with its atlas.
@@ -132,82 +70,54 @@ pub fn run(args: SheetArgs) -> anyhow::Result<()> {
         (labels, args.per_class)
     };
     let opts = args.sampling.options();
+    let tile = cfg.img_size as u32;
+    let layout = SheetLayout::new(labels.len(), cols, tile, tile, args.gap)
+        .map_err(|e| anyhow::anyhow!("{e}").context("lower --per-class, --count or --gap"))?;
+    let atlas = Atlas::new(
+        &layout,
+        &labels,
+        |l| cfg.class_name(l as usize),
+        args.out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        args.model.display().to_string(),
+        opts.clone(),
+    )?;
+    let atlas_path = args
+        .atlas
+        .clone()
+        .unwrap_or_else(|| atlas_path_for(&args.out));
     let bar = progress_bar(labels.len() as u64, "sheet");
-    let (images, _) = generate(
+    // Frames go to the PNG a row at a time as their batches finish: bounded memory for any count.
+    let mut png = GridPngWriter::create(&args.out, layout, 1)?;
+    generate_each(
         &model,
         &labels,
         None,
         &opts,
         args.sampling.batch,
-        false,
         &bar,
+        |_, s| s.rgba.iter().try_for_each(|img| png.push(img)),
     )?;
+    png.finish()?;
     bar.finish_and_clear();
-    let (sheet, corners) = grid(&images, cols, args.gap)?;
-    save_png(&args.out, &sheet, 1)?;
-
-    let tile = cfg.img_size as u32;
-    let mut per_class_counter = std::collections::HashMap::<Option<i64>, usize>::new();
-    let frames: Vec<Frame> = labels
-        .iter()
-        .zip(&corners)
-        .enumerate()
-        .map(|(index, (&label, &(x, y)))| {
-            let class = label.map(|l| cfg.class_name(l as usize));
-            let k = per_class_counter.entry(label).or_default();
-            let name = format!("{}_{k}", class.clone().unwrap_or_else(|| "sample".into()));
-            *k += 1;
-            Frame {
-                name,
-                class,
-                class_id: label,
-                seed: opts.seed,
-                index,
-                x,
-                y,
-                w: tile,
-                h: tile,
-            }
-        })
-        .collect();
-    let layout = AtlasLayout {
-        size: [sheet.width, sheet.height],
-        textures: frames
-            .iter()
-            .map(|f| URect {
-                min: [f.x, f.y],
-                max: [f.x + f.w, f.y + f.h],
-            })
-            .collect(),
-    };
-    let atlas = Atlas {
-        image: args
-            .out
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default(),
-        width: sheet.width,
-        height: sheet.height,
-        tile_size: tile,
-        frames,
-        texture_atlas_layout: layout,
-        options: opts,
-        model: args.model.display().to_string(),
-    };
-    let atlas_path = args
-        .atlas
-        .clone()
-        .unwrap_or_else(|| args.out.with_extension("json"));
     let json = serde_json::to_string_pretty(&atlas)?;
     tarflow::format::write_atomic(&atlas_path, json.as_bytes())
         .with_context(|| format!("cannot write the atlas {}", atlas_path.display()))?;
     println!(
         "wrote {} frames ({} x {} px) to {} and the atlas to {}",
         atlas.frames.len(),
-        sheet.width,
-        sheet.height,
+        layout.width,
+        layout.height,
         args.out.display(),
         atlas_path.display()
     );
     Ok(())
+}
+
+/// Where the atlas of the sheet `png` goes by default: `sheet.png` -> `sheet.atlas.json`, the
+/// extension `bevy_tarflow`'s atlas loader reads.
+pub fn atlas_path_for(png: &std::path::Path) -> PathBuf {
+    png.with_extension("atlas.json")
 }

@@ -24,6 +24,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod batches;
 pub mod cache;
 pub mod denoise;
 mod fused;
@@ -34,6 +35,7 @@ mod reverse;
 pub mod sampler;
 pub mod stream;
 
+pub use batches::generate_batches;
 pub use cache::LayerCache;
 pub use denoise::{denoise, denoise_with_sigma};
 pub use image::{RgbaImage, alpha_threshold, planes_to_rgba, snap_alpha, to_rgba8, to_u8};
