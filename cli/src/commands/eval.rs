@@ -49,6 +49,17 @@ pub struct EvalArgs {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
+    /// Asset lint: write a heatmap of per-patch bits for every image of DATA (the texture beside
+    /// it) and `lint.json` into this folder, and rank the images that fit the model worst,
+    /// corrected for their complexity (mean difference of neighbouring pixels).
+    #[arg(long, conflicts_with = "samples")]
+    pub heatmap: Option<PathBuf>,
+    /// Asset lint: upscale factor of the heatmaps.
+    #[arg(long, default_value_t = 8)]
+    pub heatmap_scale: u32,
+    /// Asset lint: images listed in the ranking.
+    #[arg(long, default_value_t = 10)]
+    pub worst: usize,
     /// Sampling options (`--seed` also seeds the dequantisation noise of bits/dim, `--batch`
     /// is also the images per forward pass).
     #[command(flatten)]
@@ -74,6 +85,23 @@ pub struct Row {
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     let device = args.sampling.open_device()?;
     let model = load(&args.model, &device)?;
+    if let Some(out) = &args.heatmap {
+        if args.heatmap_scale == 0 || args.heatmap_scale > 64 {
+            bail!(
+                "--heatmap-scale must be between 1 and 64, not {}",
+                args.heatmap_scale
+            );
+        }
+        let data = load_data(&model, &args.data, true)?;
+        let opts = super::lint::LintOptions {
+            scale: args.heatmap_scale,
+            worst: args.worst,
+            batch: args.sampling.batch,
+            seed: args.sampling.seed,
+            json: args.json,
+        };
+        return super::lint::run(&model, &data, out, &opts);
+    }
     let Some(per_class) = args.samples else {
         let data = load_data(&model, &args.data, true)?;
         let rows = bpd_rows(&model, &data, &args)?;

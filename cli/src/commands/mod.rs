@@ -5,6 +5,7 @@ pub mod export;
 pub mod import;
 pub mod info;
 pub mod latent;
+pub mod lint;
 pub mod sample;
 pub mod sheet;
 pub mod train;
