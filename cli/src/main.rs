@@ -31,6 +31,8 @@ enum Command {
     Encode(commands::latent::EncodeArgs),
     /// Decode latents (z) to images.
     Decode(commands::latent::DecodeArgs),
+    /// A sprite strip morphing one texture (or seed) into another through the exact latents.
+    Morph(commands::morph::MorphArgs),
     /// Bits/dim of a model on a folder of images, per class, next to PNG's.
     Eval(commands::eval::EvalArgs),
     /// Show a model's config, classes, parameter count and provenance.
@@ -54,6 +56,7 @@ fn main() -> ExitCode {
         Command::Vary(a) => commands::latent::vary(a),
         Command::Encode(a) => commands::latent::encode(a),
         Command::Decode(a) => commands::latent::decode(a),
+        Command::Morph(a) => commands::morph::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Info(a) => commands::info::run(a),
         Command::Import(a) => commands::import::run(a),

@@ -6,6 +6,7 @@ pub mod import;
 pub mod info;
 pub mod latent;
 pub mod lint;
+pub mod morph;
 pub mod sample;
 pub mod sheet;
 pub mod train;
