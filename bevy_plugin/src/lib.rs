@@ -5,6 +5,8 @@
 //!
 //! - Model files (our `.safetensors`) are [`TarflowModel`] assets
 //!   (`asset_server.load("models/x.safetensors")`), shared between requests through an `Arc`.
+//! - Sprite-sheet atlases (`tarflow sheet`'s `NAME.atlas.json`) are [`TarflowAtlas`] assets, with
+//!   Bevy's `TextureAtlasLayout` as the sub-asset `"NAME.atlas.json#layout"`.
 //! - A [`GenerateTexture`] component is a request; the [`TarflowTexture`] that comes with it
 //!   holds a `Handle<Image>` valid at once, filled in as final patches arrive and replaced by
 //!   the finished image at the end. [`TextureProgress`], [`TexturePatched`], [`TextureFinished`]
@@ -42,6 +44,7 @@
 #![warn(missing_docs)]
 
 pub mod asset;
+pub mod atlas;
 pub mod messages;
 pub mod request;
 pub mod settings;
@@ -49,6 +52,7 @@ mod systems;
 pub mod worker;
 
 pub use asset::{TarflowModel, TarflowModelLoader};
+pub use atlas::{TarflowAtlas, TarflowAtlasLoader, texture_atlas_layout};
 pub use messages::{PatchRegion, TextureFailed, TextureFinished, TexturePatched, TextureProgress};
 pub use request::{GenerateTexture, TarflowTexture, TextureClass, TextureStatus};
 pub use settings::TarflowSettings;
@@ -59,6 +63,7 @@ use bevy::prelude::*;
 /// The types a game needs.
 pub mod prelude {
     pub use crate::asset::TarflowModel;
+    pub use crate::atlas::TarflowAtlas;
     pub use crate::messages::{
         PatchRegion, TextureFailed, TextureFinished, TexturePatched, TextureProgress,
     };
@@ -98,6 +103,8 @@ impl Plugin for TarflowPlugin {
     fn build(&self, app: &mut App) {
         app.init_asset::<TarflowModel>()
             .init_asset_loader::<TarflowModelLoader>()
+            .init_asset::<TarflowAtlas>()
+            .init_asset_loader::<TarflowAtlasLoader>()
             .insert_resource(self.settings.clone())
             .init_resource::<systems::TarflowJobs>()
             .insert_resource(TarflowWorkers::start(&self.settings))
@@ -123,6 +130,13 @@ impl Plugin for TarflowPlugin {
                 "bevy_tarflow: no ImagePlugin; registering the Image asset for textures"
             );
             app.init_asset::<Image>();
+        }
+        // Atlas layouts are sub-assets of our atlases; Bevy's `TextureAtlasPlugin` may be absent.
+        if !app
+            .world()
+            .contains_resource::<Assets<bevy::image::TextureAtlasLayout>>()
+        {
+            app.init_asset::<bevy::image::TextureAtlasLayout>();
         }
     }
 }
