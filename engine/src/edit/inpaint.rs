@@ -186,6 +186,7 @@ pub(crate) fn inpaint_items(
         temperature: 1.0,
         denoise: false,
         previews: false,
+        tileable: false,
         ..opts.sample.clone()
     };
     for r in 0..opts.rounds {

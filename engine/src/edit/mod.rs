@@ -23,12 +23,16 @@
 pub mod encode;
 pub mod inpaint;
 pub mod mask;
+pub mod outpaint;
 pub mod seams;
+pub mod tile;
 
 pub use encode::encode;
 pub use inpaint::{InpaintOptions, inpaint, inpaint_rgba};
 pub use mask::{Mask, rgba_to_planes};
+pub use outpaint::{Extend, inpaint_canvas, outpaint};
 pub use seams::{DiffTally, mask_boundary, wrap_seams};
+pub use tile::{default_band, make_tileable, seam_mask};
 
 #[cfg(test)]
 mod tests;

@@ -148,6 +148,11 @@ pub struct SampleOptions {
     /// images (`Samples::images`, `raw`) are left exact. `None` (the default) keeps the model's
     /// alpha as it is.
     pub alpha_cutoff: Option<f32>,
+    /// Seamless tiling: after sampling (and denoising), repair the textures' wrap-around seams
+    /// by inpainting a band of one patch either side of them, with these same options
+    /// ([`crate::edit::make_tileable`]), so that they tile without visible edges. The streamed
+    /// patches and `Samples::raw` are from before the repair; the final images are tileable.
+    pub tileable: bool,
 }
 
 impl Default for SampleOptions {
@@ -164,6 +169,7 @@ impl Default for SampleOptions {
             method: Method::Cached,
             jacobi: JacobiOptions::default(),
             alpha_cutoff: None,
+            tileable: false,
         }
     }
 }

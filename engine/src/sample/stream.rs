@@ -145,6 +145,8 @@ enum State {
         run: Box<BlockRun>,
     },
     Denoise,
+    /// Repair the wrap-around seams (`SampleOptions::tileable`).
+    Tile,
     Finish,
     Done,
 }
@@ -239,7 +241,9 @@ impl SampleStream {
         let rows = if opts.uses_guidance() { 2 * b } else { b };
         let caches = Caches::new(model, rows, opts.method, sampler.fused())?;
         let denoising = opts.denoise && cfg.noise_sigma > 0.0;
-        let total = cfg.num_blocks * n.saturating_sub(1) + usize::from(denoising);
+        let total = cfg.num_blocks * n.saturating_sub(1)
+            + usize::from(denoising)
+            + usize::from(opts.tileable);
         Ok(Self {
             sampler,
             labels: labels.as_slice().map(<[i64]>::to_vec),
@@ -269,7 +273,8 @@ impl SampleStream {
         self.cancel.clone()
     }
 
-    /// Units of work in the whole run: (N - 1) token steps per block, plus 1 for denoising.
+    /// Units of work in the whole run: (N - 1) token steps per block, plus 1 for denoising and 1
+    /// for the seam repair of a tileable run.
     pub fn total_steps(&self) -> usize {
         self.total
     }
@@ -443,6 +448,30 @@ impl SampleStream {
                 } else {
                     self.images = Some(raw);
                 }
+                self.state = if self.opts.tileable {
+                    State::Tile
+                } else {
+                    State::Finish
+                };
+            }
+            State::Tile => {
+                let images = self
+                    .images
+                    .take()
+                    .ok_or_else(|| Error::InvalidInput("no image to make tileable".into()))?;
+                let labels = match &self.labels {
+                    Some(l) => Labels::Classes(l.clone()),
+                    None => Labels::Unconditional(self.batch),
+                };
+                let cfg = model.config();
+                let opts = crate::edit::InpaintOptions {
+                    sample: self.opts.clone(),
+                    ..Default::default()
+                };
+                let band = crate::edit::default_band(cfg.img_size, cfg.patch_size);
+                let images = crate::edit::make_tileable(&sampler, &images, &labels, band, &opts)?;
+                self.progress();
+                self.images = Some(images);
                 self.state = State::Finish;
             }
             State::Finish => {
