@@ -1,13 +1,10 @@
 //! `tarflow`: the command-line front end of the tarflow engine. Every command is a library call
 //! plus argument parsing and progress output.
 
-mod commands;
-mod generate;
-mod images;
-
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use tarflow_cli::{commands, error_chain};
 
 /// Train, sample and convert TarFlow image models.
 #[derive(Debug, Parser)]
@@ -69,17 +66,4 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes on one line, leaving out causes its message already quotes.
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut out = e.to_string();
-    for cause in e.chain().skip(1) {
-        let c = cause.to_string();
-        if !out.contains(&c) {
-            out.push_str(": ");
-            out.push_str(&c);
-        }
-    }
-    out
 }

@@ -1,0 +1,223 @@
+//! The whole product path, as a game team takes it: `tarflow train` on a folder of art writes a
+//! model file; `tarflow sample` and `tarflow sheet` generate from it; the Bevy plugin loads the
+//! same file as an asset and paints a texture byte-identical to the CLI's, and loads the sheet's
+//! atlas as Bevy's `TextureAtlasLayout`. The CLI runs through its library with its own argument
+//! parsing (`tarflow_cli::commands`), the plugin on a headless app.
+
+use std::path::Path;
+use std::time::Duration;
+
+use bevy::asset::{AssetPlugin, LoadState, UntypedAssetId};
+use bevy::ecs::message::Messages;
+use bevy::image::TextureAtlasLayout;
+use bevy::prelude::*;
+use bevy_tarflow::prelude::*;
+use clap::Parser;
+use tarflow_cli::commands::{sample::SampleArgs, sheet::SheetArgs, train::TrainArgs};
+
+/// A command's arguments parsed as the `tarflow` binary parses them.
+#[derive(Parser)]
+struct Cmd<A: clap::Args> {
+    #[command(flatten)]
+    args: A,
+}
+
+fn parse<A: clap::Args>(argv: &[&str]) -> A {
+    Cmd::<A>::try_parse_from(argv)
+        .unwrap_or_else(|e| panic!("{argv:?}: {e}"))
+        .args
+}
+
+/// Two classes of 8x8 RGBA art, 12 images each, in varying colours: stripes on transparency
+/// (sprite-like) and opaque checkerboards.
+fn write_art(root: &Path) {
+    for (class, pattern) in [
+        (
+            "stripes",
+            (|_: u32, y: u32| (y / 2) % 2 == 0) as fn(u32, u32) -> bool,
+        ),
+        ("checks", |x, y| (x / 2 + y / 2) % 2 == 0),
+    ] {
+        let dir = root.join(class);
+        std::fs::create_dir_all(&dir).unwrap();
+        for k in 0..12u32 {
+            let (a, b) = (
+                [40 + 15 * k as u8, 90, 200 - 10 * k as u8],
+                [230, 220 - 5 * k as u8, 60],
+            );
+            let img = image::RgbaImage::from_fn(8, 8, |x, y| {
+                let on = pattern(x, y);
+                let c = if on { a } else { b };
+                let alpha = if on || class == "checks" { 255 } else { 0 };
+                image::Rgba([c[0], c[1], c[2], alpha])
+            });
+            img.save(dir.join(format!("{class}_{k:02}.png"))).unwrap();
+        }
+    }
+}
+
+fn wait(app: &mut App, id: impl Into<UntypedAssetId> + Copy) {
+    for _ in 0..3000 {
+        app.update();
+        match app.world().resource::<AssetServer>().load_state(id.into()) {
+            LoadState::Loaded => return,
+            LoadState::Failed(e) => panic!("asset failed to load: {e}"),
+            _ => std::thread::sleep(Duration::from_millis(2)),
+        }
+    }
+    panic!("asset did not load within 3000 frames");
+}
+
+#[test]
+fn cli_train_then_the_plugin_paints_the_clis_texture() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    let art = root.join("art");
+    write_art(&art);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let model = root.join("game.safetensors");
+
+    // 1. Train (a short run of a small model: the path, not the quality, is under test).
+    let train: TrainArgs = parse(&[
+        "train",
+        &s(&art),
+        "--out",
+        &s(&model),
+        "--steps",
+        "30",
+        "--batch",
+        "8",
+        "--channels",
+        "64",
+        "--blocks",
+        "2",
+        "--layers",
+        "1",
+        "--noise",
+        "0.05",
+        "--seed",
+        "3",
+    ]);
+    tarflow_cli::commands::train::run(train).unwrap();
+    let trained = tarflow::format::load_model(&model, &tarflow::candle::Device::Cpu).unwrap();
+    let cfg = trained.config();
+    assert_eq!((cfg.img_size, cfg.in_channels, cfg.num_classes), (8, 4, 2));
+    assert_eq!(cfg.class_names, ["checks", "stripes"]);
+
+    // 2. The CLI samples one texture and a sheet from the model file.
+    let samples = root.join("samples");
+    let sample: SampleArgs = parse(&[
+        "sample",
+        "--model",
+        &s(&model),
+        "--class",
+        "stripes",
+        "--count",
+        "1",
+        "--seed",
+        "7",
+        "--guidance",
+        "1.5",
+        "--out",
+        &s(&samples),
+    ]);
+    tarflow_cli::commands::sample::run(sample).unwrap();
+    let cli_pixels = image::open(samples.join("sample_0000.png"))
+        .unwrap()
+        .to_rgba8()
+        .into_raw();
+    let sheet: SheetArgs = parse(&[
+        "sheet",
+        "--model",
+        &s(&model),
+        "--per-class",
+        "3",
+        "--gap",
+        "1",
+        "--seed",
+        "7",
+        "--out",
+        &s(&root.join("sheet.png")),
+    ]);
+    tarflow_cli::commands::sheet::run(sheet).unwrap();
+
+    // 3. The plugin: the same file as an asset, the same request.
+    let mut app = App::new();
+    app.add_plugins((
+        MinimalPlugins,
+        AssetPlugin {
+            file_path: s(root),
+            ..Default::default()
+        },
+        ImagePlugin::default(),
+        TarflowPlugin::default(),
+    ));
+    app.finish();
+    app.cleanup();
+    let server = app.world().resource::<AssetServer>().clone();
+    let handle: Handle<TarflowModel> = server.load("game.safetensors");
+    wait(&mut app, handle.id());
+    let entity = app
+        .world_mut()
+        .spawn(
+            GenerateTexture::new(handle)
+                .with_class("stripes")
+                .with_seed(7)
+                .with_guidance(1.5),
+        )
+        .id();
+    let image = app
+        .world()
+        .get::<TarflowTexture>(entity)
+        .unwrap()
+        .image
+        .clone();
+    let mut finished = false;
+    for _ in 0..5000 {
+        app.update();
+        let w = app.world_mut();
+        if let Some(f) = w.resource_mut::<Messages<TextureFailed>>().drain().next() {
+            panic!("the plugin failed: {}", f.error);
+        }
+        if w.resource_mut::<Messages<TextureFinished>>()
+            .drain()
+            .any(|f| f.entity == entity)
+        {
+            finished = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert!(finished, "the texture did not finish within 5000 frames");
+    let images = app.world().resource::<Assets<Image>>();
+    let painted = images.get(&image).unwrap();
+    assert_eq!(
+        (painted.width(), painted.height()),
+        (8, 8),
+        "the model's size"
+    );
+    assert_eq!(
+        painted.data.as_deref(),
+        Some(cli_pixels.as_slice()),
+        "the plugin's texture is the CLI's, byte for byte"
+    );
+    assert!(
+        cli_pixels.chunks(4).any(|p| p != &cli_pixels[..4]),
+        "not a flat image"
+    );
+
+    // 4. The sheet's atlas as Bevy's layout, rectangles inside the sheet PNG.
+    let layout: Handle<TextureAtlasLayout> = server.load("sheet.atlas.json#layout");
+    wait(&mut app, layout.id());
+    let layouts = app.world().resource::<Assets<TextureAtlasLayout>>();
+    let layout = layouts.get(&layout).unwrap();
+    let (w, h) = image::image_dimensions(root.join("sheet.png")).unwrap();
+    assert_eq!((layout.size.x, layout.size.y), (w, h));
+    assert_eq!(
+        (w, h),
+        (3 * 8 + 2, 2 * 8 + 1),
+        "3 per class, one row per class"
+    );
+    assert_eq!(layout.len(), 6);
+    assert_eq!(layout.textures[4].min, UVec2::new(9, 9), "stripes_1");
+}
