@@ -125,6 +125,9 @@ pub struct GenerateTexture {
     /// Pixel-art alpha: pixels less opaque than this (0-1) become transparent, the others opaque
     /// (see `SampleOptions::alpha_cutoff`); `None` keeps the model's alpha.
     pub alpha_cutoff: Option<f32>,
+    /// Seamless tiling: the finished image's wrap-around seams are repaired so that it tiles
+    /// (see `SampleOptions::tileable`; the streamed patches are from before the repair).
+    pub tileable: bool,
 }
 
 impl GenerateTexture {
@@ -139,6 +142,7 @@ impl GenerateTexture {
             temperature: d.temperature,
             denoise: d.denoise,
             alpha_cutoff: d.alpha_cutoff,
+            tileable: d.tileable,
         }
     }
 
@@ -178,6 +182,12 @@ impl GenerateTexture {
         self
     }
 
+    /// Make the texture tile seamlessly (block faces, floors, walls).
+    pub fn tileable(mut self) -> Self {
+        self.tileable = true;
+        self
+    }
+
     /// The engine's options for this request (the engine's defaults for everything else), as
     /// `tarflow::sample::sample` would take them to make the same texture.
     pub fn sample_options(&self) -> SampleOptions {
@@ -187,6 +197,7 @@ impl GenerateTexture {
             temperature: self.temperature,
             denoise: self.denoise,
             alpha_cutoff: self.alpha_cutoff,
+            tileable: self.tileable,
             ..Default::default()
         }
     }
@@ -322,8 +333,15 @@ mod tests {
             .with_guidance(2.5)
             .with_temperature(0.8)
             .with_denoise(false)
-            .with_alpha_cutoff(0.5);
+            .with_alpha_cutoff(0.5)
+            .tileable();
         let o = req.sample_options();
+        assert!(o.tileable);
+        assert!(
+            !GenerateTexture::new(Handle::default())
+                .sample_options()
+                .tileable
+        );
         assert_eq!(
             (o.seed, o.guidance, o.temperature, o.denoise, o.alpha_cutoff),
             (9, 2.5, 0.8, false, Some(0.5))

@@ -61,6 +61,10 @@ pub struct SamplingArgs {
     /// fully opaque (crisp sprite edges, no see-through specks in opaque textures).
     #[arg(long)]
     pub alpha_cutoff: Option<f32>,
+    /// Seamless tiling: repair each texture's wrap-around seams by inpainting (one patch either
+    /// side of them, with these options), so that it tiles without visible edges.
+    #[arg(long)]
+    pub tileable: bool,
 }
 
 fn parse_method(s: &str) -> Result<Method, String> {
@@ -94,6 +98,7 @@ impl SamplingArgs {
                 sequential_first: !self.jacobi_all_blocks,
             },
             alpha_cutoff: self.alpha_cutoff,
+            tileable: self.tileable,
             ..Default::default()
         }
     }

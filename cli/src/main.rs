@@ -30,6 +30,9 @@ enum Command {
     Decode(commands::latent::DecodeArgs),
     /// A sprite strip morphing one texture (or seed) into another through the exact latents.
     Morph(commands::morph::MorphArgs),
+    /// Regenerate the masked pixels of a texture (white = regenerate) so that they fit the rest,
+    /// or extend it to the right or below (--extend-right/--extend-down N patches).
+    Inpaint(commands::inpaint::InpaintArgs),
     /// Bits/dim of a model on a folder of images, per class, next to PNG's.
     Eval(commands::eval::EvalArgs),
     /// Show a model's config, classes, parameter count and provenance.
@@ -54,6 +57,7 @@ fn main() -> ExitCode {
         Command::Encode(a) => commands::latent::encode(a),
         Command::Decode(a) => commands::latent::decode(a),
         Command::Morph(a) => commands::morph::run(a),
+        Command::Inpaint(a) => commands::inpaint::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Info(a) => commands::info::run(a),
         Command::Import(a) => commands::import::run(a),

@@ -4,6 +4,7 @@ pub mod eval;
 pub mod export;
 pub mod import;
 pub mod info;
+pub mod inpaint;
 pub mod latent;
 pub mod lint;
 pub mod morph;

@@ -187,3 +187,43 @@ fn tileable_samples_have_smooth_wrap_seams_and_keep_their_middle() {
         "seam ratio: plain {ra:.2}, tileable {rb:.2}"
     );
 }
+
+/// Outpainting: the texture grows by whole patches, the original keeps its place and its bytes,
+/// and the new area is made (not left transparent black).
+#[test]
+fn outpainting_extends_and_keeps_the_original() {
+    let (_, sampler) = demo();
+    let img = held_out("stone", "technic_granite.png");
+    let opts = InpaintOptions {
+        rounds: 2,
+        ..Default::default()
+    };
+    let by = Extend { right: 4, down: 2 };
+    let out = outpaint(sampler, &img, by, &Labels::Unconditional(2), &opts).unwrap();
+    assert_eq!(out.len(), 2);
+    for o in &out {
+        assert_eq!((o.width, o.height), (24, 20));
+        for y in 0..16usize {
+            assert_eq!(
+                o.pixels[y * 24 * 4..(y * 24 + 16) * 4],
+                img.pixels[y * 16 * 4..(y + 1) * 16 * 4]
+            );
+        }
+        let new_opaque = (0..20 * 24)
+            .filter(|&q| (q % 24 >= 16 || q / 24 >= 16) && o.pixels[q * 4 + 3] > 0)
+            .count();
+        assert!(
+            new_opaque > 100,
+            "{new_opaque} of the 224 new pixels are made"
+        );
+    }
+    assert_ne!(out[0], out[1], "items draw their own noise");
+    let none = outpaint(
+        sampler,
+        &img,
+        Extend::default(),
+        &Labels::Unconditional(1),
+        &opts,
+    );
+    assert!(none.unwrap_err().to_string().contains("at least one patch"));
+}
