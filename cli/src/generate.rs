@@ -61,10 +61,43 @@ pub struct SamplingArgs {
     /// fully opaque (crisp sprite edges, no see-through specks in opaque textures).
     #[arg(long)]
     pub alpha_cutoff: Option<f32>,
+    /// Palette: N (the model's learned colours of each class, reduced to N) or an image whose
+    /// colours to use. Every pixel becomes a palette colour or fully transparent.
+    #[arg(long, value_parser = parse_palette)]
+    pub palette: Option<tarflow::palette::PaletteChoice>,
+    /// Where the palette applies: decoding (each final patch snapped before later patches
+    /// condition on it, and the delivered pixels) or filter (the delivered pixels only).
+    #[arg(long, default_value = "decoding", value_parser = parse_palette_mode)]
+    pub palette_mode: tarflow::palette::PaletteMode,
     /// Seamless tiling: repair each texture's wrap-around seams by inpainting (one patch either
     /// side of them, with these options), so that it tiles without visible edges.
     #[arg(long)]
     pub tileable: bool,
+}
+
+/// `--palette N` or `--palette FILE`: N learned colours, or the opaque colours of an image (at
+/// most 256, reduced by k-means beyond).
+fn parse_palette(s: &str) -> Result<tarflow::palette::PaletteChoice, String> {
+    use tarflow::palette::{Palette, PaletteChoice};
+    if let Ok(n) = s.trim().parse::<usize>() {
+        if n == 0 {
+            return Err("a palette needs at least 1 colour".into());
+        }
+        return Ok(PaletteChoice::Learned(n));
+    }
+    let img = image::open(s)
+        .map_err(|e| format!("{s}: not a colour count, and not a readable image ({e})"))?
+        .to_rgba8();
+    let p = Palette::from_pixels(img.as_raw(), 256).map_err(|e| format!("{s}: {e}"))?;
+    Ok(PaletteChoice::Colours(p.colours))
+}
+
+fn parse_palette_mode(s: &str) -> Result<tarflow::palette::PaletteMode, String> {
+    match s {
+        "decoding" => Ok(tarflow::palette::PaletteMode::Decoding),
+        "filter" => Ok(tarflow::palette::PaletteMode::Filter),
+        _ => Err(format!("unknown palette mode '{s}' (decoding or filter)")),
+    }
 }
 
 fn parse_method(s: &str) -> Result<Method, String> {
@@ -98,6 +131,8 @@ impl SamplingArgs {
                 sequential_first: !self.jacobi_all_blocks,
             },
             alpha_cutoff: self.alpha_cutoff,
+            palette: self.palette.clone(),
+            palette_mode: self.palette_mode,
             tileable: self.tileable,
             ..Default::default()
         }

@@ -33,6 +33,8 @@ enum Command {
     /// Regenerate the masked pixels of a texture (white = regenerate) so that they fit the rest,
     /// or extend it to the right or below (--extend-right/--extend-down N patches).
     Inpaint(commands::inpaint::InpaintArgs),
+    /// Learn per-class colour palettes from a data folder into a copy of a model file.
+    Palette(commands::palette::PaletteArgs),
     /// Bits/dim of a model on a folder of images, per class, next to PNG's.
     Eval(commands::eval::EvalArgs),
     /// Show a model's config, classes, parameter count and provenance.
@@ -58,6 +60,7 @@ fn main() -> ExitCode {
         Command::Decode(a) => commands::latent::decode(a),
         Command::Morph(a) => commands::morph::run(a),
         Command::Inpaint(a) => commands::inpaint::run(a),
+        Command::Palette(a) => commands::palette::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Info(a) => commands::info::run(a),
         Command::Import(a) => commands::import::run(a),

@@ -51,6 +51,10 @@ pub struct ModelConfig {
     /// Free-form notes on how the model was made (dataset, command, steps...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub provenance: BTreeMap<String, serde_json::Value>,
+    /// Colour palettes learned from the training data, per class (`tarflow palette` adds them
+    /// to an existing model file; absent in older files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub palettes: Option<crate::palette::Palettes>,
 }
 
 fn default_true() -> bool {
@@ -79,6 +83,7 @@ impl ModelConfig {
             class_names: Vec::new(),
             noise_sigma: 0.0,
             provenance: BTreeMap::new(),
+            palettes: None,
         }
     }
 

@@ -24,6 +24,7 @@ pub mod format;
 pub mod lint;
 pub mod model;
 pub mod morph;
+pub mod palette;
 pub mod runtime;
 pub mod sample;
 pub mod sheet;

@@ -8,6 +8,7 @@ pub mod inpaint;
 pub mod latent;
 pub mod lint;
 pub mod morph;
+pub mod palette;
 pub mod sample;
 pub mod sheet;
 pub mod train;

@@ -707,6 +707,7 @@ fn export(
         "this_run_steps".into(),
         (trainer.step_count() - start_step).into(),
     );
+    model.config_mut().palettes = Some(trainer.palettes());
     tarflow::format::save_model(&model, &args.out)?;
     if model.config().num_classes == 0 && trainer.train_data().is_conditional() {
         bail!("internal: a conditional dataset produced an unconditional model");

@@ -148,6 +148,13 @@ pub struct SampleOptions {
     /// images (`Samples::images`, `raw`) are left exact. `None` (the default) keeps the model's
     /// alpha as it is.
     pub alpha_cutoff: Option<f32>,
+    /// Palette: every delivered pixel becomes a palette colour or fully transparent (see
+    /// [`crate::palette`]): the model's learned palette of each item's class reduced to N
+    /// colours, or given colours. `None` (the default): no palette.
+    pub palette: Option<crate::palette::PaletteChoice>,
+    /// Where the palette is applied: inside decoding (the default) or as a filter on the
+    /// delivered pixels only.
+    pub palette_mode: crate::palette::PaletteMode,
     /// Seamless tiling: after sampling (and denoising), repair the textures' wrap-around seams
     /// by inpainting a band of one patch either side of them, with these same options
     /// ([`crate::edit::make_tileable`]), so that they tile without visible edges. The streamed
@@ -169,6 +176,8 @@ impl Default for SampleOptions {
             method: Method::Cached,
             jacobi: JacobiOptions::default(),
             alpha_cutoff: None,
+            palette: None,
+            palette_mode: crate::palette::PaletteMode::Decoding,
             tileable: false,
         }
     }

@@ -378,6 +378,34 @@ impl BlockRun {
         }
     }
 
+    /// Apply `f(item, values)` to the token at `pos` (block order) of every item, `values` its D
+    /// values; the token is written back (used to snap final patches to a palette).
+    pub(crate) fn map_token(
+        &mut self,
+        pos: usize,
+        mut f: impl FnMut(usize, &mut [f32]) -> Result<()>,
+    ) -> Result<()> {
+        let (n, d, b) = (self.n, self.d, self.batch);
+        if pos >= n {
+            return Err(Error::InvalidInput(format!("no token {pos} of {n}")));
+        }
+        match &mut self.seq {
+            Seq::Host(x) => {
+                for bi in 0..b {
+                    f(bi, &mut x[(bi * n + pos) * d..(bi * n + pos + 1) * d])?;
+                }
+            }
+            Seq::Tensors(tokens) => {
+                let mut v = host_vec(&tokens[pos])?;
+                for (bi, chunk) in v.chunks_mut(d).enumerate() {
+                    f(bi, chunk)?;
+                }
+                tokens[pos] = Tensor::from_vec(v, (b, 1, d), tokens[pos].device())?;
+            }
+        }
+        Ok(())
+    }
+
     /// Run the next unit of work and return how many steps it completed: one step
     /// (`i = steps_done`: predict alpha, mu of token i + 1 from tokens 0..=i and update it) for
     /// the sequential methods, one segment for [`Method::Jacobi`]. `caches` must have been reset

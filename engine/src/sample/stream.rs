@@ -17,6 +17,7 @@ use super::reverse::{BlockRun, Caches};
 use super::sampler::Sampler;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::palette::{Palette, PaletteChoice, PaletteMode};
 
 /// A shared flag that stops a [`SampleStream`] (from any thread) before its next step.
 #[derive(Debug, Clone, Default)]
@@ -172,6 +173,8 @@ pub struct SampleStream {
     done: usize,
     total: usize,
     passes: usize,
+    /// The palette of each item, when the options ask for one.
+    palettes: Option<Vec<Palette>>,
 }
 
 impl SampleStream {
@@ -240,6 +243,7 @@ impl SampleStream {
         let x = ((z * f64::from(opts.temperature))?.broadcast_mul(&model.var.sqrt()?))?;
         let rows = if opts.uses_guidance() { 2 * b } else { b };
         let caches = Caches::new(model, rows, opts.method, sampler.fused())?;
+        let palettes = item_palettes(cfg, labels, opts)?;
         let denoising = opts.denoise && cfg.noise_sigma > 0.0;
         let total = cfg.num_blocks * n.saturating_sub(1)
             + usize::from(denoising)
@@ -259,6 +263,7 @@ impl SampleStream {
             done: 0,
             total,
             passes: 0,
+            palettes,
         })
     }
 
@@ -324,6 +329,11 @@ impl SampleStream {
                 snap_alpha(&mut img.pixels, t)?;
             }
         }
+        if let Some(p) = &self.palettes {
+            for (img, p) in rgba.iter_mut().zip(p) {
+                p.snap_rgba(&mut img.pixels)?;
+            }
+        }
         Ok(rgba)
     }
 
@@ -339,10 +349,14 @@ impl SampleStream {
         let d = cfg.patch_dim();
         let pixels = values
             .chunks(d)
-            .map(|v| {
+            .enumerate()
+            .map(|(item, v)| {
                 let mut px = planes_to_rgba(v, cfg.in_channels, p, p)?;
                 if let Some(t) = self.alpha_threshold() {
                     snap_alpha(&mut px, t)?;
+                }
+                if let Some(pal) = self.palettes.as_ref().and_then(|p| p.get(item)) {
+                    pal.snap_rgba(&mut px)?;
                 }
                 Ok(px)
             })
@@ -356,6 +370,23 @@ impl SampleStream {
             y: (row * p) as u32,
             size: p as u32,
             pixels,
+        })
+    }
+
+    /// With a palette in [`PaletteMode::Decoding`], snap the final token at `pos` of the last
+    /// reversed block (block 0, identity order: token = patch) before later steps condition on
+    /// it.
+    fn snap_in_decoding(&self, run: &mut BlockRun, pos: usize) -> Result<()> {
+        let Some(palettes) = &self.palettes else {
+            return Ok(());
+        };
+        if self.opts.palette_mode != PaletteMode::Decoding {
+            return Ok(());
+        }
+        let channels = self.sampler.model().config().in_channels;
+        run.map_token(pos, |item, values| match palettes.get(item) {
+            Some(p) => p.snap_planes(values, channels),
+            None => Ok(()),
         })
     }
 
@@ -381,7 +412,9 @@ impl SampleStream {
                     block: t,
                     blocks,
                 });
+                let mut run = run;
                 if step + 1 == blocks {
+                    self.snap_in_decoding(&mut run, 0)?;
                     let ev = self.patch_event(&run, 0)?;
                     self.queue.push_back(SampleEvent::Patch(ev));
                 }
@@ -423,6 +456,7 @@ impl SampleStream {
                     for pos in before + 1..=run.steps_done {
                         self.progress();
                         if step + 1 == blocks {
+                            self.snap_in_decoding(&mut run, pos)?;
                             let ev = self.patch_event(&run, pos)?;
                             self.queue.push_back(SampleEvent::Patch(ev));
                         }
@@ -495,6 +529,66 @@ impl SampleStream {
         }
         Ok(())
     }
+}
+
+/// The palette of each item that `opts.palette` asks for: the model's learned palette of the
+/// item's class (the palette over all classes for unconditional items) reduced to N colours, or
+/// the given colours. Errors when the model has no learned palettes or the colours are empty.
+fn item_palettes(
+    cfg: &crate::config::ModelConfig,
+    labels: &Labels,
+    opts: &SampleOptions,
+) -> Result<Option<Vec<Palette>>> {
+    let Some(choice) = &opts.palette else {
+        return Ok(None);
+    };
+    let b = labels.len();
+    Ok(Some(match choice {
+        PaletteChoice::Colours(c) => {
+            if c.is_empty() {
+                return Err(Error::InvalidInput("a palette of no colours".into()));
+            }
+            let p = Palette {
+                colours: c.clone(),
+                weights: vec![1.0 / c.len() as f64; c.len()],
+            };
+            vec![p; b]
+        }
+        PaletteChoice::Learned(n) => {
+            if *n == 0 {
+                return Err(Error::InvalidInput("a palette of 0 colours".into()));
+            }
+            let stored = cfg.palettes.as_ref().ok_or_else(|| {
+                Error::InvalidInput(
+                    "the model file has no learned palettes: add them with `tarflow palette \
+                     --model M DATA_DIR --out M2`, or give the colours of an image"
+                        .into(),
+                )
+            })?;
+            let mut cache: std::collections::HashMap<Option<i64>, Palette> = Default::default();
+            (0..b)
+                .map(|i| {
+                    let label = labels
+                        .as_slice()
+                        .map(|l| l[i])
+                        .filter(|&l| l >= 0 && cfg.num_classes > 0);
+                    cache
+                        .entry(label)
+                        .or_insert_with(|| stored.for_label(label).reduce(*n))
+                        .clone()
+                })
+                .map(|p| {
+                    if p.is_empty() {
+                        Err(Error::InvalidInput(
+                            "the model's palette for this class has no colours".into(),
+                        ))
+                    } else {
+                        Ok(p)
+                    }
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
+    }))
 }
 
 /// An error naming what went wrong unless every value of `t` is finite.

@@ -784,7 +784,14 @@ impl Trainer {
 
     /// Save the EMA model in our model format (atomically).
     pub fn export(&self, path: &Path) -> Result<()> {
-        save_model(&self.ema_model()?, path)
+        let mut model = self.ema_model()?;
+        model.config_mut().palettes = Some(self.palettes());
+        save_model(&model, path)
+    }
+
+    /// Per-class colour palettes of the training data (stored in exported model files).
+    pub fn palettes(&self) -> crate::palette::Palettes {
+        crate::palette::Palettes::from_dataset(&self.train, self.model.config().num_classes)
     }
 
     /// Draw the next mini-batch from the training data (epochs of shuffled items; crops,
