@@ -128,6 +128,9 @@ pub struct GenerateTexture {
     /// Seamless tiling: the finished image's wrap-around seams are repaired so that it tiles
     /// (see `SampleOptions::tileable`; the streamed patches are from before the repair).
     pub tileable: bool,
+    /// Palette: every pixel a palette colour or transparent (see `SampleOptions::palette`);
+    /// `None` keeps the model's colours.
+    pub palette: Option<tarflow::palette::PaletteChoice>,
 }
 
 impl GenerateTexture {
@@ -143,6 +146,7 @@ impl GenerateTexture {
             denoise: d.denoise,
             alpha_cutoff: d.alpha_cutoff,
             tileable: d.tileable,
+            palette: d.palette,
         }
     }
 
@@ -182,6 +186,19 @@ impl GenerateTexture {
         self
     }
 
+    /// Snap every pixel to `n` colours of the model's learned palette for the class (the model
+    /// file must carry palettes: `tarflow palette` adds them), snapped inside decoding.
+    pub fn with_palette(mut self, n: usize) -> Self {
+        self.palette = Some(tarflow::palette::PaletteChoice::Learned(n));
+        self
+    }
+
+    /// Snap every pixel to these colours (a game's master palette).
+    pub fn with_palette_colours(mut self, colours: Vec<[u8; 3]>) -> Self {
+        self.palette = Some(tarflow::palette::PaletteChoice::Colours(colours));
+        self
+    }
+
     /// Make the texture tile seamlessly (block faces, floors, walls).
     pub fn tileable(mut self) -> Self {
         self.tileable = true;
@@ -198,6 +215,7 @@ impl GenerateTexture {
             denoise: self.denoise,
             alpha_cutoff: self.alpha_cutoff,
             tileable: self.tileable,
+            palette: self.palette.clone(),
             ..Default::default()
         }
     }
@@ -334,9 +352,11 @@ mod tests {
             .with_temperature(0.8)
             .with_denoise(false)
             .with_alpha_cutoff(0.5)
+            .with_palette(8)
             .tileable();
         let o = req.sample_options();
         assert!(o.tileable);
+        assert_eq!(o.palette, Some(tarflow::palette::PaletteChoice::Learned(8)));
         assert!(
             !GenerateTexture::new(Handle::default())
                 .sample_options()
