@@ -61,8 +61,8 @@ pub struct SamplingArgs {
     /// fully opaque (crisp sprite edges, no see-through specks in opaque textures).
     #[arg(long)]
     pub alpha_cutoff: Option<f32>,
-    /// Palette: N (the model's learned colours of each class, reduced to N) or an image whose
-    /// colours to use. Every pixel becomes a palette colour or fully transparent.
+    /// Palette: N (the model's learned colours of each class, reduced to N; the model stores 48)
+    /// or an image whose colours to use. Every pixel becomes a palette colour or fully transparent.
     #[arg(long, value_parser = parse_palette)]
     pub palette: Option<tarflow::palette::PaletteChoice>,
     /// Where the palette applies: decoding (each final patch snapped before later patches
