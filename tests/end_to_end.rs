@@ -34,9 +34,9 @@ fn write_art(root: &Path) {
     for (class, pattern) in [
         (
             "stripes",
-            (|_: u32, y: u32| (y / 2) % 2 == 0) as fn(u32, u32) -> bool,
+            (|_: u32, y: u32| (y / 2).is_multiple_of(2)) as fn(u32, u32) -> bool,
         ),
-        ("checks", |x, y| (x / 2 + y / 2) % 2 == 0),
+        ("checks", |x, y| (x / 2 + y / 2).is_multiple_of(2)),
     ] {
         let dir = root.join(class);
         std::fs::create_dir_all(&dir).unwrap();
