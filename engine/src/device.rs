@@ -1,9 +1,13 @@
-//! [`DeviceChoice`]: which backend runs the model (`cpu`, `cuda:N`, `metal`), parsed from text.
+//! [`DeviceChoice`]: which backend runs the model (`cpu`, `cuda:N`, `metal`), parsed from text;
+//! the device the test suites run on ([`TEST_DEVICE_ENV`], [`DeviceChoice::from_test_env`]) and
+//! their per-device [`Tolerances`]; and the counted device-to-host copies of the hot paths
+//! ([`host_vec_f32`], [`host_scalar_f32`], [`host_syncs`]).
 
+use std::cell::Cell;
 use std::fmt;
 use std::str::FromStr;
 
-use candle_core::Device;
+use candle_core::{DType, Device, Tensor};
 
 use crate::error::{Error, Result};
 
@@ -66,6 +70,158 @@ impl DeviceChoice {
             Self::Cuda(_) => cfg!(feature = "cuda"),
             Self::Metal => cfg!(feature = "metal"),
         }
+    }
+}
+
+/// The environment variable that picks the device of every test suite (engine, CLI, plugin,
+/// `tests/`): `cpu` (the default when unset or empty), `cuda`, `cuda:N` or `metal`.
+pub const TEST_DEVICE_ENV: &str = "TARFLOW_TEST_DEVICE";
+
+impl DeviceChoice {
+    /// The device the tests should run on, from [`TEST_DEVICE_ENV`] (unset or empty: the CPU).
+    ///
+    /// Errors, naming the variable, on an unknown value or on a backend this build lacks (e.g.
+    /// `cuda` without the `cuda` feature), so that a GPU run never silently falls back to the CPU.
+    pub fn from_test_env() -> Result<Self> {
+        Self::from_test_value(std::env::var(TEST_DEVICE_ENV).ok().as_deref())
+    }
+
+    /// [`DeviceChoice::from_test_env`] on a given value of the variable (`None`: unset).
+    pub fn from_test_value(value: Option<&str>) -> Result<Self> {
+        let v = value.map(str::trim).unwrap_or("");
+        if v.is_empty() {
+            return Ok(Self::Cpu);
+        }
+        let choice: Self = v.parse().map_err(|e| match e {
+            Error::Device { device, reason } => Error::Device {
+                device,
+                reason: format!("{TEST_DEVICE_ENV}: {reason}"),
+            },
+            e => e,
+        })?;
+        if !choice.compiled_in() {
+            let feature = match choice {
+                Self::Metal => "metal",
+                _ => "cuda",
+            };
+            return Err(Error::Device {
+                device: v.to_string(),
+                reason: format!(
+                    "{TEST_DEVICE_ENV}={v} needs the `{feature}` feature, which this build lacks; \
+                     run the tests with `--features {feature}` (or unset {TEST_DEVICE_ENV})"
+                ),
+            });
+        }
+        Ok(choice)
+    }
+
+    /// Open the device named by [`TEST_DEVICE_ENV`] (see [`DeviceChoice::from_test_env`]).
+    pub fn open_test_device() -> Result<Device> {
+        let choice = Self::from_test_env()?;
+        choice.open().map_err(|e| match e {
+            Error::Device { device, reason } => Error::Device {
+                device,
+                reason: format!("{TEST_DEVICE_ENV}: {reason}"),
+            },
+            e => e,
+        })
+    }
+
+    /// The choice that names an opened device (its backend, and the CUDA ordinal).
+    pub fn of(device: &Device) -> Self {
+        match device.location() {
+            candle_core::DeviceLocation::Cpu => Self::Cpu,
+            candle_core::DeviceLocation::Cuda { gpu_id } => Self::Cuda(gpu_id),
+            candle_core::DeviceLocation::Metal { .. } => Self::Metal,
+        }
+    }
+
+    /// How closely results on this device must match the reference (see [`Tolerances`]).
+    pub fn tolerances(self) -> Tolerances {
+        match self {
+            Self::Cpu => Tolerances::CPU,
+            Self::Cuda(_) | Self::Metal => Tolerances::GPU,
+        }
+    }
+}
+
+/// Largest differences the test suites accept, per device: the one place they are written down.
+///
+/// The CPU figures are what the CPU build reaches against the PyTorch reference (CPU, f32). GPU
+/// matmuls and reductions sum in other orders (cuBLAS/Metal kernels, no TF32: candle's f32 gemm
+/// stays f32 unless asked), so their results are close to but not bit-equal with the CPU's:
+/// the GPU bounds are 10x looser. Exact (bit-for-bit) comparisons between two CPU paths do not
+/// use these: those tests stay on the CPU.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tolerances {
+    /// Golden forward pass: `z`, every block's output, log-determinants, loss (absolute).
+    pub golden: f32,
+    /// Golden sampling (reverse pass) images, and reverse/forward round trips (absolute).
+    pub golden_reverse: f32,
+    /// Gradients against the reference's (relative to the largest magnitude).
+    pub gradient_rel: f32,
+    /// Two of our own paths that compute the same thing on one device (fast vs differentiable
+    /// forward, chunked vs whole denoising, one item vs in a batch; absolute).
+    pub paths: f32,
+    /// CLI parity: images or statistics written by two equivalent commands (absolute, in [-1, 1]
+    /// units; 8-bit outputs compare at one level more than this allows).
+    pub cli: f32,
+}
+
+impl Tolerances {
+    /// On the CPU.
+    pub const CPU: Self = Self {
+        golden: 1e-4,
+        golden_reverse: 1e-3,
+        gradient_rel: 1e-3,
+        paths: 1e-5,
+        cli: 1e-4,
+    };
+    /// On a CUDA or Metal GPU (10x the CPU's; not yet checked on a GPU: `scripts/gpu-check.sh`).
+    pub const GPU: Self = Self {
+        golden: 1e-3,
+        golden_reverse: 1e-2,
+        gradient_rel: 1e-2,
+        paths: 1e-4,
+        cli: 1e-3,
+    };
+}
+
+thread_local! {
+    static HOST_SYNCS: Cell<u64> = const { Cell::new(0) };
+}
+
+/// Device-to-host copies made by this thread through [`host_vec_f32`] and [`host_scalar_f32`]
+/// since it started (every device counts: on the CPU such a copy is a plain read, on a GPU it
+/// waits for the queued kernels). The training step and the sampler copy to the host only
+/// through these, so a test can count their round trips per step.
+pub fn host_syncs() -> u64 {
+    HOST_SYNCS.with(Cell::get)
+}
+
+fn count_sync() {
+    HOST_SYNCS.with(|c| c.set(c.get() + 1));
+}
+
+/// All values of `t`, flattened and converted to f32, on the host: one counted host round trip
+/// (see [`host_syncs`]).
+pub fn host_vec_f32(t: &Tensor) -> Result<Vec<f32>> {
+    count_sync();
+    Ok(t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?)
+}
+
+/// The value of a one-element tensor as f32 on the host: one counted host round trip (see
+/// [`host_syncs`]).
+pub fn host_scalar_f32(t: &Tensor) -> Result<f32> {
+    count_sync();
+    let v = t.flatten_all()?.to_dtype(DType::F32)?.to_vec1::<f32>()?;
+    match v.as_slice() {
+        [x] => Ok(*x),
+        _ => Err(Error::InvalidInput(format!(
+            "expected one value on the device, found {} (shape {:?})",
+            v.len(),
+            t.dims()
+        ))),
     }
 }
 
@@ -136,5 +292,55 @@ mod tests {
             let err = DeviceChoice::Metal.open().unwrap_err().to_string();
             assert!(err.contains("--features metal"), "{err}");
         }
+    }
+
+    #[test]
+    fn test_device_variable() {
+        assert_eq!(DeviceChoice::from_test_value(None).unwrap(), DeviceChoice::Cpu);
+        assert_eq!(
+            DeviceChoice::from_test_value(Some(" ")).unwrap(),
+            DeviceChoice::Cpu
+        );
+        assert_eq!(
+            DeviceChoice::from_test_value(Some("cpu")).unwrap(),
+            DeviceChoice::Cpu
+        );
+        let err = DeviceChoice::from_test_value(Some("tpu"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(TEST_DEVICE_ENV) && err.contains("`tpu`"), "{err}");
+        if cfg!(feature = "cuda") {
+            assert_eq!(
+                DeviceChoice::from_test_value(Some("cuda:1")).unwrap(),
+                DeviceChoice::Cuda(1)
+            );
+        } else {
+            let err = DeviceChoice::from_test_value(Some("cuda:1"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(TEST_DEVICE_ENV) && err.contains("`cuda` feature"),
+                "{err}"
+            );
+        }
+        if !cfg!(feature = "metal") {
+            let err = DeviceChoice::from_test_value(Some("metal"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("`metal` feature"), "{err}");
+        }
+        assert_eq!(DeviceChoice::of(&Device::Cpu), DeviceChoice::Cpu);
+        assert!(Tolerances::GPU.golden > Tolerances::CPU.golden);
+    }
+
+    #[test]
+    fn host_copies_are_counted() {
+        let before = host_syncs();
+        let t = Tensor::new(&[1f32, 2.0], &Device::Cpu).unwrap();
+        assert_eq!(host_vec_f32(&t).unwrap(), vec![1.0, 2.0]);
+        let s = t.sum_all().unwrap();
+        assert_eq!(host_scalar_f32(&s).unwrap(), 3.0);
+        assert!(host_scalar_f32(&t).unwrap_err().to_string().contains("one value"));
+        assert_eq!(host_syncs() - before, 3);
     }
 }
