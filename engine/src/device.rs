@@ -154,9 +154,10 @@ impl DeviceChoice {
 /// use these: those tests stay on the CPU.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tolerances {
-    /// Golden forward pass: `z`, every block's output, log-determinants, loss (absolute).
+    /// Golden forward pass (`z`, every block's output, log-determinants, loss), denoising, and
+    /// forward/reverse round trips and cached vs cache-free sampling (absolute).
     pub golden: f32,
-    /// Golden sampling (reverse pass) images, and reverse/forward round trips (absolute).
+    /// Golden sampling (reverse pass) images against the reference's (absolute).
     pub golden_reverse: f32,
     /// Gradients against the reference's (relative to the largest magnitude).
     pub gradient_rel: f32,
@@ -296,7 +297,10 @@ mod tests {
 
     #[test]
     fn test_device_variable() {
-        assert_eq!(DeviceChoice::from_test_value(None).unwrap(), DeviceChoice::Cpu);
+        assert_eq!(
+            DeviceChoice::from_test_value(None).unwrap(),
+            DeviceChoice::Cpu
+        );
         assert_eq!(
             DeviceChoice::from_test_value(Some(" ")).unwrap(),
             DeviceChoice::Cpu
@@ -308,7 +312,10 @@ mod tests {
         let err = DeviceChoice::from_test_value(Some("tpu"))
             .unwrap_err()
             .to_string();
-        assert!(err.contains(TEST_DEVICE_ENV) && err.contains("`tpu`"), "{err}");
+        assert!(
+            err.contains(TEST_DEVICE_ENV) && err.contains("`tpu`"),
+            "{err}"
+        );
         if cfg!(feature = "cuda") {
             assert_eq!(
                 DeviceChoice::from_test_value(Some("cuda:1")).unwrap(),
@@ -340,7 +347,12 @@ mod tests {
         assert_eq!(host_vec_f32(&t).unwrap(), vec![1.0, 2.0]);
         let s = t.sum_all().unwrap();
         assert_eq!(host_scalar_f32(&s).unwrap(), 3.0);
-        assert!(host_scalar_f32(&t).unwrap_err().to_string().contains("one value"));
+        assert!(
+            host_scalar_f32(&t)
+                .unwrap_err()
+                .to_string()
+                .contains("one value")
+        );
         assert_eq!(host_syncs() - before, 3);
     }
 }

@@ -4,32 +4,30 @@
 
 mod common;
 
-use candle_core::Device;
 use common::*;
 use tarflow::Model;
 use tarflow::format::{ConfigHints, load_reference};
 use tarflow::model::Exec;
 
-const TOL: f32 = 1e-4;
-
 fn check_forward(name: &str, model: &Model, exec: Exec) {
+    let limit = tol().golden;
     let cases = golden_cases(name);
     let y = labels(&cases, "forward.y");
     let out = model
         .forward_with(&cases["forward.x"], y.as_deref(), exec)
         .unwrap();
     let d = max_abs_diff(&out.z, &cases["forward.z"]);
-    assert!(d < TOL, "{name} {exec:?}: z differs by {d}");
+    assert!(d < limit, "{name} {exec:?}: z differs by {d}");
     assert_eq!(out.blocks.len(), model.config().num_blocks);
     for (t, b) in out.blocks.iter().enumerate() {
         let d = max_abs_diff(b, &cases[&format!("forward.block{t}")]);
-        assert!(d < TOL, "{name} {exec:?}: block {t} differs by {d}");
+        assert!(d < limit, "{name} {exec:?}: block {t} differs by {d}");
     }
     let d = max_abs_diff(&out.logdets, &cases["forward.logdets"]);
-    assert!(d < TOL, "{name} {exec:?}: logdets differ by {d}");
+    assert!(d < limit, "{name} {exec:?}: logdets differ by {d}");
     let loss = model.loss(&out).unwrap().reshape(1).unwrap();
     let d = max_abs_diff(&loss, &cases["forward.loss"]);
-    assert!(d < TOL, "{name} {exec:?}: loss differs by {d}");
+    assert!(d < limit, "{name} {exec:?}: loss differs by {d}");
 }
 
 fn check_grad(name: &str, model: &Model) {
@@ -39,7 +37,10 @@ fn check_grad(name: &str, model: &Model) {
         .loss_and_input_grad(&cases["forward.x"], y.as_deref())
         .unwrap();
     let r = max_rel_diff(&grad, &cases["denoise.grad"]);
-    assert!(r < 1e-3, "{name}: input gradient differs by {r} (relative)");
+    assert!(
+        r < tol().gradient_rel,
+        "{name}: input gradient differs by {r} (relative)"
+    );
 }
 
 fn from_safetensors(name: &str) -> Model {
@@ -52,7 +53,7 @@ fn from_pth(name: &str) -> Model {
         &path,
         Some(golden_config(name)),
         ConfigHints::default(),
-        &Device::Cpu,
+        &device(),
     )
     .unwrap()
 }
@@ -95,10 +96,10 @@ fn cond_input_gradient() {
 fn config_is_inferred_from_the_shapes() {
     // small: D = 12 is only 3 channels of 2x2 among 1-4 channels; cond: D = 16 is ambiguous.
     let small = golden_dir().join("small.pth");
-    let m = load_reference(&small, None, ConfigHints::default(), &Device::Cpu).unwrap();
+    let m = load_reference(&small, None, ConfigHints::default(), &device()).unwrap();
     assert_eq!(m.config(), &golden_config("small"));
     let cond = golden_dir().join("cond.weights.safetensors");
-    let err = load_reference(&cond, None, ConfigHints::default(), &Device::Cpu)
+    let err = load_reference(&cond, None, ConfigHints::default(), &device())
         .unwrap_err()
         .to_string();
     assert!(
@@ -109,6 +110,6 @@ fn config_is_inferred_from_the_shapes() {
         in_channels: Some(4),
         ..Default::default()
     };
-    let m = load_reference(&cond, None, hints, &Device::Cpu).unwrap();
+    let m = load_reference(&cond, None, hints, &device()).unwrap();
     assert_eq!(m.config(), &golden_config("cond"));
 }

@@ -11,7 +11,6 @@ use tarflow::sample::{
     GuideWhat, JacobiOptions, Labels, Method, SampleOptions, denoise_with_sigma, reverse,
 };
 
-const TOL: f32 = 1e-3;
 /// Every method: the fused CPU kernels (`Cached`), candle's ops with the cache (`CachedOps`),
 /// the cache-free reference (`Plain`) and Jacobi iteration, which is exact with [`exact_jacobi`].
 const METHODS: [Method; 4] = [
@@ -54,7 +53,10 @@ fn opts(method: Method) -> SampleOptions {
 
 fn check(name: &str, what: &str, got: &Tensor, want: &Tensor) {
     let d = max_abs_diff(got, want);
-    assert!(d < TOL, "{name} {what}: differs from the reference by {d}");
+    assert!(
+        d < tol().golden_reverse,
+        "{name} {what}: differs from the reference by {d}"
+    );
 }
 
 /// reverse.plain, every reverse.after_stepN and reverse.temp07 (the same noise at temperature 0.7).
@@ -147,11 +149,11 @@ fn check_denoise(name: &str) {
     let x = &cases["forward.x"];
     let got = denoise_with_sigma(&m, x, y.as_deref(), sigma).unwrap();
     let d = max_abs_diff(&got, &cases["denoise.x"]);
-    assert!(d < 1e-4, "{name}: denoised image differs by {d}");
+    assert!(d < tol().golden, "{name}: denoised image differs by {d}");
     // The same through the model's own sigma.
     m.config_mut().noise_sigma = sigma;
     let got = tarflow::sample::denoise(&m, x, y.as_deref()).unwrap();
-    assert!(max_abs_diff(&got, &cases["denoise.x"]) < 1e-4);
+    assert!(max_abs_diff(&got, &cases["denoise.x"]) < tol().golden);
 }
 
 #[test]
@@ -191,13 +193,13 @@ fn denoising_in_the_run_matches_the_separate_call() {
 mod props {
     use std::ops::ControlFlow;
 
-    use candle_core::{Device, Tensor};
+    use candle_core::Tensor;
     use proptest::prelude::*;
     use tarflow::model::{InitOptions, init_weights};
     use tarflow::prelude::*;
     use tarflow::sample::{prior_noise, reverse};
 
-    use super::common::max_abs_diff;
+    use super::common::{device, max_abs_diff, tol};
 
     /// A random model: `channels` image channels, 8x8 pixels, patch `patch`, 64-wide, `blocks`
     /// flow blocks of one layer.
@@ -216,8 +218,8 @@ mod props {
         let opts = InitOptions {
             proj_out_scale: 0.08,
         };
-        let w = init_weights(&cfg, seed, opts, &Device::Cpu).unwrap();
-        Model::from_weights(cfg, &w, &Device::Cpu).unwrap()
+        let w = init_weights(&cfg, seed, opts, &device()).unwrap();
+        Model::from_weights(cfg, &w, &device()).unwrap()
     }
 
     fn raw_opts(method: Method) -> SampleOptions {
@@ -264,17 +266,17 @@ mod props {
             let m = random_model(channels, patch, blocks, classes, nvp, seed);
             let b = 2;
             let y = labels_for(classes, b, seed);
-            let z = prior_noise(m.config(), b, seed, &Device::Cpu).unwrap();
+            let z = prior_noise(m.config(), b, seed, &device()).unwrap();
             // forward(reverse(z)) == z
             let x = reverse(&m, &z, &y, &raw_opts(Method::Cached)).unwrap().raw;
             let z_back = m.forward_with(&x, y.as_slice(), Exec::Fast).unwrap().z;
             let d = max_abs_diff(&z_back, &z);
-            prop_assert!(d < 1e-4, "forward(reverse(z)) differs from z by {}", d);
+            prop_assert!(d < tol().golden, "forward(reverse(z)) differs from z by {}", d);
             // The flow is not the identity: x is not z rearranged.
             let plain = m.unpatchify(&z).unwrap();
             prop_assert!(max_abs_diff(&x, &plain) > 1e-2);
             // reverse(forward(x)) == x, for an image-like x.
-            let x0 = (prior_noise(m.config(), b, seed + 1, &Device::Cpu).unwrap() * 0.5)
+            let x0 = (prior_noise(m.config(), b, seed + 1, &device()).unwrap() * 0.5)
                 .unwrap()
                 .tanh()
                 .unwrap();
@@ -282,7 +284,7 @@ mod props {
             let z0 = m.forward_with(&x0, y.as_slice(), Exec::Fast).unwrap().z;
             let x_back = reverse(&m, &z0, &y, &raw_opts(Method::Cached)).unwrap().raw;
             let d = max_abs_diff(&x_back, &x0);
-            prop_assert!(d < 1e-4, "reverse(forward(x)) differs from x by {}", d);
+            prop_assert!(d < tol().golden, "reverse(forward(x)) differs from x by {}", d);
         }
 
         #[test]
@@ -316,11 +318,11 @@ mod props {
                 for (k, (ta, tp)) in a.after_block.iter().zip(&p.after_block).enumerate() {
                     let d = max_abs_diff(ta, tp);
                     prop_assert!(
-                        d < 1e-4,
+                        d < tol().golden,
                         "{:?} and plain differ by {} after block step {}", method, d, k
                     );
                 }
-                prop_assert!(max_abs_diff(&a.images, &p.images) < 1e-4);
+                prop_assert!(max_abs_diff(&a.images, &p.images) < tol().golden);
             }
         }
     }
@@ -398,7 +400,7 @@ mod props {
     fn jacobi_converges_close_to_sequential_in_fewer_passes() {
         let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../assets/models/textures16.safetensors");
-        let m = tarflow::format::load_model(&demo, &Device::Cpu).unwrap();
+        let m = tarflow::format::load_model(&demo, &device()).unwrap();
         let y = Labels::Classes(vec![0, 5]);
         let base = SampleOptions {
             guidance: 1.5,
@@ -588,7 +590,7 @@ mod props {
                 .unwrap()
                 .contains("attn_temp")
         );
-        let z = Tensor::zeros((1, 3, 12), candle_core::DType::F32, &Device::Cpu).unwrap();
+        let z = Tensor::zeros((1, 3, 12), candle_core::DType::F32, &device()).unwrap();
         assert!(
             err(SampleStream::from_noise(
                 &m,
@@ -610,8 +612,8 @@ mod props {
         let init = InitOptions {
             proj_out_scale: 400.0,
         };
-        let w = init_weights(&cfg, 5, init, &Device::Cpu).unwrap();
-        let m = Model::from_weights(cfg, &w, &Device::Cpu).unwrap();
+        let w = init_weights(&cfg, 5, init, &device()).unwrap();
+        let m = Model::from_weights(cfg, &w, &device()).unwrap();
         for method in [
             Method::Cached,
             Method::CachedOps,
@@ -658,14 +660,14 @@ mod props {
         let m = random_model(3, 2, 2, 3, true, 21);
         let b = 11; // more than one chunk, the last one partial
         let y: Vec<i64> = (0..b as i64).map(|k| k % 4 - 1).collect();
-        let z = prior_noise(m.config(), b, 2, &Device::Cpu).unwrap();
+        let z = prior_noise(m.config(), b, 2, &device()).unwrap();
         let x = m.unpatchify(&(z * 0.5).unwrap().tanh().unwrap()).unwrap();
         let got = tarflow::sample::denoise_with_sigma(&m, &x, Some(&y), 0.05).unwrap();
         let (_, grad) = m.loss_and_input_grad(&x, Some(&y)).unwrap();
         let scale = x.elem_count() as f64 * 0.05f64 * 0.05;
         let want = (&x - (grad * scale).unwrap()).unwrap();
         let d = max_abs_diff(&got, &want);
-        assert!(d < 1e-5, "chunked denoising differs by {d}");
+        assert!(d < tol().paths, "chunked denoising differs by {d}");
         assert!(max_abs_diff(&got, &x) > 1e-4, "denoising did nothing");
     }
 
@@ -687,6 +689,6 @@ mod props {
         // Seeded noise: item k does not depend on the batch around it.
         let one = sampler.sample(&Labels::Classes(vec![0]), &o).unwrap();
         let d = max_abs_diff(&one.raw, &a.raw.narrow(0, 0, 1).unwrap());
-        assert!(d < 1e-5, "item 0 changes with the batch by {d}");
+        assert!(d < tol().paths, "item 0 changes with the batch by {d}");
     }
 }

@@ -1,7 +1,9 @@
 //! Gradients flow to every parameter through the differentiable forward pass (candle's fused
 //! LayerNorm/softmax would cut the graph silently), and the fast path computes the same function.
 
-use candle_core::{DType, Device, Tensor, Var};
+mod common;
+
+use candle_core::{DType, Tensor, Var};
 use tarflow::model::{Exec, InitOptions, init_weights};
 use tarflow::{Model, ModelConfig, Weights};
 
@@ -9,7 +11,7 @@ use tarflow::{Model, ModelConfig, Weights};
 fn every_parameter_gets_a_gradient() {
     let mut cfg = ModelConfig::new(3, 8, 2, 64, 2, 2);
     cfg.num_classes = 2;
-    let dev = Device::Cpu;
+    let dev = common::device();
     let init = init_weights(
         &cfg,
         7,
@@ -73,5 +75,8 @@ fn every_parameter_gets_a_gradient() {
         .unwrap()
         .to_scalar::<f32>()
         .unwrap();
-    assert!(d < 1e-5, "fast and differentiable paths differ by {d}");
+    assert!(
+        d < common::tol().paths,
+        "fast and differentiable paths differ by {d}"
+    );
 }

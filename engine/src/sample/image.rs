@@ -1,6 +1,6 @@
 //! Conversion of model images (values in [-1, 1]) to RGBA8 pixels.
 
-use candle_core::{DType, Tensor};
+use candle_core::Tensor;
 
 use crate::error::{Error, Result};
 
@@ -112,10 +112,7 @@ pub fn planes_to_rgba(values: &[f32], channels: usize, h: usize, w: usize) -> Re
 /// Convert images (B, C, H, W) with values in [-1, 1] to RGBA8 (see [`planes_to_rgba`]).
 pub fn to_rgba8(images: &Tensor) -> Result<Vec<RgbaImage>> {
     let (b, c, h, w) = images.dims4()?;
-    let data = images
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
+    let data = crate::device::host_vec_f32(images)?;
     let per = c * h * w;
     (0..b)
         .map(|i| {
@@ -131,7 +128,7 @@ pub fn to_rgba8(images: &Tensor) -> Result<Vec<RgbaImage>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
+    use candle_core::{DType, Device};
 
     #[test]
     fn rounding_clamping_and_channels() {

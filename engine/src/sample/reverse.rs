@@ -277,8 +277,9 @@ pub(crate) struct BlockRun {
     pub(crate) passes: usize,
 }
 
+/// A counted host copy (see [`crate::device::host_syncs`]).
 fn host_vec(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.flatten_all()?.to_vec1::<f32>()?)
+    crate::device::host_vec_f32(t)
 }
 
 impl BlockRun {

@@ -24,6 +24,7 @@ use super::dataset::{DataConfig, Dataset};
 use super::optim::{AdamW, AdamWSettings};
 use super::schedule::LrSchedule;
 use crate::config::ModelConfig;
+use crate::device::{host_scalar_f32, host_vec_f32};
 use crate::error::{Error, Result};
 use crate::format::save_model;
 use crate::model::{Exec, InitOptions, Model, Weights, init_weights};
@@ -866,12 +867,34 @@ impl Trainer {
         let lr = self.config.schedule().lr_at(self.step);
         let out = self.model.forward(&x, labels)?;
         let loss = self.model.loss(&out)?;
-        let loss_v = loss.to_scalar::<f32>()?;
-        let bpd = self
-            .model
-            .bits_per_dim(&out)?
-            .mean_all()?
-            .to_scalar::<f32>()?;
+        let bpd = self.model.bits_per_dim(&out)?.mean_all()?;
+        // One host round trip per step: the loss, the bits per dim and the squared gradient norm
+        // (one reduction over every parameter's gradient) come back together, after the
+        // backward pass (which a non-finite loss makes useless but harmless).
+        let grads = loss.backward()?;
+        let mut named = BTreeMap::new();
+        let mut squares = Vec::with_capacity(self.params.len());
+        for (name, var) in &self.params {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                squares.push(g.sqr()?.sum_all()?.to_dtype(DType::F32)?);
+                named.insert(name.clone(), g.clone());
+            }
+        }
+        drop(grads);
+        let sumsq = if squares.is_empty() {
+            Tensor::zeros((), DType::F32, &self.device)?
+        } else {
+            Tensor::stack(&squares, 0)?.sum_all()?
+        };
+        let stats = host_vec_f32(&Tensor::stack(
+            &[
+                &loss.to_dtype(DType::F32)?,
+                &bpd.to_dtype(DType::F32)?,
+                &sumsq,
+            ],
+            0,
+        )?)?;
+        let (loss_v, bpd, sumsq) = (stats[0], stats[1], f64::from(stats[2]));
         let mut metrics = StepMetrics {
             step: self.step,
             loss: loss_v,
@@ -885,23 +908,14 @@ impl Trainer {
         if !loss_v.is_finite() {
             return self.skip(metrics, format!("the loss is not finite ({loss_v})"), t0, b);
         }
-        let grads = loss.backward()?;
-        let mut named = BTreeMap::new();
-        let mut sumsq = 0f64;
-        for (name, var) in &self.params {
-            if let Some(g) = grads.get(var.as_tensor()) {
-                sumsq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-                named.insert(name.clone(), g.clone());
-            }
-        }
-        drop(grads);
         let norm = sumsq.sqrt();
         metrics.grad_norm = norm as f32;
         if !norm.is_finite() {
             let bad: Vec<String> = named
                 .iter()
                 .filter_map(|(n, g)| {
-                    let s = g.sqr().ok()?.sum_all().ok()?.to_scalar::<f32>().ok()?;
+                    // Only when the step is skipped: one copy per parameter is fine here.
+                    let s = host_scalar_f32(&g.sqr().ok()?.sum_all().ok()?).ok()?;
                     (!s.is_finite()).then(|| n.clone())
                 })
                 .take(3)

@@ -7,6 +7,17 @@ use std::path::PathBuf;
 use candle_core::{Device, Tensor};
 use tarflow::ModelConfig;
 
+/// The device the tests run on: `TARFLOW_TEST_DEVICE` (`cpu` when unset; `cuda`, `cuda:N`,
+/// `metal`). Panics with the reason when it cannot be used, never falling back to the CPU.
+pub fn device() -> Device {
+    tarflow::DeviceChoice::open_test_device().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The accepted differences on [`device`] (`tarflow::device::Tolerances`).
+pub fn tol() -> tarflow::device::Tolerances {
+    tarflow::DeviceChoice::of(&device()).tolerances()
+}
+
 /// `../shared/golden` relative to the repo root (override with `TARFLOW_SHARED`).
 pub fn golden_dir() -> PathBuf {
     shared_dir().join("golden")
@@ -33,18 +44,18 @@ pub fn golden_config(name: &str) -> ModelConfig {
     serde_json::from_value(json["config"].clone()).unwrap()
 }
 
-/// The reference model `NAME` loaded from its `.safetensors` state_dict with its JSON config.
+/// The reference model `NAME`, on [`device`], loaded from its `.safetensors` state_dict with its JSON config.
 pub fn reference_model(name: &str) -> tarflow::Model {
     let path = golden_dir().join(format!("{name}.weights.safetensors"));
     let hints = tarflow::format::ConfigHints::default();
-    tarflow::format::load_reference(&path, Some(golden_config(name)), hints, &Device::Cpu).unwrap()
+    tarflow::format::load_reference(&path, Some(golden_config(name)), hints, &device()).unwrap()
 }
 
-/// The input/output tensors in `NAME.cases.safetensors`.
+/// The input/output tensors in `NAME.cases.safetensors`, on [`device`].
 pub fn golden_cases(name: &str) -> HashMap<String, Tensor> {
     candle_core::safetensors::load(
         golden_dir().join(format!("{name}.cases.safetensors")),
-        &Device::Cpu,
+        &device(),
     )
     .unwrap()
 }
