@@ -13,14 +13,21 @@
 //! println!("{} classes, {} parameters", model.config().num_classes, model.config().parameter_count());
 //! # Ok(()) }
 //! ```
+//!
+//! Cargo features: `train` (default) brings the trainer, data loading with the `image` codecs, the
+//! fidelity report and the asset lint; a game that only samples depends on `tarflow` with
+//! `default-features = false` and compiles none of them (as `bevy_tarflow` does). `cuda` and
+//! `metal` switch on candle's GPU backends.
 #![warn(missing_docs)]
 
 pub mod config;
 pub mod device;
 pub mod edit;
 pub mod error;
+#[cfg(feature = "train")]
 pub mod fidelity;
 pub mod format;
+#[cfg(feature = "train")]
 pub mod lint;
 pub mod model;
 pub mod morph;
@@ -28,6 +35,7 @@ pub mod palette;
 pub mod runtime;
 pub mod sample;
 pub mod sheet;
+#[cfg(feature = "train")]
 pub mod train;
 
 /// The tensor library the engine is built on, re-exported so callers use the same version.
@@ -50,6 +58,7 @@ pub mod prelude {
         to_rgba8,
     };
     pub use crate::sheet::{Atlas, SheetLayout};
+    #[cfg(feature = "train")]
     pub use crate::train::{
         AugmentConfig, Checkpoint, DataConfig, Dataset, NoiseConfig, Progress, StepMetrics,
         TrainConfig, Trainer,

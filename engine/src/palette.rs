@@ -296,6 +296,7 @@ impl Palettes {
 
     /// Learn the palettes of a dataset's images (every item, whole, at its own size), for a model
     /// of `num_classes` classes.
+    #[cfg(feature = "train")]
     pub fn from_dataset(data: &crate::train::Dataset, num_classes: usize) -> Self {
         let c = data.channels();
         let rgba: Vec<(Vec<u8>, Option<usize>)> = data
