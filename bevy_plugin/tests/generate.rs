@@ -13,11 +13,10 @@ use bevy::asset::{AssetEvent, RenderAssetUsages};
 use bevy::ecs::message::Messages;
 use bevy::prelude::*;
 use bevy_tarflow::prelude::*;
-use tarflow::candle::Device;
 use tarflow::format::load_model;
 use tarflow::sample::{Labels, SampleOptions, sample, to_rgba8};
 
-use common::{app, load, monitor, slow_model, write_cond_model};
+use common::{app, device, load, monitor, slow_model, write_cond_model};
 
 /// Everything the plugin said, gathered frame by frame.
 #[derive(Default)]
@@ -168,7 +167,7 @@ fn patches_arrive_in_raster_order_and_the_result_is_the_engines_byte_for_byte() 
     let image = texture(&app, entity).image;
 
     // The engine, directly, on the same file, seed and options.
-    let direct_model = load_model(&path, &Device::Cpu).unwrap();
+    let direct_model = load_model(&path, &device()).unwrap();
     let opts = SampleOptions {
         seed: 7,
         guidance: 1.5,
@@ -375,7 +374,7 @@ fn failing_requests_are_reported_while_others_finish() {
         .resource::<AssetServer>()
         .load("broken.safetensors");
     // A model whose config no longer fits its weights: sampling itself fails on the worker.
-    let mut misfit = load_model(&dir.path().join("cond.safetensors"), &Device::Cpu).unwrap();
+    let mut misfit = load_model(&dir.path().join("cond.safetensors"), &device()).unwrap();
     misfit.config_mut().in_channels = 3;
     let misfit = app
         .world_mut()
@@ -547,7 +546,7 @@ fn a_request_changed_in_place_starts_over_in_the_same_image() {
     let second = pixels(&app, &image);
     assert_ne!(first, second);
     let direct = sample(
-        &load_model(&path, &Device::Cpu).unwrap(),
+        &load_model(&path, &device()).unwrap(),
         &Labels::Classes(vec![2]),
         &SampleOptions {
             seed: 2,

@@ -5,11 +5,15 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+mod common;
+
 use tarflow::candle::{Device, Tensor};
 
+/// Run the binary on the test device (`TARFLOW_TEST_DEVICE`, passed as `--device` to the
+/// commands that take it). The tests read what it wrote on the CPU.
 fn tarflow(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_tarflow"))
-        .args(args)
+        .args(common::with_device(args))
         .output()
         .unwrap()
 }
@@ -300,7 +304,7 @@ fn decode_reproduces_the_reference_reverse() {
         .unwrap();
     let d = max_diff(&x, &cases["reverse.plain"]);
     assert!(
-        d < 1e-3,
+        d < common::tol().golden_reverse,
         "decode differs from the reference's reverse by {d}"
     );
 }
@@ -362,7 +366,10 @@ fn encode_decode_round_trip_is_exact() {
             .collect();
         let want = Tensor::from_vec(want, (4, 8, 8), &Device::Cpu).unwrap();
         let d = max_diff(&x.get(k).unwrap(), &want);
-        assert!(d < 1e-4, "image {k}: round trip differs by {d}");
+        assert!(
+            d < common::tol().golden,
+            "image {k}: round trip differs by {d}"
+        );
     }
     let back = dir.path().join("back");
     ok(&[

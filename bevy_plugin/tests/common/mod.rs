@@ -13,7 +13,19 @@ use bevy_tarflow::{TarflowWorkers, WorkerMonitor};
 use tarflow::candle::Device;
 use tarflow::format::{ConfigHints, load_reference, save_model};
 use tarflow::model::{InitOptions, init_weights};
-use tarflow::{Model, ModelConfig};
+use tarflow::{DeviceChoice, Model, ModelConfig};
+
+/// The device the tests run on: `TARFLOW_TEST_DEVICE` (`cpu` when unset; `cuda`, `cuda:N`,
+/// `metal`). Panics with the reason when this build cannot use it. [`app`] gives it to the
+/// plugin's settings.
+pub fn test_device() -> DeviceChoice {
+    DeviceChoice::from_test_env().unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// [`test_device`], opened.
+pub fn device() -> Device {
+    DeviceChoice::open_test_device().unwrap_or_else(|e| panic!("{e}"))
+}
 
 /// A file of `../shared/golden`.
 pub fn golden(name: &str) -> PathBuf {
@@ -55,16 +67,21 @@ pub fn slow_model(classes: usize) -> TarflowModel {
         InitOptions {
             proj_out_scale: 0.05,
         },
-        &Device::Cpu,
+        &device(),
     )
     .unwrap();
     TarflowModel {
-        model: Arc::new(Model::from_weights(cfg, &w, &Device::Cpu).unwrap()),
+        model: Arc::new(Model::from_weights(cfg, &w, &device()).unwrap()),
     }
 }
 
-/// A headless app (`MinimalPlugins`, assets from `root`, images) with the plugin.
-pub fn app(root: &Path, settings: TarflowSettings) -> App {
+/// A headless app (`MinimalPlugins`, assets from `root`, images) with the plugin, sampling on
+/// [`test_device`] when `settings` names the default device (the CPU); a test that asks for
+/// another device keeps it.
+pub fn app(root: &Path, mut settings: TarflowSettings) -> App {
+    if settings.device == DeviceChoice::Cpu {
+        settings.device = test_device();
+    }
     let mut app = App::new();
     app.add_plugins((
         MinimalPlugins,

@@ -593,10 +593,10 @@ fn item_palettes(
 
 /// An error naming what went wrong unless every value of `t` is finite.
 fn check_finite(t: &Tensor, what: impl FnOnce() -> String) -> Result<()> {
-    // One scalar comes back (x - x is 0 where finite, NaN elsewhere); the whole tensor only when
+    // One scalar comes back (0 * x is 0 where finite, NaN elsewhere); the whole tensor only when
     // something is wrong, to count the bad values.
     let t = t.to_dtype(candle_core::DType::F32)?;
-    if crate::device::host_scalar_f32(&(&t - &t)?.sum_all()?)? == 0.0 {
+    if crate::device::host_scalar_f32(&t.affine(0.0, 0.0)?.sum_all()?)? == 0.0 {
         return Ok(());
     }
     let v = crate::device::host_vec_f32(&t)?;
