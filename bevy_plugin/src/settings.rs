@@ -6,19 +6,27 @@ use tarflow::DeviceChoice;
 
 /// Settings of the [`TarflowPlugin`](crate::TarflowPlugin), kept as a resource.
 ///
-/// `workers`, `device` and `streams_per_worker` are read once, when the plugin starts its
+/// `workers`, `device`, `streams_per_worker` and `max_batch` are read once, when the plugin starts its
 /// threads; `patches_per_frame` may be changed at any time.
 #[derive(Resource, Debug, Clone, PartialEq)]
 pub struct TarflowSettings {
     /// Dedicated worker threads (at least 1). Each runs its requests one sampling step at a
     /// time. Sampling itself also uses candle's own threads for large matrix products.
     pub workers: usize,
-    /// Device the workers sample on. Models are loaded on the CPU and copied to this device once
-    /// per model and worker when it is not the CPU.
+    /// Device the workers sample on, opened once when the plugin starts and shared by every
+    /// worker. Models are loaded on the CPU and copied to this device once per model when it is
+    /// not the CPU.
     pub device: DeviceChoice,
-    /// How many requests one worker advances together, one step each in turn (at least 1).
-    /// Further requests wait in a first-come, first-served queue shared by all workers.
+    /// How many sampler runs (batches) one worker advances together, one step each in turn (at
+    /// least 1). Further requests wait in a first-come, first-served queue shared by all workers.
     pub streams_per_worker: usize,
+    /// The most requests sampled together as one batch (at least 1; 1 samples every request on
+    /// its own). A worker batches the first waiting request with the waiting requests that can
+    /// share its run: the same model and the same options but the seed and the class (tileable
+    /// and Jacobi requests run alone). Each texture is byte for byte the one the request would
+    /// get alone, with its own patches, progress and cancellation; a batch makes more textures
+    /// per second (fewer, larger matrix products) but each one arrives later.
+    pub max_batch: usize,
     /// The most final patches painted into textures per frame, over all textures; the rest
     /// wait for the next frames, in order (at least 1).
     pub patches_per_frame: usize,
@@ -30,6 +38,7 @@ impl Default for TarflowSettings {
             workers: 1,
             device: DeviceChoice::Cpu,
             streams_per_worker: 4,
+            max_batch: 16,
             patches_per_frame: 1024,
         }
     }

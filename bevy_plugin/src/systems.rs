@@ -123,6 +123,7 @@ pub(crate) fn submit_requests(
     }
     let pending = std::mem::take(&mut jobs.pending);
     let mut waiting = Vec::new();
+    let mut to_send = Vec::new();
     for entity in pending {
         let Ok((request, mut texture)) = requests.get_mut(entity) else {
             continue;
@@ -170,7 +171,7 @@ pub(crate) fn submit_requests(
             fail(entity, &mut texture, e.to_string(), &mut failed);
             continue;
         }
-        let Some(workers) = workers.as_ref() else {
+        if workers.is_none() {
             fail(
                 entity,
                 &mut texture,
@@ -178,7 +179,7 @@ pub(crate) fn submit_requests(
                 &mut failed,
             );
             continue;
-        };
+        }
         let id = jobs.next_id;
         jobs.next_id += 1;
         let cancel = CancelToken::new();
@@ -191,25 +192,40 @@ pub(crate) fn submit_requests(
             #[cfg(test)]
             panic_after: None,
         };
-        if workers.submit(job).is_err() {
-            fail(
+        to_send.push((entity, job));
+    }
+    // All of a frame's requests are queued at once, so that a worker can batch them.
+    if let Some(workers) = workers.as_ref() {
+        let entities: Vec<Entity> = to_send.iter().map(|(e, _)| *e).collect();
+        let records: Vec<(u64, CancelToken)> = to_send
+            .iter()
+            .map(|(_, j)| (j.id, j.cancel.clone()))
+            .collect();
+        let sent = workers.submit_all(to_send.into_iter().map(|(_, j)| j).collect());
+        for (entity, (id, cancel)) in entities.into_iter().zip(records) {
+            let Ok((_, mut texture)) = requests.get_mut(entity) else {
+                continue;
+            };
+            if sent.is_err() {
+                fail(
+                    entity,
+                    &mut texture,
+                    "no worker thread is running".into(),
+                    &mut failed,
+                );
+                continue;
+            }
+            texture.status = TextureStatus::Queued;
+            jobs.by_job.insert(id, entity);
+            jobs.by_entity.insert(
                 entity,
-                &mut texture,
-                "no worker thread is running".into(),
-                &mut failed,
+                Record {
+                    id,
+                    cancel,
+                    image: texture.image.clone(),
+                },
             );
-            continue;
         }
-        texture.status = TextureStatus::Queued;
-        jobs.by_job.insert(id, entity);
-        jobs.by_entity.insert(
-            entity,
-            Record {
-                id,
-                cancel,
-                image: texture.image.clone(),
-            },
-        );
     }
     // Requests queued by hooks while this ran (none: hooks run at command flushes) come after.
     waiting.append(&mut jobs.pending);

@@ -2,25 +2,32 @@
 //! the asset server need) that run sampling streams one step at a time and send what they make
 //! back to the world over a crossbeam channel. The schedule never waits on them.
 //!
-//! Requests wait in one first-come, first-served queue shared by all workers; each worker
-//! advances up to [`TarflowSettings::streams_per_worker`] of them in turn, one step each, so a
-//! long request cannot hold the others back. Each model is prepared for sampling once (a
-//! `tarflow::sample::Sampler`, shared by all workers) and dropped with the model. A request stops
-//! at its next step when its [`CancelToken`] is cancelled. An error or a panic inside one request
-//! fails that request only.
+//! Requests wait in one first-come, first-served queue shared by all workers. A worker takes the
+//! first waiting request together with the waiting requests that can share its sampler run (same
+//! model, same options but the seed, all conditional or all unconditional: see [`batchable`]), up
+//! to [`TarflowSettings::max_batch`], and samples them as one batch: each item from its own
+//! seed's noise, so that each texture is the one the request would get alone, byte for byte.
+//! Each worker advances up to [`TarflowSettings::streams_per_worker`] batches in turn, one step
+//! each, so a long request cannot hold the others back. The device is opened once, when the
+//! pool starts, and shared by all workers; each model is prepared for sampling once (a
+//! `tarflow::sample::Sampler`, shared by all workers) and dropped with the model. A request
+//! whose [`CancelToken`] is cancelled ends at its batch's next step (the batch goes on for the
+//! others, its item's results dropped; a batch with no request left stops). An error or a panic
+//! inside a batch fails the requests of that batch only.
 
 use std::collections::VecDeque;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 use std::thread::JoinHandle;
 
 use bevy::prelude::*;
-use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, Sender};
 use tarflow::Model;
-use tarflow::candle::Device;
+use tarflow::candle::{Device, Tensor};
 use tarflow::sample::{
-    CancelToken, Labels, RgbaImage, SampleEvent, SampleOptions, SampleStream, Sampler,
+    CancelToken, Labels, Method, RgbaImage, SampleEvent, SampleOptions, SampleStream, Sampler,
+    prior_noise,
 };
 
 use crate::settings::TarflowSettings;
@@ -30,12 +37,39 @@ pub(crate) struct Job {
     /// Unique over the life of the plugin; events name it.
     pub id: u64,
     pub model: Arc<Model>,
+    /// One label (a batch of one).
     pub labels: Labels,
     pub opts: SampleOptions,
     pub cancel: CancelToken,
     /// Test hook: panic inside generation after this many events.
     #[cfg(test)]
     pub panic_after: Option<usize>,
+}
+
+/// Whether `b` may be sampled in one batch with `a`, each item byte-identical to its solo run:
+/// the same model (the same `Arc`), one label each, both conditional or both unconditional, and
+/// the same options but the seed (each item draws its own seed's noise). Jacobi runs (their
+/// convergence test spans the batch), tileable runs (the seam repair draws its noise from the
+/// batch's seed) and preview runs are never batched.
+pub(crate) fn batchable(a: &Job, b: &Job) -> bool {
+    let solo = |j: &Job| {
+        j.opts.method == Method::Jacobi || j.opts.tileable || j.opts.previews || j.labels.len() != 1
+    };
+    #[cfg(test)]
+    if a.panic_after.is_some() || b.panic_after.is_some() {
+        return false;
+    }
+    if solo(a) || solo(b) || !Arc::ptr_eq(&a.model, &b.model) {
+        return false;
+    }
+    if a.labels.as_slice().is_some() != b.labels.as_slice().is_some() {
+        return false;
+    }
+    let unseeded = |o: &SampleOptions| SampleOptions {
+        seed: 0,
+        ..o.clone()
+    };
+    unseeded(&a.opts) == unseeded(&b.opts)
 }
 
 /// What the workers report, in order per job.
@@ -79,6 +113,24 @@ impl WorkerEvent {
     }
 }
 
+/// The requests waiting for a worker, first come first served.
+#[derive(Default)]
+struct JobQueue {
+    waiting: VecDeque<Job>,
+    /// Set by shutdown: workers stop taking requests.
+    closed: bool,
+}
+
+/// What a worker got from the queue.
+enum Taken {
+    /// A batch: the first waiting job and the waiting jobs batchable with it, in queue order.
+    Batch(Vec<Job>),
+    /// Nothing waiting (only when not asked to wait).
+    Empty,
+    /// The pool is shutting down.
+    Closed,
+}
+
 #[derive(Default)]
 struct Shared {
     shutdown: AtomicBool,
@@ -89,7 +141,45 @@ struct Shared {
     jobs_cancelled: AtomicUsize,
     panics: AtomicUsize,
     steps: AtomicUsize,
+    batches: AtomicUsize,
+    largest_batch: AtomicUsize,
     samplers: SamplerCache,
+    queue: Mutex<JobQueue>,
+    ready: Condvar,
+}
+
+impl Shared {
+    fn queue(&self) -> std::sync::MutexGuard<'_, JobQueue> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The next batch of at most `max_batch` jobs; waits for one when `wait`.
+    fn take(&self, max_batch: usize, wait: bool) -> Taken {
+        let mut q = self.queue();
+        loop {
+            if q.closed || self.shutdown.load(Ordering::SeqCst) {
+                return Taken::Closed;
+            }
+            if let Some(first) = q.waiting.pop_front() {
+                let mut batch = vec![first];
+                let mut i = 0;
+                while batch.len() < max_batch && i < q.waiting.len() {
+                    if batchable(&batch[0], &q.waiting[i]) {
+                        if let Some(job) = q.waiting.remove(i) {
+                            batch.push(job);
+                        }
+                    } else {
+                        i += 1;
+                    }
+                }
+                return Taken::Batch(batch);
+            }
+            if !wait {
+                return Taken::Empty;
+            }
+            q = self.ready.wait(q).unwrap_or_else(|e| e.into_inner());
+        }
+    }
 }
 
 /// Counters of the worker threads' activity, as read by [`WorkerMonitor::stats`].
@@ -108,8 +198,12 @@ pub struct WorkerStats {
     pub jobs_cancelled: usize,
     /// Panics caught inside generation.
     pub panics: usize,
-    /// Sampling steps run, over all requests.
+    /// Sampling steps run, over all requests (a step of a batch of `k` requests counts `k`).
     pub steps: usize,
+    /// Sampler runs begun: batches of one or more requests.
+    pub batches: usize,
+    /// Requests in the largest batch begun so far.
+    pub largest_batch: usize,
     /// Models prepared for sampling (once per model, shared by all workers and requests).
     pub models_prepared: usize,
 }
@@ -132,6 +226,8 @@ impl WorkerMonitor {
             jobs_cancelled: get(&s.jobs_cancelled),
             panics: get(&s.panics),
             steps: get(&s.steps),
+            batches: get(&s.batches),
+            largest_batch: get(&s.largest_batch),
             models_prepared: get(&s.samplers.prepared),
         }
     }
@@ -147,33 +243,40 @@ impl std::fmt::Debug for WorkerMonitor {
 /// work in flight at its next step and joins every thread.
 #[derive(Resource)]
 pub struct TarflowWorkers {
-    jobs: Option<Sender<Job>>,
     events: Receiver<WorkerEvent>,
     threads: Vec<JoinHandle<()>>,
     shared: Arc<Shared>,
+    /// The device all workers sample on, opened once (or why it could not be).
+    device: Result<Device, String>,
 }
 
 impl std::fmt::Debug for TarflowWorkers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TarflowWorkers")
             .field("threads", &self.threads.len())
+            .field("device", &self.device)
             .field("stats", &self.monitor().stats())
             .finish()
     }
 }
 
 impl TarflowWorkers {
-    /// Start `settings.workers` threads (at least 1).
+    /// Open `settings.device` (once for the process's pool: every worker shares it) and start
+    /// `settings.workers` threads (at least 1). When the device cannot be opened, the threads
+    /// still start and fail every request with the reason.
     pub fn start(settings: &TarflowSettings) -> Self {
-        let (job_tx, job_rx) = crossbeam_channel::unbounded::<Job>();
         let (ev_tx, ev_rx) = crossbeam_channel::unbounded::<WorkerEvent>();
         let shared = Arc::new(Shared::default());
+        let device = settings.device.open().map_err(|e| e.to_string());
+        if let Err(e) = &device {
+            tracing::error!("bevy_tarflow: could not open the device: {e}");
+        }
         let mut threads = Vec::new();
         for index in 0..settings.workers.max(1) {
             let ctx = WorkerContext {
-                device: settings.device,
+                device: device.clone(),
                 per_worker: settings.streams_per_worker.max(1),
-                jobs: job_rx.clone(),
+                max_batch: settings.max_batch.max(1),
                 events: ev_tx.clone(),
                 shared: shared.clone(),
             };
@@ -190,10 +293,10 @@ impl TarflowWorkers {
             }
         }
         Self {
-            jobs: Some(job_tx),
             events: ev_rx,
             threads,
             shared,
+            device,
         }
     }
 
@@ -207,12 +310,32 @@ impl TarflowWorkers {
         self.threads.len()
     }
 
+    /// The device the workers sample on (shared by all of them), or why it could not be opened.
+    pub fn device(&self) -> Result<&Device, &str> {
+        self.device.as_ref().map_err(String::as_str)
+    }
+
     /// Queue a job; gives it back (boxed: a job is large) when no worker is left to take it.
+    #[cfg(test)]
     pub(crate) fn submit(&self, job: Job) -> Result<(), Box<Job>> {
-        match &self.jobs {
-            Some(tx) => tx.send(job).map_err(|e| Box::new(e.into_inner())),
-            None => Err(Box::new(job)),
+        self.submit_all(vec![job])
+            .map_err(|mut back| Box::new(back.remove(0)))
+    }
+
+    /// Queue jobs together (so that a waiting worker sees them all at once and can batch them);
+    /// gives them back when no worker is left to take them.
+    pub(crate) fn submit_all(&self, jobs: Vec<Job>) -> Result<(), Vec<Job>> {
+        if jobs.is_empty() {
+            return Ok(());
         }
+        let mut q = self.shared.queue();
+        if q.closed || self.shared.threads_alive.load(Ordering::SeqCst) == 0 {
+            return Err(jobs);
+        }
+        q.waiting.extend(jobs);
+        drop(q);
+        self.shared.ready.notify_all();
+        Ok(())
     }
 
     /// The next event of the workers, if one is waiting.
@@ -223,12 +346,15 @@ impl TarflowWorkers {
     /// Stop the work in flight at its next step and join the threads (also done on drop).
     pub fn shutdown(&mut self) {
         self.shared.shutdown.store(true, Ordering::SeqCst);
-        self.jobs.take();
+        self.shared.queue().closed = true;
+        self.shared.ready.notify_all();
         for handle in self.threads.drain(..) {
             if handle.join().is_err() {
                 tracing::error!("bevy_tarflow: a worker thread panicked");
             }
         }
+        // Requests that never began are dropped with their models.
+        self.shared.queue().waiting.clear();
     }
 }
 
@@ -239,9 +365,9 @@ impl Drop for TarflowWorkers {
 }
 
 struct WorkerContext {
-    device: tarflow::DeviceChoice,
+    device: Result<Device, String>,
     per_worker: usize,
-    jobs: Receiver<Job>,
+    max_batch: usize,
     events: Sender<WorkerEvent>,
     shared: Arc<Shared>,
 }
@@ -255,8 +381,18 @@ impl Drop for Alive {
     }
 }
 
-struct Active {
+/// One request of a running batch.
+struct Item {
     id: u64,
+    cancel: CancelToken,
+    /// False once the request ended (cancelled): its results are dropped.
+    live: bool,
+}
+
+/// A running batch: one sampler stream for its requests, item `k` of the stream being
+/// `items[k]`.
+struct Active {
+    items: Vec<Item>,
     stream: SampleStream,
     events_seen: usize,
     #[cfg(test)]
@@ -321,6 +457,30 @@ impl SamplerCache {
     }
 }
 
+/// The stream of a batch of batchable jobs (`jobs[0]`'s options): item `k` from the prior noise
+/// of `jobs[k]`'s seed (item 0 of that seed's sequence, as its solo run draws it) and its label.
+fn batch_stream(sampler: &Sampler, jobs: &[Job]) -> tarflow::Result<SampleStream> {
+    let first = jobs
+        .first()
+        .ok_or_else(|| tarflow::Error::InvalidInput("an empty batch".into()))?;
+    let cfg = sampler.model().config();
+    let noise = jobs
+        .iter()
+        .map(|j| prior_noise(cfg, 1, j.opts.seed, &Device::Cpu))
+        .collect::<tarflow::Result<Vec<_>>>()?;
+    let z = Tensor::cat(&noise, 0)?;
+    let labels = if first.labels.as_slice().is_some() {
+        Labels::Classes(
+            jobs.iter()
+                .flat_map(|j| j.labels.as_slice().unwrap_or(&[-1]).to_vec())
+                .collect(),
+        )
+    } else {
+        Labels::Unconditional(jobs.len())
+    };
+    sampler.stream_from_noise(&z, &labels, &first.opts)
+}
+
 impl WorkerContext {
     fn send(&self, ev: WorkerEvent) {
         // The world may be gone (app shutting down): nothing to tell then.
@@ -332,98 +492,123 @@ impl WorkerContext {
         self.send(WorkerEvent::Failed { job, error });
     }
 
+    fn cancelled(&self, job: u64) {
+        self.shared.jobs_cancelled.fetch_add(1, Ordering::SeqCst);
+        self.send(WorkerEvent::Cancelled { job });
+    }
+
     fn run(self) {
         let _alive = Alive(self.shared.clone());
-        let device = self.device.open().map_err(|e| e.to_string());
         let mut active: VecDeque<Active> = VecDeque::new();
-        let mut open = true;
         loop {
             if self.shared.shutdown.load(Ordering::SeqCst) {
                 break;
             }
-            // Take new requests, in queue order, up to this worker's share; wait only when idle.
-            while open && active.len() < self.per_worker {
-                let next = if active.is_empty() {
-                    self.jobs.recv().ok()
-                } else {
-                    match self.jobs.try_recv() {
-                        Ok(job) => Some(job),
-                        Err(TryRecvError::Empty) => break,
-                        Err(TryRecvError::Disconnected) => None,
-                    }
-                };
-                match next {
-                    Some(job) => {
-                        if let Some(a) = self.begin(job, &device) {
-                            active.push_back(a);
-                        }
-                    }
-                    None => open = false,
-                }
-                if self.shared.shutdown.load(Ordering::SeqCst) {
-                    break;
+            // Take new batches, in queue order, up to this worker's share; wait only when idle.
+            while active.len() < self.per_worker {
+                match self.shared.take(self.max_batch, active.is_empty()) {
+                    Taken::Batch(jobs) => active.extend(self.begin(jobs)),
+                    Taken::Empty => break,
+                    Taken::Closed => return,
                 }
             }
-            if self.shared.shutdown.load(Ordering::SeqCst) {
-                break;
-            }
-            match active.pop_front() {
-                Some(mut a) => {
-                    if let Step::Continue = self.step(&mut a) {
-                        active.push_back(a);
-                    }
-                }
-                None if !open => break,
-                None => {}
+            if let Some(mut a) = active.pop_front()
+                && let Step::Continue = self.step(&mut a)
+            {
+                active.push_back(a);
             }
         }
         // Streams still active are dropped here, which stops them.
     }
 
-    fn begin(&self, job: Job, device: &Result<Device, String>) -> Option<Active> {
-        if job.cancel.is_cancelled() {
-            self.shared.jobs_cancelled.fetch_add(1, Ordering::SeqCst);
-            self.send(WorkerEvent::Cancelled { job: job.id });
-            return None;
+    /// Begin a batch: its running stream (none when every job was cancelled or it failed), or,
+    /// when a batch of several cannot start, each job on its own (so that one job's error fails
+    /// that job only).
+    fn begin(&self, jobs: Vec<Job>) -> Vec<Active> {
+        let mut live = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            if job.cancel.is_cancelled() {
+                self.cancelled(job.id);
+            } else {
+                live.push(job);
+            }
         }
-        self.shared.jobs_started.fetch_add(1, Ordering::SeqCst);
-        let device = match device {
+        if live.is_empty() {
+            return Vec::new();
+        }
+        let device = match &self.device {
             Ok(d) => d,
             Err(e) => {
-                self.fail(job.id, e.clone());
-                return None;
+                for job in live {
+                    self.shared.jobs_started.fetch_add(1, Ordering::SeqCst);
+                    self.fail(job.id, e.clone());
+                }
+                return Vec::new();
             }
         };
         let made = catch_unwind(AssertUnwindSafe(|| {
-            let sampler = self.shared.samplers.get(&job.model, device)?;
-            sampler
-                .stream(&job.labels, &job.opts)
-                .map(|s| s.with_cancel(job.cancel.clone()))
+            let sampler = self.shared.samplers.get(&live[0].model, device)?;
+            batch_stream(&sampler, &live)
         }));
-        match made {
-            Ok(Ok(stream)) => Some(Active {
-                id: job.id,
-                stream,
-                events_seen: 0,
+        let error = match made {
+            Ok(Ok(stream)) => {
+                let n = live.len();
+                self.shared.jobs_started.fetch_add(n, Ordering::SeqCst);
+                self.shared.batches.fetch_add(1, Ordering::SeqCst);
+                self.shared.largest_batch.fetch_max(n, Ordering::SeqCst);
                 #[cfg(test)]
-                panic_after: job.panic_after,
-            }),
-            Ok(Err(e)) => {
-                self.fail(job.id, e.to_string());
-                None
+                let panic_after = live.iter().filter_map(|j| j.panic_after).min();
+                return vec![Active {
+                    items: live
+                        .into_iter()
+                        .map(|j| Item {
+                            id: j.id,
+                            cancel: j.cancel,
+                            live: true,
+                        })
+                        .collect(),
+                    stream,
+                    events_seen: 0,
+                    #[cfg(test)]
+                    panic_after,
+                }];
             }
+            Ok(Err(e)) => e.to_string(),
             Err(payload) => {
                 self.shared.panics.fetch_add(1, Ordering::SeqCst);
-                self.fail(
-                    job.id,
-                    format!("generation panicked: {}", panic_text(&*payload)),
-                );
-                None
+                format!("generation panicked: {}", panic_text(&*payload))
             }
+        };
+        if live.len() > 1 {
+            return live.into_iter().flat_map(|j| self.begin(vec![j])).collect();
         }
+        for job in live {
+            self.shared.jobs_started.fetch_add(1, Ordering::SeqCst);
+            self.fail(job.id, error.clone());
+        }
+        Vec::new()
+    }
+
+    /// Fail every request of `a` still running.
+    fn fail_all(&self, a: &Active, error: &str) -> Step {
+        for item in a.items.iter().filter(|i| i.live) {
+            self.fail(item.id, error.to_string());
+        }
+        Step::Done
     }
 
     fn step(&self, a: &mut Active) -> Step {
+        // Requests cancelled since the last step end now; the others go on.
+        for item in a.items.iter_mut().filter(|i| i.live) {
+            if item.cancel.is_cancelled() {
+                item.live = false;
+                self.cancelled(item.id);
+            }
+        }
+        let live = a.items.iter().filter(|i| i.live).count();
+        if live == 0 {
+            return Step::Done;
+        }
         let next = catch_unwind(AssertUnwindSafe(|| {
             #[cfg(test)]
             if a.panic_after.is_some_and(|n| a.events_seen >= n) {
@@ -432,61 +617,67 @@ impl WorkerContext {
             a.events_seen += 1;
             a.stream.next()
         }));
-        let id = a.id;
         match next {
             Err(payload) => {
                 self.shared.panics.fetch_add(1, Ordering::SeqCst);
-                self.fail(
-                    id,
-                    format!("generation panicked: {}", panic_text(&*payload)),
-                );
-                Step::Done
+                self.fail_all(
+                    a,
+                    &format!("generation panicked: {}", panic_text(&*payload)),
+                )
             }
-            Ok(None) => {
-                self.fail(id, "sampling ended without a result".into());
-                Step::Done
-            }
-            Ok(Some(Err(e))) => {
-                self.fail(id, e.to_string());
-                Step::Done
-            }
+            Ok(None) => self.fail_all(a, "sampling ended without a result"),
+            Ok(Some(Err(e))) => self.fail_all(a, &e.to_string()),
             Ok(Some(Ok(event))) => match event {
                 SampleEvent::Progress { done, total } => {
-                    self.shared.steps.fetch_add(1, Ordering::SeqCst);
-                    self.send(WorkerEvent::Progress {
-                        job: id,
-                        done,
-                        total,
-                    });
-                    Step::Continue
-                }
-                SampleEvent::Patch(p) => {
-                    if let Some(pixels) = p.pixels.into_iter().next() {
-                        self.send(WorkerEvent::Patch {
-                            job: id,
-                            index: p.index,
-                            x: p.x,
-                            y: p.y,
-                            size: p.size,
-                            pixels,
+                    self.shared.steps.fetch_add(live, Ordering::SeqCst);
+                    for item in a.items.iter().filter(|i| i.live) {
+                        self.send(WorkerEvent::Progress {
+                            job: item.id,
+                            done,
+                            total,
                         });
                     }
                     Step::Continue
                 }
-                SampleEvent::Finished(samples) => match samples.rgba.into_iter().next() {
-                    Some(image) => {
-                        self.shared.jobs_finished.fetch_add(1, Ordering::SeqCst);
-                        self.send(WorkerEvent::Finished { job: id, image });
-                        Step::Done
+                SampleEvent::Patch(p) => {
+                    for (item, pixels) in a.items.iter().zip(p.pixels) {
+                        if item.live {
+                            self.send(WorkerEvent::Patch {
+                                job: item.id,
+                                index: p.index,
+                                x: p.x,
+                                y: p.y,
+                                size: p.size,
+                                pixels,
+                            });
+                        }
                     }
-                    None => {
-                        self.fail(id, "sampling returned no image".into());
-                        Step::Done
+                    Step::Continue
+                }
+                SampleEvent::Finished(samples) => {
+                    let mut images = samples.rgba.into_iter();
+                    for item in &a.items {
+                        let image = images.next();
+                        if !item.live {
+                            continue;
+                        }
+                        match image {
+                            Some(image) => {
+                                self.shared.jobs_finished.fetch_add(1, Ordering::SeqCst);
+                                self.send(WorkerEvent::Finished {
+                                    job: item.id,
+                                    image,
+                                });
+                            }
+                            None => self.fail(item.id, "sampling returned no image".into()),
+                        }
                     }
-                },
+                    Step::Done
+                }
                 SampleEvent::Cancelled { .. } => {
-                    self.shared.jobs_cancelled.fetch_add(1, Ordering::SeqCst);
-                    self.send(WorkerEvent::Cancelled { job: id });
+                    for item in a.items.iter().filter(|i| i.live) {
+                        self.cancelled(item.id);
+                    }
                     Step::Done
                 }
                 _ => Step::Continue,

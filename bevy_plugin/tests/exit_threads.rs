@@ -83,9 +83,12 @@ fn run_and_exit(requests: u64, steps: usize) {
 
 #[test]
 fn the_app_exiting_mid_generation_leaves_no_thread() {
-    // A first app starts the process-wide pools (Bevy's task pools, candle's threads) that
-    // live as long as the process; the second must leave the thread list as it found it.
-    run_and_exit(3, 1);
+    // A first app, with the rounds' work (batched: large products), starts the process-wide
+    // pools (Bevy's task pools, candle's threads) that live as long as the process; the next
+    // ones must leave the thread list as they found it. Rayon's global pool, which the `gemm`
+    // products of large batches start on first use (possibly late in a run), is started here.
+    rayon::broadcast(|_| ());
+    run_and_exit(24, 6);
     let before = threads();
     for round in 0..3 {
         run_and_exit(24, 6);
