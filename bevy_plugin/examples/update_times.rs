@@ -2,7 +2,7 @@
 //! app idle. Frames are paced at 60 per second, as a game's would be.
 //!
 //! ```text
-//! cargo run -p bevy_tarflow --example update_times -- [--workers N] [--textures N] [MODEL.safetensors]
+//! cargo run -p bevy_tarflow --example update_times -- [--workers N] [--textures N] [--max-batch N] [MODEL.safetensors]
 //! ```
 //!
 //! Without a model file, the S16 workload of the design's targets is used with random weights:
@@ -127,12 +127,19 @@ fn spawn(mut commands: Commands, mut spawn: ResMut<Spawn>) {
 fn main() {
     let mut workers = 1usize;
     let mut count = 16u64;
+    let mut max_batch = TarflowSettings::default().max_batch;
     let mut path: Option<PathBuf> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--workers" => workers = args.next().and_then(|v| v.parse().ok()).unwrap_or(workers),
             "--textures" => count = args.next().and_then(|v| v.parse().ok()).unwrap_or(count),
+            "--max-batch" => {
+                max_batch = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(max_batch)
+            }
             other => path = Some(PathBuf::from(other)),
         }
     }
@@ -150,7 +157,8 @@ fn main() {
     let cfg = model.config().clone();
     println!(
         "model: {}x{} x{} channels, patch {}, width {}, {} blocks x {} layers, {} classes; \
-         {count} textures, {workers} worker thread(s), guidance 1.5, denoise on",
+         {count} textures, {workers} worker thread(s), max batch {max_batch}, guidance 1.5, \
+         denoise on",
         cfg.img_size,
         cfg.img_size,
         cfg.in_channels,
@@ -193,6 +201,7 @@ fn main() {
         TarflowPlugin {
             settings: TarflowSettings {
                 workers,
+                max_batch,
                 ..default()
             },
         },

@@ -11,8 +11,15 @@
 //!   holds a `Handle<Image>` valid at once, filled in as final patches arrive and replaced by
 //!   the finished image at the end. [`TextureProgress`], [`TexturePatched`], [`TextureFinished`]
 //!   and [`TextureFailed`] messages name the request's entity.
-//! - Generation runs on dedicated worker threads ([`TarflowWorkers`]); despawning the entity or
-//!   removing the component cancels it. Dropping the app joins the threads.
+//! - Generation runs on dedicated worker threads ([`TarflowWorkers`]), on one device opened when
+//!   the plugin starts and shared by every worker; despawning the entity or removing the
+//!   component cancels it. Dropping the app joins the threads.
+//! - Requests made together (the same frame, or while the workers are busy) for the same model
+//!   and options (seeds and classes may differ) run as one sampler batch of up to
+//!   [`TarflowSettings::max_batch`] (default 16): more textures per second, each still byte
+//!   for byte the texture it would be alone, with its own patches, progress, messages and
+//!   cancellation (a cancelled request's share of its batch is dropped; the others go on).
+//!   Tileable requests run alone.
 //!
 //! The systems run in [`TarflowSystems`]: results are painted in `PreUpdate`
 //! ([`TarflowSystems::Apply`]) so that a frame's systems see them, and new requests are sent to
