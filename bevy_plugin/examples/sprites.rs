@@ -7,8 +7,9 @@
 //!
 //! Uses the demo model `assets/models/textures16.safetensors` when the workspace has it, a model
 //! with random weights otherwise. With `TARFLOW_SCREENSHOTS=DIR` set, it saves `DIR/midway.png`
-//! once half the textures are done and another is caught half painted, and `DIR/final.png` when
-//! all are done, then exits (for runs under Xvfb; see the examples' README).
+//! as soon as a texture is caught half painted (or, failing that, once half the textures are
+//! done), and `DIR/final.png` when all are done, then exits (for runs under Xvfb; see the
+//! examples' README). The folder is created if needed.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -23,6 +24,9 @@ use tarflow::{Model, ModelConfig};
 const GRID: usize = 4;
 const SIDE: f32 = 160.0;
 const GAP: f32 = 16.0;
+/// With `TARFLOW_SCREENSHOTS`, the longest the example waits for its screenshots before it
+/// exits with an error (a run under Xvfb must never hang).
+const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// A 16x16 RGBA model with 4 classes and random weights.
 fn random_model() -> tarflow::Result<Model> {
@@ -52,11 +56,23 @@ struct Demo {
     screenshots: Option<PathBuf>,
     shots: u8,
     exit_in: Option<u32>,
+    started: std::time::Instant,
 }
 
 fn main() -> AppExit {
     let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets");
     let demo = assets.join("models/textures16.safetensors");
+    let screenshots = std::env::var_os("TARFLOW_SCREENSHOTS").map(PathBuf::from);
+    // For screenshots, paint at most 8 patches a frame: the textures fill in over many frames,
+    // so the midway shot shows them half painted however fast the workers are.
+    let settings = if screenshots.is_some() {
+        TarflowSettings {
+            patches_per_frame: 8,
+            ..default()
+        }
+    } else {
+        TarflowSettings::default()
+    };
     let mut app = App::new();
     app.add_plugins((
         DefaultPlugins
@@ -73,7 +89,7 @@ fn main() -> AppExit {
                 }),
                 ..default()
             }),
-        TarflowPlugin::default(),
+        TarflowPlugin { settings },
     ));
     let (model, classes) = if demo.exists() {
         info!("model: {}", demo.display());
@@ -104,15 +120,23 @@ fn main() -> AppExit {
             }
         }
     };
+    if let Some(dir) = &screenshots {
+        // The folder may not exist yet: make it now, and fail at once if it cannot be made.
+        if let Err(e) = std::fs::create_dir_all(dir) {
+            error!("cannot create the screenshot folder {}: {e}", dir.display());
+            return AppExit::error();
+        }
+    }
     app.insert_resource(Demo {
         model,
         classes,
         round: 0,
         finished: 0,
         painted: HashMap::new(),
-        screenshots: std::env::var_os("TARFLOW_SCREENSHOTS").map(PathBuf::from),
+        screenshots,
         shots: 0,
         exit_in: None,
+        started: std::time::Instant::now(),
     })
     .insert_resource(ClearColor(Color::srgb(0.12, 0.12, 0.14)))
     .add_systems(Startup, setup)
@@ -208,7 +232,9 @@ fn count_and_screenshot(
     let Some(dir) = demo.screenshots.clone() else {
         return;
     };
-    // Midway: half the textures done and one caught half painted.
+    // Midway: the first frame where a texture is caught half painted, or, should patches arrive
+    // faster than frames, as soon as half the textures are done, so that both screenshots are
+    // always taken.
     let patches = models
         .get(&demo.model)
         .map_or(64, |m| m.model.config().num_patches());
@@ -216,7 +242,8 @@ fn count_and_screenshot(
         .painted
         .values()
         .any(|&n| n >= patches / 4 && n <= 3 * patches / 4);
-    if demo.shots == 0 && demo.finished >= total / 2 && half_painted {
+    let midway = half_painted || demo.finished >= total / 2;
+    if demo.shots == 0 && midway {
         demo.shots = 1;
         commands
             .spawn(Screenshot::primary_window())
@@ -227,6 +254,14 @@ fn count_and_screenshot(
             .spawn(Screenshot::primary_window())
             .observe(save_to_disk(dir.join("final.png")));
         demo.exit_in = Some(60);
+    }
+    if demo.started.elapsed() > WATCHDOG && demo.exit_in.is_none() {
+        error!(
+            "no screenshots after {} s ({} of {total} textures done): giving up",
+            WATCHDOG.as_secs(),
+            demo.finished
+        );
+        exit.write(AppExit::error());
     }
     if let Some(n) = demo.exit_in.as_mut() {
         *n = n.saturating_sub(1);
