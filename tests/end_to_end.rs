@@ -2,7 +2,7 @@
 //! model file; `tarflow sample` and `tarflow sheet` generate from it; the Bevy plugin loads the
 //! same file as an asset and paints a texture byte-identical to the CLI's, and loads the sheet's
 //! atlas as Bevy's `TextureAtlasLayout`. The CLI runs through its library with its own argument
-//! parsing (`tarflow_cli::commands`), the plugin on a headless app.
+//! parsing (`tarflow_cli::commands`), the plugin on a headless app, both on `TARFLOW_TEST_DEVICE`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -76,6 +76,9 @@ fn cli_train_then_the_plugin_paints_the_clis_texture() {
     write_art(&art);
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let model = root.join("game.safetensors");
+    // Everything on the test device (`TARFLOW_TEST_DEVICE`, CPU by default): CLI and plugin alike.
+    let device = tarflow::DeviceChoice::from_test_env().unwrap_or_else(|e| panic!("{e}"));
+    let dev = device.to_string();
 
     // 1. Train (a short run of a small model: the path, not the quality, is under test).
     let train: TrainArgs = parse(&[
@@ -97,6 +100,8 @@ fn cli_train_then_the_plugin_paints_the_clis_texture() {
         "0.05",
         "--seed",
         "3",
+        "--device",
+        &dev,
     ]);
     tarflow_cli::commands::train::run(train).unwrap();
     let trained = tarflow::format::load_model(&model, &tarflow::candle::Device::Cpu).unwrap();
@@ -118,6 +123,8 @@ fn cli_train_then_the_plugin_paints_the_clis_texture() {
         "7",
         "--guidance",
         "1.5",
+        "--device",
+        &dev,
         "--out",
         &s(&samples),
     ]);
@@ -136,6 +143,8 @@ fn cli_train_then_the_plugin_paints_the_clis_texture() {
         "1",
         "--seed",
         "7",
+        "--device",
+        &dev,
         "--out",
         &s(&root.join("sheet.png")),
     ]);
@@ -150,7 +159,12 @@ fn cli_train_then_the_plugin_paints_the_clis_texture() {
             ..Default::default()
         },
         ImagePlugin::default(),
-        TarflowPlugin::default(),
+        TarflowPlugin {
+            settings: TarflowSettings {
+                device,
+                ..Default::default()
+            },
+        },
     ));
     app.finish();
     app.cleanup();
