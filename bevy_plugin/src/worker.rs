@@ -655,6 +655,14 @@ impl WorkerContext {
                     Step::Continue
                 }
                 SampleEvent::Finished(samples) => {
+                    if !samples.denoise_skipped.is_empty() {
+                        tracing::warn!(
+                            "bevy_tarflow: denoising diverged for {} of {} textures of a batch; \
+                             they keep their image from before denoising (lower the guidance)",
+                            samples.denoise_skipped.len(),
+                            samples.rgba.len()
+                        );
+                    }
                     let mut images = samples.rgba.into_iter();
                     for item in &a.items {
                         let image = images.next();

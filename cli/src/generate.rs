@@ -203,6 +203,20 @@ pub fn generate_each(
         batch,
         |done| bar.set_position(done as u64),
         |first, samples| {
+            if !samples.denoise_skipped.is_empty() {
+                let items: Vec<String> = samples
+                    .denoise_skipped
+                    .iter()
+                    .map(|i| (first + i).to_string())
+                    .collect();
+                say(
+                    bar,
+                    format!(
+                        "warning: denoising diverged for item(s) {}: they keep their image from                          before denoising (lower --guidance, or --no-denoise)",
+                        items.join(", ")
+                    ),
+                );
+            }
             sink(first, samples).map_err(|e| {
                 let msg = e.to_string();
                 failure = Some(e);

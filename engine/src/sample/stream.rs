@@ -89,6 +89,10 @@ pub struct Samples {
     /// Transformer passes the reverse pass ran, over all blocks: `blocks * (N - 1)` for the
     /// sequential methods, usually fewer with [`Method::Jacobi`](super::Method::Jacobi).
     pub passes: usize,
+    /// Items whose denoising step diverged (non-finite values, e.g. at high guidance): they keep
+    /// their image from before denoising instead of failing the whole batch. Empty when every
+    /// item was denoised (or denoising was off).
+    pub denoise_skipped: Vec<usize>,
 }
 
 /// What a [`SampleStream`] reports, in order.
@@ -175,6 +179,8 @@ pub struct SampleStream {
     passes: usize,
     /// The palette of each item, when the options ask for one.
     palettes: Option<Vec<Palette>>,
+    /// Items that kept their pre-denoise image (see [`Samples::denoise_skipped`]).
+    denoise_skipped: Vec<usize>,
 }
 
 impl SampleStream {
@@ -264,6 +270,7 @@ impl SampleStream {
             total,
             passes: 0,
             palettes,
+            denoise_skipped: Vec::new(),
         })
     }
 
@@ -470,10 +477,11 @@ impl SampleStream {
                     .clone()
                     .ok_or_else(|| Error::InvalidInput("no image to denoise".into()))?;
                 if self.opts.denoise && model.config().noise_sigma > 0.0 {
-                    let images = denoise(model, &raw, self.labels.as_deref())?;
-                    check_finite(&images, || {
-                        "non-finite values after denoising; sample with denoise off".to_string()
-                    })?;
+                    let denoised = denoise(model, &raw, self.labels.as_deref())?;
+                    // An item whose score step diverged keeps its (finite) raw image: one bad
+                    // texture must not fail the batch (or a whole sheet).
+                    let (images, skipped) = keep_raw_where_not_finite(&denoised, &raw)?;
+                    self.denoise_skipped = skipped;
                     self.progress();
                     self.queue.push_back(SampleEvent::Denoised {
                         images: self.deliverable(&images)?,
@@ -523,6 +531,7 @@ impl SampleStream {
                         after_block: std::mem::take(&mut self.after_block),
                         rgba,
                         passes: self.passes,
+                        denoise_skipped: std::mem::take(&mut self.denoise_skipped),
                     })));
             }
             State::Done => {}
@@ -591,6 +600,28 @@ fn item_palettes(
     }))
 }
 
+/// `denoised` where each item is finite, `raw` for the items that are not, and those items'
+/// indices. One host copy of one value per item.
+fn keep_raw_where_not_finite(denoised: &Tensor, raw: &Tensor) -> Result<(Tensor, Vec<usize>)> {
+    // 0 * x is 0 where x is finite and NaN elsewhere: an item's sum is NaN iff it has a bad value.
+    let probe = denoised.affine(0.0, 0.0)?.flatten_from(1)?.sum(1)?;
+    let bad: Vec<usize> = crate::device::host_vec_f32(&probe)?
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| !v.is_finite())
+        .map(|(i, _)| i)
+        .collect();
+    if bad.is_empty() {
+        return Ok((denoised.clone(), bad));
+    }
+    let b = denoised.dim(0)?;
+    let keep: Vec<u8> = (0..b).map(|i| u8::from(bad.contains(&i))).collect();
+    let mut shape = vec![b];
+    shape.extend(std::iter::repeat_n(1, denoised.rank() - 1));
+    let mask = Tensor::from_vec(keep, shape, denoised.device())?.broadcast_as(denoised.shape())?;
+    Ok((mask.where_cond(raw, denoised)?, bad))
+}
+
 /// An error naming what went wrong unless every value of `t` is finite.
 fn check_finite(t: &Tensor, what: impl FnOnce() -> String) -> Result<()> {
     // One scalar comes back (0 * x is 0 where finite, NaN elsewhere); the whole tensor only when
@@ -631,5 +662,36 @@ impl Iterator for SampleStream {
                 return Some(Err(e));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    #[test]
+    fn a_diverged_item_keeps_its_raw_image_and_the_others_their_denoised_one() {
+        let dev = Device::Cpu;
+        let raw =
+            Tensor::from_vec((0..24).map(|v| v as f32).collect(), (3, 2, 2, 2), &dev).unwrap();
+        let mut d: Vec<f32> = (0..24).map(|v| v as f32 + 0.5).collect();
+        d[9] = f32::NAN; // item 1
+        d[22] = f32::INFINITY; // item 2
+        let denoised = Tensor::from_vec(d, (3, 2, 2, 2), &dev).unwrap();
+        let (out, skipped) = keep_raw_where_not_finite(&denoised, &raw).unwrap();
+        assert_eq!(skipped, [1, 2]);
+        let out = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let want: Vec<f32> = (0..24)
+            .map(|v| if v < 8 { v as f32 + 0.5 } else { v as f32 })
+            .collect();
+        assert_eq!(out, want);
+        // All finite: the denoised images, nothing skipped.
+        let (out, skipped) = keep_raw_where_not_finite(&raw, &denoised).unwrap();
+        assert!(skipped.is_empty());
+        assert_eq!(
+            out.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            (0..24).map(|v| v as f32).collect::<Vec<_>>()
+        );
     }
 }
