@@ -53,7 +53,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::sample::{Labels, SampleOptions, Sampler, prior_noise_range};
+use crate::sample::{SampleOptions, Sampler, generate_batches};
 use crate::train::Dataset;
 
 /// Options of the metrics. Every field has a default (`{}` is valid JSON).
@@ -439,22 +439,28 @@ pub fn sample_images(
     let total = labels.len();
     let sampler = Sampler::new(model)?;
     let mut out = Vec::with_capacity(total);
-    for start in (0..total).step_by(batch.max(1)) {
-        let n = batch.max(1).min(total - start);
-        let chunk = Labels::Classes(labels[start..start + n].to_vec());
-        let z = prior_noise_range(cfg, start, n, opts.seed, model.device())?;
-        // The RGBA8 images the sampler delivers (alpha cutoff included), as a user gets them.
-        let samples = sampler.reverse(&z, &chunk, opts)?;
-        for img in &samples.rgba {
-            out.push(
-                img.pixels
-                    .chunks_exact(4)
-                    .flat_map(|px| keep.iter().map(move |&i| px[i]))
-                    .collect(),
-            );
-        }
-        progress(out.len(), total);
-    }
+    let labels: Vec<Option<i64>> = labels.iter().map(|&l| (l >= 0).then_some(l)).collect();
+    generate_batches(
+        &sampler,
+        &labels,
+        None,
+        opts,
+        batch,
+        |_| {},
+        |_, samples| {
+            // The RGBA8 images the sampler delivers (alpha cutoff included), as a user gets them.
+            for img in &samples.rgba {
+                out.push(
+                    img.pixels
+                        .chunks_exact(4)
+                        .flat_map(|px| keep.iter().map(move |&i| px[i]))
+                        .collect(),
+                );
+            }
+            progress(out.len(), total);
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 
