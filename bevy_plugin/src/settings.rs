@@ -24,8 +24,12 @@ pub struct TarflowSettings {
     /// its own). A worker batches the first waiting request with the waiting requests that can
     /// share its run: the same model and the same options but the seed and the class (tileable
     /// and Jacobi requests run alone). Each texture is byte for byte the one the request would
-    /// get alone, with its own patches, progress and cancellation; a batch makes more textures
-    /// per second (fewer, larger matrix products) but each one arrives later.
+    /// get alone, with its own patches, progress and cancellation; each one arrives later.
+    ///
+    /// Default 1 (no batching): on the 2-core CPUs this was measured on, batches were slower
+    /// with denoising on (64 requests of the demo model: 17 textures/s alone, 11 at 16, 13 at
+    /// 64; DESIGN.md 15), because the score-gradient denoising dominates and does not gain from
+    /// the batch. Raise it on a GPU, or when requests run with denoising off.
     pub max_batch: usize,
     /// The most final patches painted into textures per frame, over all textures; the rest
     /// wait for the next frames, in order (at least 1).
@@ -38,7 +42,7 @@ impl Default for TarflowSettings {
             workers: 1,
             device: DeviceChoice::Cpu,
             streams_per_worker: 4,
-            max_batch: 16,
+            max_batch: 1,
             patches_per_frame: 1024,
         }
     }

@@ -169,7 +169,13 @@ fn slowish_model() -> TarflowModel {
 #[test]
 fn cancelling_one_request_of_a_batch_leaves_the_others_to_finish() {
     let dir = tempfile::tempdir().unwrap();
-    let mut app = app(dir.path(), TarflowSettings::default());
+    let mut app = app(
+        dir.path(),
+        TarflowSettings {
+            max_batch: 16,
+            ..Default::default()
+        },
+    );
     let asset = slowish_model();
     let sampler = Sampler::new(&asset.model).unwrap();
     let model = app
