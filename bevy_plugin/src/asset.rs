@@ -15,6 +15,23 @@ pub struct TarflowModel {
     pub model: Arc<Model>,
 }
 
+/// The asset's path and all its bytes (a read error names the path): what our loaders start with.
+pub(crate) async fn read_asset(
+    reader: &mut dyn Reader,
+    load_context: &LoadContext<'_>,
+) -> Result<(PathBuf, Vec<u8>), tarflow::Error> {
+    let path = PathBuf::from(load_context.path().to_string());
+    let mut bytes = Vec::new();
+    reader
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(|source| tarflow::Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+    Ok((path, bytes))
+}
+
 /// Loads our `.safetensors` model files (config in the metadata) on the CPU.
 #[derive(Debug, Default, TypePath)]
 pub struct TarflowModelLoader;
@@ -30,15 +47,7 @@ impl AssetLoader for TarflowModelLoader {
         _settings: &Self::Settings,
         load_context: &mut LoadContext<'_>,
     ) -> Result<Self::Asset, Self::Error> {
-        let path = PathBuf::from(load_context.path().to_string());
-        let mut bytes = Vec::new();
-        reader
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|source| tarflow::Error::Io {
-                path: path.clone(),
-                source,
-            })?;
+        let (path, bytes) = read_asset(reader, load_context).await?;
         // A model file is untrusted input: a panic in the loader (a bug) fails this asset with
         // an error instead of leaving it loading for ever.
         let loaded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

@@ -25,14 +25,14 @@
 //! }
 //! ```
 
-use std::path::PathBuf;
-
 use bevy::asset::io::Reader;
 use bevy::asset::{AssetLoader, LoadContext};
 use bevy::image::TextureAtlasLayout;
 use bevy::math::{URect, UVec2};
 use bevy::prelude::*;
 use tarflow::sheet::Atlas;
+
+use crate::asset::read_asset;
 
 /// A loaded atlas file: what `tarflow` wrote about each frame, and the frames' rectangles as a
 /// [`TextureAtlasLayout`] (also loadable alone as `"NAME.atlas.json#layout"`).
@@ -76,15 +76,7 @@ impl AssetLoader for TarflowAtlasLoader {
         _settings: &Self::Settings,
         load_context: &mut LoadContext<'_>,
     ) -> Result<Self::Asset, Self::Error> {
-        let path = PathBuf::from(load_context.path().to_string());
-        let mut bytes = Vec::new();
-        reader
-            .read_to_end(&mut bytes)
-            .await
-            .map_err(|source| tarflow::Error::Io {
-                path: path.clone(),
-                source,
-            })?;
+        let (path, bytes) = read_asset(reader, load_context).await?;
         let atlas = Atlas::from_json(&bytes, &path)?;
         let layout = load_context.add_labeled_asset("layout", texture_atlas_layout(&atlas));
         Ok(TarflowAtlas { atlas, layout })
