@@ -16,8 +16,8 @@
 //!   component cancels it. Dropping the app joins the threads.
 //! - Requests made together (the same frame, or while the workers are busy) for the same model
 //!   and options (seeds and classes may differ) run as one sampler batch of up to
-//!   [`TarflowSettings::max_batch`] (default 1: batching measured slower on 2-core CPUs with
-//!   denoising on; raise it on a GPU), each still byte for byte the texture it would be alone, with its own patches, progress, messages and
+//!   [`TarflowSettings::max_batch`] (default 16; measured slower than 1 on a 2-core CPU with
+//!   denoising on, see its docs), each still byte for byte the texture it would be alone, with its own patches, progress, messages and
 //!   cancellation (a cancelled request's share of its batch is dropped; the others go on).
 //!   Tileable requests run alone.
 //!

@@ -26,10 +26,11 @@ pub struct TarflowSettings {
     /// and Jacobi requests run alone). Each texture is byte for byte the one the request would
     /// get alone, with its own patches, progress and cancellation; each one arrives later.
     ///
-    /// Default 1 (no batching): on the 2-core CPUs this was measured on, batches were slower
-    /// with denoising on (64 requests of the demo model: 17 textures/s alone, 11 at 16, 13 at
-    /// 64; DESIGN.md 15), because the score-gradient denoising dominates and does not gain from
-    /// the batch. Raise it on a GPU, or when requests run with denoising off.
+    /// Default 16. Measured on a 2-core CPU with denoising on, batches were slower than single
+    /// requests (64 requests of the demo model: 17 textures/s at 1, 11 at 16, 13 at 64;
+    /// DESIGN.md 15): the score-gradient denoising dominates and does not gain from the batch.
+    /// It is meant for GPUs (not yet measured) and denoise-free runs; 1 showed an intermittent
+    /// stall in one plugin test (DESIGN.md 15), so measure before lowering it.
     pub max_batch: usize,
     /// The most final patches painted into textures per frame, over all textures; the rest
     /// wait for the next frames, in order (at least 1).
@@ -42,7 +43,7 @@ impl Default for TarflowSettings {
             workers: 1,
             device: DeviceChoice::Cpu,
             streams_per_worker: 4,
-            max_batch: 1,
+            max_batch: 16,
             patches_per_frame: 1024,
         }
     }
