@@ -10,6 +10,9 @@ use tarflow::candle::{Device, Tensor};
 use tarflow::sample::{
     GuideWhat, JacobiOptions, Method, RgbaImage, SampleOptions, Sampler, Samples, generate_batches,
 };
+use tarflow::sheet::SheetLayout;
+
+use crate::images::GridPngWriter;
 
 /// Options shared by `sample`, `sheet`, `vary` and `decode`.
 #[derive(Debug, Clone, Args)]
@@ -228,6 +231,26 @@ pub fn generate_each(
         (_, Some(e)) => Err(e),
         (r, None) => Ok(r?),
     }
+}
+
+/// [`generate_each`] into a grid PNG laid out by `layout` (upscaled `scale` times), written a row
+/// of frames at a time as the batches finish: bounded memory for any count.
+#[allow(clippy::too_many_arguments)]
+pub fn generate_grid_png(
+    model: &Model,
+    labels: &[Option<i64>],
+    opts: &SampleOptions,
+    batch: usize,
+    bar: &ProgressBar,
+    path: &Path,
+    layout: SheetLayout,
+    scale: u32,
+) -> anyhow::Result<()> {
+    let mut png = GridPngWriter::create(path, layout, scale)?;
+    generate_each(model, labels, None, opts, batch, bar, |_, s| {
+        s.rgba.iter().try_for_each(|img| png.push(img))
+    })?;
+    png.finish()
 }
 
 /// [`generate_each`], keeping every RGBA8 image and, when `keep_floats`, the float images

@@ -7,8 +7,10 @@ use clap::Args;
 
 use tarflow::sheet::SheetLayout;
 
-use crate::generate::{SamplingArgs, class_ids, generate_each, load, progress_bar};
-use crate::images::{GridPngWriter, save_png};
+use crate::generate::{
+    SamplingArgs, class_ids, generate_each, generate_grid_png, load, progress_bar,
+};
+use crate::images::save_png;
 
 /// Arguments of `tarflow sample`.
 #[derive(Debug, Args)]
@@ -70,17 +72,16 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         let side = model.config().img_size as u32;
         let layout = SheetLayout::new(args.count, cols, side, side, 1)
             .map_err(|e| anyhow::anyhow!("{e}").context("lower --cols or --scale"))?;
-        let mut png = GridPngWriter::create(&args.out, layout, args.scale)?;
-        generate_each(
+        generate_grid_png(
             &model,
             &labels,
-            None,
             &opts,
             args.sampling.batch,
             &bar,
-            |_, s| s.rgba.iter().try_for_each(|img| png.push(img)),
+            &args.out,
+            layout,
+            args.scale,
         )?;
-        png.finish()?;
         bar.finish_and_clear();
         println!("wrote {} samples to {}", args.count, args.out.display());
     } else {

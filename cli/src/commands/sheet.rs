@@ -6,8 +6,7 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tarflow::sheet::{Atlas, SheetLayout};
 
-use crate::generate::{SamplingArgs, class_ids, generate_each, load, progress_bar};
-use crate::images::GridPngWriter;
+use crate::generate::{SamplingArgs, class_ids, generate_grid_png, load, progress_bar};
 
 /// Arguments of `tarflow sheet`.
 #[derive(Debug, Args)]
@@ -90,17 +89,16 @@ pub fn run(args: SheetArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| atlas_path_for(&args.out));
     let bar = progress_bar(labels.len() as u64, "sheet");
     // Frames go to the PNG a row at a time as their batches finish: bounded memory for any count.
-    let mut png = GridPngWriter::create(&args.out, layout, 1)?;
-    generate_each(
+    generate_grid_png(
         &model,
         &labels,
-        None,
         &opts,
         args.sampling.batch,
         &bar,
-        |_, s| s.rgba.iter().try_for_each(|img| png.push(img)),
+        &args.out,
+        layout,
+        1,
     )?;
-    png.finish()?;
     bar.finish_and_clear();
     let json = serde_json::to_string_pretty(&atlas)?;
     tarflow::format::write_atomic(&atlas_path, json.as_bytes())
