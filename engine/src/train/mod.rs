@@ -42,6 +42,7 @@ pub mod dataset;
 pub mod eval;
 pub mod optim;
 pub mod schedule;
+pub mod step;
 pub mod trainer;
 
 pub use augment::{AugmentConfig, NoiseConfig, Placement};
@@ -53,7 +54,8 @@ pub use dataset::{
 pub use eval::{BpdReport, evaluate_bpd};
 pub use optim::{AdamW, AdamWSettings};
 pub use schedule::LrSchedule;
+pub use step::{Batch, StepMetrics};
 pub use trainer::{
-    Batch, EvalLabels, EvalOptions, EvalReport, Progress, ProgressFn, RunOptions, RunSummary,
-    StepMetrics, TrainConfig, Trainer,
+    EvalLabels, EvalOptions, EvalReport, Progress, ProgressFn, RunOptions, RunSummary, TrainConfig,
+    Trainer,
 };

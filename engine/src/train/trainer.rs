@@ -9,10 +9,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
 
 use candle_core::{DType, Device, Tensor, Var};
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
@@ -23,8 +21,8 @@ use super::checkpoint::{Checkpoint, RngState, TrainerState, is_parameter};
 use super::dataset::{DataConfig, Dataset};
 use super::optim::{AdamW, AdamWSettings};
 use super::schedule::LrSchedule;
+use super::step::{StepMetrics, epoch_order};
 use crate::config::ModelConfig;
-use crate::device::{host_scalar_f32, host_vec_f32};
 use crate::error::{Error, Result};
 use crate::format::save_model;
 use crate::model::{Exec, InitOptions, Model, Weights, init_weights};
@@ -142,51 +140,6 @@ impl TrainConfig {
     }
 }
 
-/// One mini-batch: planar images `(B, C, S, S)` in `[-1, 1]` (noise added) and labels (-1 for
-/// unlabelled or dropped). Public so that a host can feed its own batches to
-/// [`Trainer::step_batch`].
-#[derive(Debug, Clone, PartialEq)]
-pub struct Batch {
-    /// `B * C * S * S` values, item-major then channel-major.
-    pub images: Vec<f32>,
-    /// One label per item; -1 selects the unconditional embedding.
-    pub labels: Vec<i64>,
-}
-
-impl Batch {
-    /// Number of items.
-    pub fn len(&self) -> usize {
-        self.labels.len()
-    }
-
-    /// Whether the batch holds no items.
-    pub fn is_empty(&self) -> bool {
-        self.labels.is_empty()
-    }
-}
-
-/// What one training step did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StepMetrics {
-    /// Optimizer steps applied so far, this one included.
-    pub step: u64,
-    /// Training loss (per dimension) of the batch.
-    pub loss: f32,
-    /// Mean bits per dimension of the batch (under its training noise).
-    pub bits_per_dim: f32,
-    /// Global gradient norm before clipping.
-    pub grad_norm: f32,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Throughput of this step.
-    pub images_per_sec: f32,
-    /// Wall time of this step, in seconds.
-    pub seconds: f32,
-    /// `Some(reason)` when the step was skipped (non-finite loss or gradient): nothing was
-    /// applied and `step` did not advance.
-    pub skipped: Option<String>,
-}
-
 /// Held-out evaluation result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EvalReport {
@@ -297,27 +250,27 @@ pub struct RunSummary {
 
 /// A training run in progress: model, optimizer, EMA, data, RNG.
 pub struct Trainer {
-    config: TrainConfig,
-    model: Model,
-    params: BTreeMap<String, Var>,
-    buffers: Weights,
-    ema: Weights,
-    opt: AdamW,
-    rng: ChaCha8Rng,
-    full_manifest: super::dataset::DataManifest,
-    train: Dataset,
-    holdout: Dataset,
-    device: Device,
-    step: u64,
-    epoch: u64,
-    epoch_seed: u64,
-    epoch_pos: usize,
-    order: Vec<usize>,
-    consecutive_skips: u32,
-    total_skips: u64,
-    data_changed: bool,
-    last_checkpoint: Option<PathBuf>,
-    progress: Option<ProgressFn>,
+    pub(super) config: TrainConfig,
+    pub(super) model: Model,
+    pub(super) params: BTreeMap<String, Var>,
+    pub(super) buffers: Weights,
+    pub(super) ema: Weights,
+    pub(super) opt: AdamW,
+    pub(super) rng: ChaCha8Rng,
+    pub(super) full_manifest: super::dataset::DataManifest,
+    pub(super) train: Dataset,
+    pub(super) holdout: Dataset,
+    pub(super) device: Device,
+    pub(super) step: u64,
+    pub(super) epoch: u64,
+    pub(super) epoch_seed: u64,
+    pub(super) epoch_pos: usize,
+    pub(super) order: Vec<usize>,
+    pub(super) consecutive_skips: u32,
+    pub(super) total_skips: u64,
+    pub(super) data_changed: bool,
+    pub(super) last_checkpoint: Option<PathBuf>,
+    pub(super) progress: Option<ProgressFn>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -631,19 +584,12 @@ impl Trainer {
         Ok(t)
     }
 
-    fn start_epoch(&mut self) {
-        self.epoch_seed = self.rng.random();
-        self.order = epoch_order(self.epoch_seed, self.train.len());
-        self.epoch_pos = 0;
-        self.epoch += 1;
-    }
-
     /// Set the progress callback (steps, skips, evaluations, checkpoints).
     pub fn set_progress(&mut self, f: impl FnMut(&Progress) + Send + 'static) {
         self.progress = Some(Box::new(f));
     }
 
-    fn report(&mut self, p: Progress) {
+    pub(super) fn report(&mut self, p: Progress) {
         if let Some(f) = self.progress.as_mut() {
             f(&p);
         }
@@ -793,196 +739,6 @@ impl Trainer {
     /// Per-class colour palettes of the training data (stored in exported model files).
     pub fn palettes(&self) -> crate::palette::Palettes {
         crate::palette::Palettes::from_dataset(&self.train, self.model.config().num_classes)
-    }
-
-    /// Draw the next mini-batch from the training data (epochs of shuffled items; crops,
-    /// flips, rotations, noise and label dropout drawn from the host RNG).
-    pub fn next_batch(&mut self) -> Batch {
-        let b = self.config.batch_size;
-        let (s, c) = (self.train.img_size(), self.train.channels());
-        let conditional = self.model.config().num_classes > 0;
-        let mut images = Vec::with_capacity(b * c * s * s);
-        let mut labels = Vec::with_capacity(b);
-        for _ in 0..b {
-            if self.epoch_pos >= self.order.len() {
-                self.start_epoch();
-            }
-            let idx = self.order[self.epoch_pos];
-            self.epoch_pos += 1;
-            let item = &self.train.items()[idx];
-            let place = Placement::random(item, s, &self.config.augment, &mut self.rng);
-            let pixels = place.apply(item, s, c);
-            to_planar_with_noise(
-                &pixels,
-                s,
-                c,
-                Some(&self.config.noise),
-                &mut self.rng,
-                &mut images,
-            );
-            let label = match item.label {
-                Some(l) if conditional => {
-                    if self.config.label_dropout > 0.0
-                        && self.rng.random_bool(self.config.label_dropout)
-                    {
-                        -1
-                    } else {
-                        l as i64
-                    }
-                }
-                _ => -1,
-            };
-            labels.push(label);
-        }
-        Batch { images, labels }
-    }
-
-    /// One training step on the next mini-batch. A step whose loss or gradient is not finite
-    /// is skipped (nothing applied, reported through the callback and in the metrics); after
-    /// `max_consecutive_skips` of them in a row this returns [`Error::Training`].
-    pub fn step(&mut self) -> Result<StepMetrics> {
-        let t0 = Instant::now();
-        let batch = self.next_batch();
-        let mut m = self.step_batch(&batch)?;
-        let secs = t0.elapsed().as_secs_f32();
-        m.seconds = secs;
-        m.images_per_sec = batch.len() as f32 / secs.max(1e-9);
-        Ok(m)
-    }
-
-    /// One training step on a given batch (see [`Trainer::step`]).
-    pub fn step_batch(&mut self, batch: &Batch) -> Result<StepMetrics> {
-        let t0 = Instant::now();
-        let cfg = self.model.config();
-        let (s, c, b) = (cfg.img_size, cfg.in_channels, batch.len());
-        if b == 0 || batch.images.len() != b * c * s * s {
-            return Err(Error::InvalidInput(format!(
-                "a batch of {b} labels and {} values; expected {} values ({b} x {c} x {s} x {s})",
-                batch.images.len(),
-                b * c * s * s
-            )));
-        }
-        let x = Tensor::from_vec(batch.images.clone(), (b, c, s, s), &self.device)?;
-        let labels = (cfg.num_classes > 0).then_some(batch.labels.as_slice());
-        let lr = self.config.schedule().lr_at(self.step);
-        let out = self.model.forward(&x, labels)?;
-        let loss = self.model.loss(&out)?;
-        let bpd = self.model.bits_per_dim(&out)?.mean_all()?;
-        // One host round trip per step: the loss, the bits per dim and the squared gradient norm
-        // (one reduction over every parameter's gradient) come back together, after the
-        // backward pass (which a non-finite loss makes useless but harmless).
-        let grads = loss.backward()?;
-        let mut named = BTreeMap::new();
-        let mut squares = Vec::with_capacity(self.params.len());
-        for (name, var) in &self.params {
-            if let Some(g) = grads.get(var.as_tensor()) {
-                squares.push(g.sqr()?.sum_all()?.to_dtype(DType::F32)?);
-                named.insert(name.clone(), g.clone());
-            }
-        }
-        drop(grads);
-        let sumsq = if squares.is_empty() {
-            Tensor::zeros((), DType::F32, &self.device)?
-        } else {
-            Tensor::stack(&squares, 0)?.sum_all()?
-        };
-        let stats = host_vec_f32(&Tensor::stack(
-            &[
-                &loss.to_dtype(DType::F32)?,
-                &bpd.to_dtype(DType::F32)?,
-                &sumsq,
-            ],
-            0,
-        )?)?;
-        let (loss_v, bpd, sumsq) = (stats[0], stats[1], f64::from(stats[2]));
-        let mut metrics = StepMetrics {
-            step: self.step,
-            loss: loss_v,
-            bits_per_dim: bpd,
-            grad_norm: f32::NAN,
-            lr,
-            images_per_sec: 0.0,
-            seconds: 0.0,
-            skipped: None,
-        };
-        if !loss_v.is_finite() {
-            return self.skip(metrics, format!("the loss is not finite ({loss_v})"), t0, b);
-        }
-        let norm = sumsq.sqrt();
-        metrics.grad_norm = norm as f32;
-        if !norm.is_finite() {
-            let bad: Vec<String> = named
-                .iter()
-                .filter_map(|(n, g)| {
-                    // Only when the step is skipped: one copy per parameter is fine here.
-                    let s = host_scalar_f32(&g.sqr().ok()?.sum_all().ok()?).ok()?;
-                    (!s.is_finite()).then(|| n.clone())
-                })
-                .take(3)
-                .collect();
-            return self.skip(
-                metrics,
-                format!("the gradient is not finite (in {})", bad.join(", ")),
-                t0,
-                b,
-            );
-        }
-        let scale = if self.config.grad_clip > 0.0 && norm > self.config.grad_clip {
-            self.config.grad_clip / (norm + 1e-6)
-        } else {
-            1.0
-        };
-        self.opt.step(&self.params, &named, lr, scale)?;
-        self.step += 1;
-        self.consecutive_skips = 0;
-        // EMA, with the usual warm-up so that short runs are not dominated by the init.
-        let t = self.step as f64;
-        let d = self.config.ema_decay.min((1.0 + t) / (10.0 + t));
-        for (name, var) in &self.params {
-            if let Some(e) = self.ema.get_mut(name) {
-                // detach: an EMA that kept its autograd history would hold every past step.
-                *e = (e.affine(d, 0.0)? + var.as_tensor().detach().affine(1.0 - d, 0.0)?)?.detach();
-            }
-        }
-        metrics.step = self.step;
-        let secs = t0.elapsed().as_secs_f32();
-        metrics.seconds = secs;
-        metrics.images_per_sec = b as f32 / secs.max(1e-9);
-        self.report(Progress::Step(metrics.clone()));
-        Ok(metrics)
-    }
-
-    fn skip(
-        &mut self,
-        mut metrics: StepMetrics,
-        reason: String,
-        t0: Instant,
-        b: usize,
-    ) -> Result<StepMetrics> {
-        self.consecutive_skips += 1;
-        self.total_skips += 1;
-        let consecutive = self.consecutive_skips;
-        self.report(Progress::Skipped {
-            step: self.step,
-            reason: reason.clone(),
-            consecutive,
-        });
-        if consecutive >= self.config.max_consecutive_skips.max(1) {
-            return Err(Error::Training(format!(
-                "{consecutive} steps in a row had a non-finite loss or gradient (last: {reason}) \
-                 after {} good steps; {}; lower the learning rate or check the data",
-                self.step,
-                match &self.last_checkpoint {
-                    Some(p) => format!("the last good checkpoint is {}", p.display()),
-                    None => "no checkpoint was written".to_string(),
-                }
-            )));
-        }
-        metrics.skipped = Some(reason);
-        let secs = t0.elapsed().as_secs_f32();
-        metrics.seconds = secs;
-        metrics.images_per_sec = b as f32 / secs.max(1e-9);
-        Ok(metrics)
     }
 
     /// Bits per dimension of `data` (no augmentation, centre crops), with the training noise
@@ -1165,13 +921,6 @@ impl Trainer {
         }
         Ok(summary)
     }
-}
-
-/// The shuffled item order of an epoch.
-fn epoch_order(seed: u64, n: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..n).collect();
-    order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
-    order
 }
 
 #[cfg(test)]
