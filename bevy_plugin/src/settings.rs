@@ -29,8 +29,9 @@ pub struct TarflowSettings {
     /// Default 16. Measured on a 2-core CPU with denoising on, batches were slower than single
     /// requests (64 requests of the demo model: 17 textures/s at 1, 11 at 16, 13 at 64;
     /// DESIGN.md 15): the score-gradient denoising dominates and does not gain from the batch.
-    /// It is meant for GPUs (not yet measured) and denoise-free runs; 1 showed an intermittent
-    /// stall in one plugin test (DESIGN.md 15), so measure before lowering it.
+    /// It is meant for GPUs (not yet measured) and denoise-free runs; on a CPU with denoising,
+    /// 1 may be faster (measure on the target machine). Every value keeps each texture
+    /// byte-identical to its solo run.
     pub max_batch: usize,
     /// The most final patches painted into textures per frame, over all textures; the rest
     /// wait for the next frames, in order (at least 1).

@@ -71,7 +71,25 @@ impl Log {
             }
             std::thread::sleep(pause);
         }
-        panic!("condition not met within {max} frames");
+        // What each request got, to tell a stalled worker from a slow one.
+        let mut progress: Vec<(Entity, usize, usize)> = Vec::new();
+        for p in &self.progress {
+            match progress.iter_mut().find(|(e, _, _)| *e == p.entity) {
+                Some(entry) => (entry.1, entry.2) = (entry.1 + 1, p.done),
+                None => progress.push((p.entity, 1, p.done)),
+            }
+        }
+        let finished: Vec<Entity> = self.finished.iter().map(|f| f.entity).collect();
+        let failed: Vec<(Entity, &str)> = self
+            .failed
+            .iter()
+            .map(|f| (f.entity, f.error.as_str()))
+            .collect();
+        panic!(
+            "condition not met within {max} frames; (entity, progress messages, last done): \
+             {progress:?}; finished {finished:?}; failed {failed:?}; workers {:?}",
+            monitor(app).stats()
+        );
     }
 
     fn ended(&self, entity: Entity) -> bool {
@@ -295,9 +313,22 @@ fn the_patch_budget_limits_each_frame() {
 
 #[test]
 fn a_despawned_removed_or_replaced_request_stops_its_work() {
+    // Batched (the three slow requests may share a run) and each request on its own.
+    for max_batch in [16, 1] {
+        despawned_removed_or_replaced_requests_stop(max_batch);
+    }
+}
+
+fn despawned_removed_or_replaced_requests_stop(max_batch: usize) {
     let dir = tempfile::tempdir().unwrap();
     write_cond_model(dir.path(), "cond.safetensors", Some(0.05));
-    let mut app = app(dir.path(), TarflowSettings::default());
+    let mut app = app(
+        dir.path(),
+        TarflowSettings {
+            max_batch,
+            ..Default::default()
+        },
+    );
     let monitor = monitor(&app);
     let small = load(&mut app, "cond.safetensors");
     let slow = app
