@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::model::ModelNames;
 
 /// Channels per attention head, fixed by the reference implementation.
 pub const HEAD_DIM: usize = 64;
@@ -146,53 +147,24 @@ impl ModelConfig {
         }
     }
 
-    /// Every tensor of the reference's state_dict with its shape, in the reference's order.
+    /// Every tensor of the reference's state_dict with its shape, in the reference's order (the
+    /// names from [`ModelNames`]).
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        let (n, d, c) = (self.num_patches(), self.patch_dim(), self.channels);
-        let mut out = vec![("var".to_string(), vec![n, d])];
-        for t in 0..self.num_blocks {
-            let b = format!("blocks.{t}");
-            out.push((format!("{b}.pos_embed"), vec![n, c]));
-            if self.num_classes > 0 {
-                out.push((format!("{b}.class_embed"), vec![self.num_classes, 1, c]));
-            }
-            out.push((format!("{b}.attn_mask"), vec![n, n]));
-            out.push((format!("{b}.proj_in.weight"), vec![c, d]));
-            out.push((format!("{b}.proj_in.bias"), vec![c]));
-            for l in 0..self.layers_per_block {
-                let a = format!("{b}.attn_blocks.{l}");
-                let h = MLP_EXPANSION * c;
-                out.push((format!("{a}.attention.norm.weight"), vec![c]));
-                out.push((format!("{a}.attention.norm.bias"), vec![c]));
-                out.push((format!("{a}.attention.qkv.weight"), vec![3 * c, c]));
-                out.push((format!("{a}.attention.qkv.bias"), vec![3 * c]));
-                out.push((format!("{a}.attention.proj.weight"), vec![c, c]));
-                out.push((format!("{a}.attention.proj.bias"), vec![c]));
-                out.push((format!("{a}.mlp.norm.weight"), vec![c]));
-                out.push((format!("{a}.mlp.norm.bias"), vec![c]));
-                out.push((format!("{a}.mlp.main.0.weight"), vec![h, c]));
-                out.push((format!("{a}.mlp.main.0.bias"), vec![h]));
-                out.push((format!("{a}.mlp.main.2.weight"), vec![c, h]));
-                out.push((format!("{a}.mlp.main.2.bias"), vec![c]));
-            }
-            out.push((format!("{b}.proj_out.weight"), vec![self.proj_out_dim(), c]));
-            out.push((format!("{b}.proj_out.bias"), vec![self.proj_out_dim()]));
-        }
-        out
+        ModelNames::new()
+            .state_dict(self)
+            .into_iter()
+            .map(|s| (s.name, s.shape))
+            .collect()
     }
 
     /// Number of trainable parameters (the state_dict without the `var` and `attn_mask` buffers).
     pub fn parameter_count(&self) -> u128 {
-        self.shape_sizes()
-            .filter(|(name, _)| name != "var" && !name.ends_with("attn_mask"))
-            .map(|(_, n)| n)
-            .sum()
-    }
-
-    fn shape_sizes(&self) -> impl Iterator<Item = (String, u128)> {
-        self.tensor_shapes()
+        ModelNames::new()
+            .state_dict(self)
             .into_iter()
-            .map(|(name, s)| (name, s.iter().map(|&v| v as u128).product::<u128>()))
+            .filter(|s| s.kind.is_parameter())
+            .map(|s| s.shape.iter().map(|&v| v as u128).product::<u128>())
+            .sum()
     }
 
     /// Check the config is consistent and would fit in memory; nothing is allocated before this.

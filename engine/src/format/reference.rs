@@ -10,7 +10,7 @@ use candle_core::Device;
 use super::model_file::{parse_safetensors, read_bounded};
 use crate::config::{MAX_WEIGHT_BYTES, ModelConfig};
 use crate::error::{Error, Result};
-use crate::model::{Model, Weights};
+use crate::model::{Model, ModelNames, Weights};
 
 /// Keys under which training scripts commonly nest a state_dict inside a checkpoint.
 pub const NESTED_KEYS: [&str; 4] = ["model", "state_dict", "ema", "module"];
@@ -248,39 +248,34 @@ fn dims(weights: &Weights, name: &str) -> Result<Vec<usize>> {
 /// channels of 2x2 or 1 channel of 4x4): without hints, only 1 to 4 channels are considered,
 /// and an error lists the candidates when more than one remains.
 pub fn infer_config(weights: &Weights, hints: ConfigHints) -> Result<ModelConfig> {
+    let names = ModelNames::new();
     let blocks: BTreeSet<usize> = weights
         .keys()
-        .filter_map(|k| k.strip_prefix("blocks.")?.split('.').next()?.parse().ok())
+        .filter_map(|k| names.block_index(k))
         .collect();
     let num_blocks = blocks.len();
     if num_blocks == 0 {
-        return Err(Error::CannotInfer(
-            "no `blocks.N.*` tensors: not a TarFlow state_dict".into(),
-        ));
+        return Err(Error::CannotInfer(format!(
+            "no `{}.N.*` tensors: not a TarFlow state_dict",
+            names.blocks_prefix()
+        )));
     }
     if blocks.iter().copied().ne(0..num_blocks) {
         return Err(Error::CannotInfer(format!(
             "flow blocks are not numbered 0..{num_blocks}: {blocks:?}"
         )));
     }
-    let layers: BTreeSet<usize> = weights
-        .keys()
-        .filter_map(|k| {
-            k.strip_prefix("blocks.0.attn_blocks.")?
-                .split('.')
-                .next()?
-                .parse()
-                .ok()
-        })
-        .collect();
-    let pin = dims(weights, "blocks.0.proj_in.weight")?;
-    let pos = dims(weights, "blocks.0.pos_embed")?;
-    let pout = dims(weights, "blocks.0.proj_out.weight")?;
+    let b0 = names.block(0);
+    let layers: BTreeSet<usize> = weights.keys().filter_map(|k| b0.layer_index(k)).collect();
+    let pin = dims(weights, &b0.proj_in.weight)?;
+    let pos = dims(weights, &b0.pos_embed)?;
+    let pout = dims(weights, &b0.proj_out.weight)?;
     let (channels, d, n) = match (pin.as_slice(), pos.as_slice()) {
         ([c, d], [n, _]) => (*c, *d, *n),
         _ => {
             return Err(Error::CannotInfer(format!(
-                "proj_in.weight {pin:?} / pos_embed {pos:?} are not matrices"
+                "{} {pin:?} / {} {pos:?} are not matrices",
+                b0.proj_in.weight, b0.pos_embed
             )));
         }
     };
@@ -289,11 +284,12 @@ pub fn infer_config(weights: &Weights, hints: ConfigHints) -> Result<ModelConfig
         Some(&o) if o == d => false,
         _ => {
             return Err(Error::CannotInfer(format!(
-                "proj_out.weight {pout:?} is neither (2D, C) nor (D, C) for D = {d}"
+                "{} {pout:?} is neither (2D, C) nor (D, C) for D = {d}",
+                b0.proj_out.weight
             )));
         }
     };
-    let num_classes = match weights.get("blocks.0.class_embed") {
+    let num_classes = match weights.get(&b0.class_embed) {
         Some(t) => t.dim(0)?,
         None => 0,
     };

@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor, Var};
 use super::attention::{Attention, AttentionBlock, Mlp};
 use super::layers::{Exec, LayerNorm, Linear};
 use super::meta_block::{MetaBlock, Permutation, causal_mask};
+use super::names::{ModelNames, TensorKind, TensorSpec, WeightBias};
 use super::patchify::{patchify, unpatchify};
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
@@ -49,57 +50,51 @@ impl Model {
             let t = &weights[name];
             Ok(t.to_dtype(DType::F32)?.to_device(device)?)
         };
-        let linear = |p: &str| -> Result<Linear> {
-            Ok(Linear::new(
-                get(&format!("{p}.weight"))?,
-                get(&format!("{p}.bias"))?,
-            ))
+        let linear =
+            |p: &WeightBias| -> Result<Linear> { Ok(Linear::new(get(&p.weight)?, get(&p.bias)?)) };
+        let norm = |p: &WeightBias| -> Result<LayerNorm> {
+            Ok(LayerNorm::new(get(&p.weight)?, get(&p.bias)?))
         };
-        let norm = |p: &str| -> Result<LayerNorm> {
-            Ok(LayerNorm::new(
-                get(&format!("{p}.weight"))?,
-                get(&format!("{p}.bias"))?,
-            ))
-        };
+        let names = ModelNames::new();
         let n = config.num_patches();
         let mask = causal_mask(n, device)?;
         let mut blocks = Vec::with_capacity(config.num_blocks);
         for t in 0..config.num_blocks {
-            let b = format!("blocks.{t}");
+            let b = names.block(t);
             let mut layers = Vec::with_capacity(config.layers_per_block);
             for l in 0..config.layers_per_block {
-                let a = format!("{b}.attn_blocks.{l}");
+                let a = b.layer(l);
                 layers.push(AttentionBlock {
                     attention: Attention {
-                        norm: norm(&format!("{a}.attention.norm"))?,
-                        qkv: linear(&format!("{a}.attention.qkv"))?,
-                        proj: linear(&format!("{a}.attention.proj"))?,
+                        norm: norm(&a.attention.norm)?,
+                        qkv: linear(&a.attention.qkv)?,
+                        proj: linear(&a.attention.proj)?,
                         num_heads: config.num_heads(),
                     },
                     mlp: Mlp {
-                        norm: norm(&format!("{a}.mlp.norm"))?,
-                        fc1: linear(&format!("{a}.mlp.main.0"))?,
-                        fc2: linear(&format!("{a}.mlp.main.2"))?,
+                        norm: norm(&a.mlp.norm)?,
+                        fc1: linear(&a.mlp.fc1)?,
+                        fc2: linear(&a.mlp.fc2)?,
                     },
                 });
             }
             let class_embed = if config.num_classes > 0 {
-                Some(get(&format!("{b}.class_embed"))?.squeeze(1)?)
+                Some(get(&b.class_embed)?.squeeze(1)?)
             } else {
                 None
             };
             blocks.push(MetaBlock {
-                proj_in: linear(&format!("{b}.proj_in"))?,
-                pos_embed: get(&format!("{b}.pos_embed"))?,
+                proj_in: linear(&b.proj_in)?,
+                pos_embed: get(&b.pos_embed)?,
                 class_embed,
                 layers,
-                proj_out: linear(&format!("{b}.proj_out"))?,
+                proj_out: linear(&b.proj_out)?,
                 permutation: Permutation::for_block(t),
                 nvp: config.nvp,
                 mask: mask.clone(),
             });
         }
-        let var = get("var")?;
+        let var = get(&names.var)?;
         Ok(Self {
             config,
             blocks,
@@ -138,34 +133,33 @@ impl Model {
     /// Every tensor under its reference state_dict name, buffers (`var`, `attn_mask`) included.
     pub fn weights(&self) -> Result<Weights> {
         let mut w = Weights::new();
-        let lin = |w: &mut Weights, p: String, l: &Linear| {
-            w.insert(format!("{p}.weight"), l.weight.clone());
-            w.insert(format!("{p}.bias"), l.bias.clone());
+        let pair = |w: &mut Weights, p: &WeightBias, weight: &Tensor, bias: &Tensor| {
+            w.insert(p.weight.clone(), weight.clone());
+            w.insert(p.bias.clone(), bias.clone());
         };
-        let ln = |w: &mut Weights, p: String, l: &LayerNorm| {
-            w.insert(format!("{p}.weight"), l.weight.clone());
-            w.insert(format!("{p}.bias"), l.bias.clone());
-        };
+        let lin = |w: &mut Weights, p: &WeightBias, l: &Linear| pair(w, p, &l.weight, &l.bias);
+        let ln = |w: &mut Weights, p: &WeightBias, l: &LayerNorm| pair(w, p, &l.weight, &l.bias);
+        let names = ModelNames::new();
         let n = self.config.num_patches();
         let tril = Tensor::tril2(n, DType::F32, &self.device)?;
-        w.insert("var".into(), self.var.clone());
+        w.insert(names.var.clone(), self.var.clone());
         for (t, blk) in self.blocks.iter().enumerate() {
-            let b = format!("blocks.{t}");
-            w.insert(format!("{b}.pos_embed"), blk.pos_embed.clone());
+            let b = names.block(t);
+            w.insert(b.pos_embed.clone(), blk.pos_embed.clone());
             if let Some(c) = &blk.class_embed {
-                w.insert(format!("{b}.class_embed"), c.unsqueeze(1)?);
+                w.insert(b.class_embed.clone(), c.unsqueeze(1)?);
             }
-            w.insert(format!("{b}.attn_mask"), tril.clone());
-            lin(&mut w, format!("{b}.proj_in"), &blk.proj_in);
-            lin(&mut w, format!("{b}.proj_out"), &blk.proj_out);
+            w.insert(b.attn_mask.clone(), tril.clone());
+            lin(&mut w, &b.proj_in, &blk.proj_in);
+            lin(&mut w, &b.proj_out, &blk.proj_out);
             for (l, layer) in blk.layers.iter().enumerate() {
-                let a = format!("{b}.attn_blocks.{l}");
-                ln(&mut w, format!("{a}.attention.norm"), &layer.attention.norm);
-                lin(&mut w, format!("{a}.attention.qkv"), &layer.attention.qkv);
-                lin(&mut w, format!("{a}.attention.proj"), &layer.attention.proj);
-                ln(&mut w, format!("{a}.mlp.norm"), &layer.mlp.norm);
-                lin(&mut w, format!("{a}.mlp.main.0"), &layer.mlp.fc1);
-                lin(&mut w, format!("{a}.mlp.main.2"), &layer.mlp.fc2);
+                let a = b.layer(l);
+                ln(&mut w, &a.attention.norm, &layer.attention.norm);
+                lin(&mut w, &a.attention.qkv, &layer.attention.qkv);
+                lin(&mut w, &a.attention.proj, &layer.attention.proj);
+                ln(&mut w, &a.mlp.norm, &layer.mlp.norm);
+                lin(&mut w, &a.mlp.fc1, &layer.mlp.fc1);
+                lin(&mut w, &a.mlp.fc2, &layer.mlp.fc2);
             }
         }
         Ok(w)
@@ -261,8 +255,8 @@ impl Model {
 
 /// Check names and shapes of `weights` against `config`, before anything is built.
 pub fn check_weights(config: &ModelConfig, weights: &Weights) -> Result<()> {
-    let expected = config.tensor_shapes();
-    for (name, shape) in &expected {
+    let expected = ModelNames::new().state_dict(config);
+    for TensorSpec { name, shape, .. } in &expected {
         match weights.get(name) {
             None => {
                 return Err(Error::MissingTensor {
@@ -296,7 +290,7 @@ pub fn check_weights(config: &ModelConfig, weights: &Weights) -> Result<()> {
             Some(_) => {}
         }
     }
-    let known: std::collections::HashSet<&str> = expected.iter().map(|(n, _)| n.as_str()).collect();
+    let known: std::collections::HashSet<&str> = expected.iter().map(|s| s.name.as_str()).collect();
     let extra: Vec<&str> = weights
         .keys()
         .map(String::as_str)
@@ -325,7 +319,7 @@ pub fn check_weights(config: &ModelConfig, weights: &Weights) -> Result<()> {
             ),
         });
     }
-    for (name, _) in &expected {
+    for TensorSpec { name, kind, .. } in &expected {
         let t = weights[name]
             .to_dtype(DType::F32)?
             .flatten_all()?
@@ -339,7 +333,7 @@ pub fn check_weights(config: &ModelConfig, weights: &Weights) -> Result<()> {
                 ),
             });
         }
-        if name.ends_with("attn_mask") {
+        if *kind == TensorKind::AttnMask {
             let n = config.num_patches();
             let causal = t
                 .iter()

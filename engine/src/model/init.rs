@@ -7,6 +7,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_distr::StandardNormal;
 
 use super::flow::Weights;
+use super::names::{ModelNames, TensorKind, TensorSpec};
 use crate::config::ModelConfig;
 use crate::error::Result;
 
@@ -42,42 +43,32 @@ pub fn init_weights(
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let mut w = Weights::new();
     let n = config.num_patches();
-    for (name, shape) in config.tensor_shapes() {
+    for TensorSpec { name, shape, kind } in ModelNames::new().state_dict(config) {
         let count: usize = shape.iter().product();
-        let fan_in = |rng: &mut ChaCha8Rng, fan: usize| -> Vec<f32> {
-            let b = 1.0 / (fan as f32).sqrt();
-            (0..count).map(|_| rng.random_range(-b..=b)).collect()
-        };
-        let values: Vec<f32> = if name == "var" {
-            vec![1.0; count]
-        } else if name.ends_with("attn_mask") {
-            (0..count)
+        let values: Vec<f32> = match kind {
+            TensorKind::PriorVar | TensorKind::NormWeight => vec![1.0; count],
+            TensorKind::NormBias => vec![0.0; count],
+            TensorKind::AttnMask => (0..count)
                 .map(|k| if k % n <= k / n { 1.0 } else { 0.0 })
-                .collect()
-        } else if name.ends_with("pos_embed") || name.ends_with("class_embed") {
-            (0..count)
+                .collect(),
+            TensorKind::PosEmbed | TensorKind::ClassEmbed => (0..count)
                 .map(|_| 0.01 * rng.sample::<f32, _>(StandardNormal))
-                .collect()
-        } else if name.ends_with("norm.weight") {
-            vec![1.0; count]
-        } else if name.ends_with("norm.bias") {
-            vec![0.0; count]
-        } else if name.ends_with("proj_out.weight") {
-            let s = opts.proj_out_scale;
-            if s == 0.0 {
-                vec![0.0; count]
-            } else {
-                (0..count).map(|_| rng.random_range(-s..=s)).collect()
+                .collect(),
+            TensorKind::LinearWeight {
+                zero_init: true, ..
+            } => {
+                let s = opts.proj_out_scale;
+                if s == 0.0 {
+                    vec![0.0; count]
+                } else {
+                    (0..count).map(|_| rng.random_range(-s..=s)).collect()
+                }
             }
-        } else {
-            // Linear weight (out, in) or bias (out): PyTorch's default bound 1/sqrt(in).
-            let fan = config
-                .tensor_shapes()
-                .iter()
-                .find(|(n2, _)| *n2 == name.replace(".bias", ".weight"))
-                .map(|(_, s)| s[1])
-                .unwrap_or(1);
-            fan_in(&mut rng, fan)
+            // PyTorch's default for a Linear's weight (out, in) and bias (out): U(+-1/sqrt(in)).
+            TensorKind::LinearWeight { fan_in, .. } | TensorKind::LinearBias { fan_in } => {
+                let b = 1.0 / (fan_in as f32).sqrt();
+                (0..count).map(|_| rng.random_range(-b..=b)).collect()
+            }
         };
         w.insert(name, Tensor::from_vec(values, shape, device)?);
     }

@@ -6,10 +6,12 @@ pub(crate) mod grad_ops;
 pub mod init;
 pub mod layers;
 pub mod meta_block;
+pub mod names;
 pub mod patchify;
 
 pub use flow::{ForwardOutput, Model, Weights, check_weights};
 pub use init::{InitOptions, init_weights};
 pub use layers::Exec;
 pub use meta_block::{MetaBlock, Permutation};
+pub use names::{BlockNames, LayerNames, ModelNames, TensorKind, TensorSpec};
 pub use patchify::{patchify, unpatchify};

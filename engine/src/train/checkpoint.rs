@@ -21,7 +21,7 @@ use crate::format::atomic::write_atomic;
 use crate::format::model_file::{
     META_CONFIG, META_FORMAT, META_VERSION, read_safetensors, safetensors_bytes,
 };
-use crate::model::{Model, Weights};
+use crate::model::{Model, ModelNames, Weights};
 
 /// Value of the `format` metadata key in checkpoints.
 pub const CHECKPOINT_FORMAT: &str = "tarflow-checkpoint";
@@ -278,5 +278,5 @@ fn check_values(t: &candle_core::Tensor, non_negative: bool) -> Result<()> {
 
 /// Whether a state_dict name is a trained parameter (not the `var` or `attn_mask` buffers).
 pub fn is_parameter(name: &str) -> bool {
-    name != "var" && !name.ends_with("attn_mask")
+    ModelNames::new().is_parameter(name)
 }
