@@ -25,7 +25,8 @@ use crate::error::{Error, Result};
 use crate::model::{Exec, Model};
 use crate::sample::RgbaImage;
 use crate::train::Dataset;
-use crate::train::augment::{NoiseConfig, Placement, to_planar_with_noise};
+use crate::train::augment::NoiseConfig;
+use crate::train::eval::{known_label, score_in_batches};
 
 /// Bits per dimension of each patch of one image.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -211,52 +212,41 @@ pub fn lint(
 ) -> Result<LintReport> {
     let cfg = model.config();
     let (s, c, k) = (cfg.img_size, cfg.in_channels, cfg.num_classes);
-    data.check_fits(cfg)?;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let files = &data.manifest().files;
-    let items = data.items();
-    let mut entries = Vec::with_capacity(items.len());
-    for (chunk_no, chunk) in items.chunks(batch.max(1)).enumerate() {
-        let mut images = Vec::with_capacity(chunk.len() * c * s * s);
-        let mut labels = Vec::with_capacity(chunk.len());
-        let mut pngs = Vec::with_capacity(chunk.len());
-        let mut busy = Vec::with_capacity(chunk.len());
-        for item in chunk {
-            let pixels = Placement::centre(item, s).apply(item, s, c);
-            pngs.push(png_bits_per_dim(&pixels, s, s, c)?);
-            busy.push(local_complexity(&pixels, s, s, c)?);
-            to_planar_with_noise(
-                &pixels,
-                s,
-                c,
-                Some(&NoiseConfig::Uniform),
-                &mut rng,
-                &mut images,
-            );
-            labels.push(item.label.filter(|&l| l < k).map_or(-1, |l| l as i64));
-        }
-        let x = Tensor::from_vec(images, (chunk.len(), c, s, s), model.device())?;
-        let bits = patch_bits(model, &x, (k > 0).then_some(labels.as_slice()))?;
-        let scores = bits.into_iter().zip(pngs).zip(busy);
-        for (j, (item, ((patches, png), complexity))) in chunk.iter().zip(scores).enumerate() {
-            let file = files.get(item.file).ok_or_else(|| {
-                Error::InvalidInput(format!("item of an unknown file {}", item.file))
-            })?;
-            entries.push(LintEntry {
-                item: chunk_no * batch.max(1) + j,
-                file: file.path.clone(),
-                frame: item.frame,
-                class: item.label.map(|l| data.class_names()[l].clone()),
-                unconditional: k == 0 || item.label.is_none_or(|l| l >= k),
-                model_bpd: patches.bits_per_dim,
-                png_bpd: png,
-                complexity,
-                residual: 0.0,
-                patches,
-            });
-        }
-        progress(entries.len(), items.len());
-    }
+    let mut entries = Vec::with_capacity(data.len());
+    score_in_batches(
+        model,
+        data,
+        batch,
+        &NoiseConfig::Uniform,
+        &mut rng,
+        |item| known_label(item, k),
+        |b| {
+            let bits = patch_bits(model, &b.x, b.model_labels())?;
+            for (j, ((item, pixels), patches)) in
+                b.items.iter().zip(&b.pixels).zip(bits).enumerate()
+            {
+                let file = files.get(item.file).ok_or_else(|| {
+                    Error::InvalidInput(format!("item of an unknown file {}", item.file))
+                })?;
+                entries.push(LintEntry {
+                    item: b.first + j,
+                    file: file.path.clone(),
+                    frame: item.frame,
+                    class: item.label.map(|l| data.class_names()[l].clone()),
+                    unconditional: k == 0 || item.label.is_none_or(|l| l >= k),
+                    model_bpd: patches.bits_per_dim,
+                    png_bpd: png_bits_per_dim(pixels, s, s, c)?,
+                    complexity: local_complexity(pixels, s, s, c)?,
+                    residual: 0.0,
+                    patches,
+                });
+            }
+            progress(b.done(), data.len());
+            Ok(())
+        },
+    )?;
     let xs: Vec<f64> = entries.iter().map(|e| e.complexity.ln_1p()).collect();
     let ys: Vec<f64> = entries.iter().map(|e| e.model_bpd).collect();
     let (a, b) = fit_line(&xs, &ys);

@@ -13,8 +13,8 @@ use std::path::Path;
 use candle_core::Device;
 use serde::{Deserialize, Serialize};
 
+use super::config::TrainConfig;
 use super::dataset::DataManifest;
-use super::trainer::TrainConfig;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::format::atomic::write_atomic;

@@ -1,15 +1,167 @@
-//! Bits per dimension of a model on a dataset, as the reference's `evaluate_bpd.py` measures it:
-//! 8-bit images under uniform dequantisation, a valid code length in bits per subpixel that can
-//! be set against a PNG file's size.
+//! Scoring a dataset with a model, batch by batch: one loop ([`score_in_batches`]: centre
+//! placement at the model's size, dequantisation noise drawn in dataset order, labels) serves
+//! bits per dimension as the reference's `evaluate_bpd.py` measures it ([`evaluate_bpd`]: 8-bit
+//! images under uniform dequantisation, a valid code length in bits per subpixel that can be set
+//! against a PNG file's size), the trainer's held-out evaluation ([`Trainer::evaluate`]) and the
+//! asset lint ([`crate::lint::lint`]).
 
 use candle_core::Tensor;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::augment::{NoiseConfig, Placement, to_planar_with_noise};
-use super::dataset::Dataset;
+use super::dataset::{Dataset, Item};
+use super::trainer::{Progress, Trainer};
 use crate::error::Result;
 use crate::model::{Exec, Model};
+
+/// Salt mixed into the seed of the evaluation RNG (evaluation never touches the training RNG).
+const EVAL_SALT: u64 = 0x5eed_e7a1_0000_0001;
+
+/// Held-out evaluation result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalReport {
+    /// Optimizer steps applied when it was taken.
+    pub step: u64,
+    /// Mean bits per dimension over the images.
+    pub bits_per_dim: f64,
+    /// Images evaluated.
+    pub images: usize,
+    /// Per class id (index `num_classes` for unlabelled images): mean bits/dim and count.
+    pub per_class: Vec<(f64, usize)>,
+}
+
+/// Which labels an evaluation feeds the model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EvalLabels {
+    /// Each image's own label (-1 for unlabelled ones).
+    #[default]
+    True,
+    /// Every image unconditionally (-1).
+    Unconditional,
+    /// The same class id for every image.
+    Fixed(i64),
+}
+
+/// How to evaluate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EvalOptions {
+    /// Use the EMA weights (true) or the live ones.
+    pub ema: bool,
+    /// Labels fed to the model.
+    pub labels: EvalLabels,
+}
+
+impl Default for EvalOptions {
+    fn default() -> Self {
+        Self {
+            ema: true,
+            labels: EvalLabels::True,
+        }
+    }
+}
+
+/// One batch of a dataset placed for scoring by [`score_in_batches`].
+#[derive(Debug)]
+pub struct PlacedBatch<'a> {
+    /// Index in the dataset of the batch's first item.
+    pub first: usize,
+    /// The batch's items.
+    pub items: &'a [Item],
+    /// Each item's pixels as scored: its centre crop at the model's size, channels interleaved.
+    pub pixels: Vec<Vec<u8>>,
+    /// The dequantised images `(B, C, S, S)` in `[-1, 1]`, on the model's device.
+    pub x: Tensor,
+    /// The label of each item (-1: unconditional).
+    pub labels: Vec<i64>,
+    conditional: bool,
+}
+
+impl PlacedBatch<'_> {
+    /// The labels to feed the model: `None` for an unconditional model, as
+    /// [`Model::forward`] takes them.
+    pub fn model_labels(&self) -> Option<&[i64]> {
+        self.conditional.then_some(self.labels.as_slice())
+    }
+
+    /// Items of the dataset scored so far, this batch included.
+    pub fn done(&self) -> usize {
+        self.first + self.items.len()
+    }
+
+    /// Bits per dimension of each image of the batch under `model` (the fast execution path).
+    pub fn bits_per_dim(&self, model: &Model) -> Result<Vec<f64>> {
+        let out = model.forward_with(&self.x, self.model_labels(), Exec::Fast)?;
+        let bits = model.bits_per_dim(&out)?.to_vec1::<f32>()?;
+        Ok(bits.into_iter().map(f64::from).collect())
+    }
+}
+
+/// Score every image of `data` with `model`, `batch` images at a time: each image is centre-placed
+/// at the model's size (no augmentation), dequantised with `noise` drawn from `rng` in dataset
+/// order (so the noise does not depend on `batch`), and labelled by `label`; `score` gets each
+/// batch in turn. The data must have the model's image size and channels.
+pub fn score_in_batches(
+    model: &Model,
+    data: &Dataset,
+    batch: usize,
+    noise: &NoiseConfig,
+    rng: &mut ChaCha8Rng,
+    label: impl Fn(&Item) -> i64,
+    mut score: impl FnMut(PlacedBatch<'_>) -> Result<()>,
+) -> Result<()> {
+    let cfg = model.config();
+    let (s, c) = (cfg.img_size, cfg.in_channels);
+    data.check_fits(cfg)?;
+    let bs = batch.max(1);
+    for (n, chunk) in data.items().chunks(bs).enumerate() {
+        let mut images = Vec::with_capacity(chunk.len() * c * s * s);
+        let mut pixels = Vec::with_capacity(chunk.len());
+        let mut labels = Vec::with_capacity(chunk.len());
+        for item in chunk {
+            let placed = Placement::centre(item, s).apply(item, s, c);
+            to_planar_with_noise(&placed, s, c, Some(noise), rng, &mut images);
+            pixels.push(placed);
+            labels.push(label(item));
+        }
+        let x = Tensor::from_vec(images, (chunk.len(), c, s, s), model.device())?;
+        score(PlacedBatch {
+            first: n * bs,
+            items: chunk,
+            pixels,
+            x,
+            labels,
+            conditional: cfg.num_classes > 0,
+        })?;
+    }
+    Ok(())
+}
+
+/// Per-class means: `slots` class ids, then one slot for the rest (unlabelled images, ids past
+/// the slots).
+struct ClassMeans(Vec<(f64, usize)>);
+
+impl ClassMeans {
+    fn new(slots: usize) -> Self {
+        Self(vec![(0f64, 0usize); slots + 1])
+    }
+
+    fn add(&mut self, label: Option<usize>, v: f64) {
+        let last = self.0.len() - 1;
+        let slot = &mut self.0[label.unwrap_or(last).min(last)];
+        slot.0 += v;
+        slot.1 += 1;
+    }
+
+    fn means(mut self) -> Vec<(f64, usize)> {
+        for pc in &mut self.0 {
+            if pc.1 > 0 {
+                pc.0 /= pc.1 as f64;
+            }
+        }
+        self.0
+    }
+}
 
 /// Bits/dim of a dataset, overall and per class.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +178,12 @@ pub struct BpdReport {
     pub per_image: Vec<f64>,
 }
 
+/// The label [`evaluate_bpd`] and the lint feed for `item`: its own class when the model (of `k`
+/// classes) knows it, else -1 (unconditional).
+pub fn known_label(item: &Item, k: usize) -> i64 {
+    item.label.filter(|&l| l < k).map_or(-1, |l| l as i64)
+}
+
 /// Evaluate `model` on every image of `data` (centre crops, no augmentation) with each image's
 /// own label, under uniform dequantisation drawn from a ChaCha8 RNG seeded with `seed`.
 /// Images of a class the model does not know (a class id >= its class count; load the data with
@@ -39,47 +197,26 @@ pub fn evaluate_bpd(
     seed: u64,
     mut progress: impl FnMut(usize, usize),
 ) -> Result<BpdReport> {
-    let cfg = model.config();
-    let (s, c, k) = (cfg.img_size, cfg.in_channels, cfg.num_classes);
-    data.check_fits(cfg)?;
+    let k = model.config().num_classes;
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let slots = k.max(data.num_classes());
-    let mut per_class = vec![(0f64, 0usize); slots + 1];
+    let mut per_class = ClassMeans::new(k.max(data.num_classes()));
     let mut per_image = Vec::with_capacity(data.len());
-    let items = data.items();
-    for chunk in items.chunks(batch.max(1)) {
-        let mut images = Vec::with_capacity(chunk.len() * c * s * s);
-        let mut labels = Vec::with_capacity(chunk.len());
-        for item in chunk {
-            let pixels = Placement::centre(item, s).apply(item, s, c);
-            to_planar_with_noise(
-                &pixels,
-                s,
-                c,
-                Some(&NoiseConfig::Uniform),
-                &mut rng,
-                &mut images,
-            );
-            labels.push(item.label.filter(|&l| l < k).map_or(-1, |l| l as i64));
-        }
-        let x = Tensor::from_vec(images, (chunk.len(), c, s, s), model.device())?;
-        let out = model.forward_with(&x, (k > 0).then_some(labels.as_slice()), Exec::Fast)?;
-        for (item, v) in chunk
-            .iter()
-            .zip(model.bits_per_dim(&out)?.to_vec1::<f32>()?)
-        {
-            let slot = item.label.unwrap_or(slots).min(slots);
-            per_class[slot].0 += f64::from(v);
-            per_class[slot].1 += 1;
-            per_image.push(f64::from(v));
-        }
-        progress(per_image.len(), items.len());
-    }
-    for pc in &mut per_class {
-        if pc.1 > 0 {
-            pc.0 /= pc.1 as f64;
-        }
-    }
+    score_in_batches(
+        model,
+        data,
+        batch,
+        &NoiseConfig::Uniform,
+        &mut rng,
+        |item| known_label(item, k),
+        |b| {
+            for (item, v) in b.items.iter().zip(b.bits_per_dim(model)?) {
+                per_class.add(item.label, v);
+                per_image.push(v);
+            }
+            progress(b.done(), data.len());
+            Ok(())
+        },
+    )?;
     let n = per_image.len();
     let bits_per_dim = if n > 0 {
         per_image.iter().sum::<f64>() / n as f64
@@ -89,9 +226,80 @@ pub fn evaluate_bpd(
     Ok(BpdReport {
         bits_per_dim,
         images: n,
-        per_class,
+        per_class: per_class.means(),
         per_image,
     })
+}
+
+impl Trainer {
+    /// Bits per dimension of `data` (no augmentation, centre crops), with the training noise
+    /// drawn from an RNG seeded from the run's seed, so repeated evaluations are comparable.
+    /// Does not touch the training RNG.
+    pub fn evaluate(&mut self, data: &Dataset, opts: EvalOptions) -> Result<EvalReport> {
+        let ema_model;
+        let model = if opts.ema {
+            ema_model = self.ema_model()?;
+            &ema_model
+        } else {
+            &self.model
+        };
+        let k = model.config().num_classes;
+        let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ EVAL_SALT);
+        let mut per_class = ClassMeans::new(k);
+        let mut sum = 0f64;
+        // The callback is taken out while the model is borrowed, so progress is live.
+        let mut progress = self.progress.take();
+        let result = score_in_batches(
+            model,
+            data,
+            self.config.batch_size,
+            &self.config.noise,
+            &mut rng,
+            |item| match opts.labels {
+                EvalLabels::True => item.label.map(|l| l as i64).unwrap_or(-1),
+                EvalLabels::Unconditional => -1,
+                EvalLabels::Fixed(l) => l,
+            },
+            |b| {
+                for (item, v) in b.items.iter().zip(b.bits_per_dim(model)?) {
+                    sum += v;
+                    per_class.add(item.label, v);
+                }
+                if let Some(f) = progress.as_mut() {
+                    f(&Progress::Evaluating {
+                        done: b.done(),
+                        total: data.len(),
+                    });
+                }
+                Ok(())
+            },
+        );
+        self.progress = progress;
+        result?;
+        let total = data.len();
+        let report = EvalReport {
+            step: self.step,
+            bits_per_dim: if total > 0 {
+                sum / total as f64
+            } else {
+                f64::NAN
+            },
+            images: total,
+            per_class: per_class.means(),
+        };
+        self.report(Progress::Evaluated(report.clone()));
+        Ok(report)
+    }
+
+    /// Evaluate the held-out split with the EMA weights and true labels (`None` when the
+    /// split is empty).
+    pub fn evaluate_holdout(&mut self) -> Result<Option<EvalReport>> {
+        if self.holdout.is_empty() {
+            return Ok(None);
+        }
+        let data = self.holdout.clone();
+        self.evaluate(&data, EvalOptions::default()).map(Some)
+    }
 }
 
 #[cfg(test)]

@@ -38,24 +38,29 @@
 
 pub mod augment;
 pub mod checkpoint;
+mod classes;
+pub mod config;
 pub mod dataset;
 pub mod eval;
 pub mod optim;
+mod resume;
+pub mod run;
 pub mod schedule;
 pub mod step;
 pub mod trainer;
 
 pub use augment::{AugmentConfig, NoiseConfig, Placement};
 pub use checkpoint::{Checkpoint, RngState, TrainerState};
+pub use config::TrainConfig;
 pub use dataset::{
     ChannelChoice, DataConfig, DataManifest, Dataset, Item, ManifestEntry, ResizeFilter,
     SizePolicy, Skipped, is_split,
 };
-pub use eval::{BpdReport, evaluate_bpd};
+pub use eval::{
+    BpdReport, EvalLabels, EvalOptions, EvalReport, PlacedBatch, evaluate_bpd, score_in_batches,
+};
 pub use optim::{AdamW, AdamWSettings};
+pub use run::{RunOptions, RunSummary};
 pub use schedule::LrSchedule;
 pub use step::{Batch, StepMetrics};
-pub use trainer::{
-    EvalLabels, EvalOptions, EvalReport, Progress, ProgressFn, RunOptions, RunSummary, TrainConfig,
-    Trainer,
-};
+pub use trainer::{Progress, ProgressFn, Trainer};
