@@ -21,138 +21,19 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
-use image::{ImageFormat, ImageReader, RgbaImage, imageops::FilterType};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// How many channels the training images get.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ChannelChoice {
-    /// From the data: RGBA (4) when any image has a pixel that is not fully opaque, otherwise
-    /// RGB (3) when any image has colour, otherwise gray (1).
-    #[default]
-    Auto,
-    /// One channel: luma (Rec. 709 weights); alpha is dropped.
-    Gray,
-    /// Two channels: luma and alpha.
-    GrayAlpha,
-    /// Three channels: RGB; alpha is dropped.
-    Rgb,
-    /// Four channels: RGBA.
-    Rgba,
-}
+mod files;
+mod frames;
+mod options;
 
-impl ChannelChoice {
-    /// The channel count, or `None` for [`ChannelChoice::Auto`].
-    pub fn count(self) -> Option<usize> {
-        match self {
-            Self::Auto => None,
-            Self::Gray => Some(1),
-            Self::GrayAlpha => Some(2),
-            Self::Rgb => Some(3),
-            Self::Rgba => Some(4),
-        }
-    }
-
-    /// The explicit choice for a channel count (1 to 4).
-    pub fn from_count(c: usize) -> Result<Self> {
-        match c {
-            1 => Ok(Self::Gray),
-            2 => Ok(Self::GrayAlpha),
-            3 => Ok(Self::Rgb),
-            4 => Ok(Self::Rgba),
-            _ => Err(Error::InvalidInput(format!(
-                "{c} image channels: training images have 1, 2, 3 or 4"
-            ))),
-        }
-    }
-}
-
-impl FromStr for ChannelChoice {
-    type Err = Error;
-
-    /// Parse `auto`, `gray`, `gray-alpha`, `rgb`, `rgba` or a count `1`..`4`.
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "auto" => Ok(Self::Auto),
-            "gray" | "grey" | "l" | "1" => Ok(Self::Gray),
-            "gray-alpha" | "grey-alpha" | "la" | "2" => Ok(Self::GrayAlpha),
-            "rgb" | "3" => Ok(Self::Rgb),
-            "rgba" | "4" => Ok(Self::Rgba),
-            other => Err(Error::InvalidInput(format!(
-                "unknown channel choice `{other}`: expected auto, gray, gray-alpha, rgb or rgba"
-            ))),
-        }
-    }
-}
-
-/// What to do with an image whose size is not the training size `S x S`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum SizePolicy {
-    /// Refuse the dataset with an error naming the file and its size.
-    #[default]
-    Error,
-    /// Keep the image whole and take a random `S x S` crop each time it is drawn (for
-    /// textures); evaluation uses the centre crop. Images smaller than `S` on a side are an error.
-    Crop,
-    /// Resize to `S x S` once, when loading (for sprites); non-square images are stretched.
-    Resize,
-}
-
-impl FromStr for SizePolicy {
-    type Err = Error;
-
-    /// Parse `error`, `crop` or `resize`.
-    fn from_str(s: &str) -> Result<Self> {
-        match s.trim().to_ascii_lowercase().as_str() {
-            "error" => Ok(Self::Error),
-            "crop" => Ok(Self::Crop),
-            "resize" => Ok(Self::Resize),
-            other => Err(Error::InvalidInput(format!(
-                "unknown size policy `{other}`: expected error, crop or resize"
-            ))),
-        }
-    }
-}
-
-/// The filter [`SizePolicy::Resize`] uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ResizeFilter {
-    /// Nearest neighbour: keeps pixel art crisp.
-    #[default]
-    Nearest,
-    /// Catmull-Rom: smooth, for painted or photographic art.
-    Smooth,
-}
-
-/// How a folder becomes a dataset.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(default)]
-pub struct DataConfig {
-    /// Training image side `S`; `None` takes the most common image width in the folder.
-    pub img_size: Option<usize>,
-    /// Channel count of the training images.
-    pub channels: ChannelChoice,
-    /// Images of another size: error, random crop or resize.
-    pub size_policy: SizePolicy,
-    /// Filter used by [`SizePolicy::Resize`].
-    pub resize_filter: ResizeFilter,
-    /// Split vertical animation strips (width `S`, height a multiple `kS`) into `k` frames.
-    pub split_strips: bool,
-    /// Ignore the subfolders' classes: every image is unlabelled.
-    pub unconditional: bool,
-    /// Classes that already have ids (a trained model's class names, in id order): they keep
-    /// their ids, and class folders not among them get the next ids, in name order.
-    pub classes: Vec<String>,
-}
+use files::fnv1a;
+pub use files::is_split;
+pub use options::{ChannelChoice, DataConfig, ResizeFilter, SizePolicy};
 
 /// A file, or a subfolder without images, that was left out of the dataset, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -250,127 +131,47 @@ pub struct Dataset {
     skipped: Vec<Skipped>,
 }
 
-struct Decoded {
-    rel: String,
-    path: PathBuf,
-    class: Option<usize>,
-    image: RgbaImage,
-    bytes: u64,
-    hash: String,
-}
-
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x0100_0000_01b3);
+/// Refuse what cannot be loaded before reading any file: a root that is not a folder, a size 0
+/// asked for, and a train/test split (it is two datasets, see [`Dataset::load_split`]).
+fn check_root(root: &Path, config: &DataConfig) -> Result<()> {
+    if !root.is_dir() {
+        return Err(Error::Dataset {
+            path: root.to_path_buf(),
+            reason: if root.exists() {
+                "not a folder: give the folder that holds the training images".into()
+            } else {
+                "no such folder".into()
+            },
+        });
     }
-    h
-}
-
-fn hidden(path: &Path) -> bool {
-    path.file_name()
-        .map(|n| n.to_string_lossy().starts_with('.'))
-        .unwrap_or(false)
-}
-
-fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
-    move |source| Error::Io {
-        path: path.to_path_buf(),
-        source,
+    if let Some(s) = config.img_size
+        && s == 0
+    {
+        return Err(Error::InvalidInput("image size 0 asked for".into()));
     }
-}
-
-/// The entries of a folder, sorted by name, hidden ones left out.
-fn sorted_entries(dir: &Path) -> Result<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io_err(dir))? {
-        let entry = entry.map_err(io_err(dir))?;
-        let p = entry.path();
-        if !hidden(&p) {
-            out.push(p);
-        }
-    }
-    out.sort();
-    Ok(out)
-}
-
-/// Every file below `dir`, recursively, in sorted order.
-fn files_below(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
-    for p in sorted_entries(dir)? {
-        if p.is_dir() {
-            files_below(&p, out)?;
-        } else {
-            out.push(p);
-        }
+    if is_split(root)? {
+        return Err(Error::Dataset {
+            path: root.to_path_buf(),
+            reason: "the folder holds exactly `train/` and `test/`: it is a split, not two \
+                     classes; load it with Dataset::load_split (or give `train/` or `test/` \
+                     itself)"
+                .into(),
+        });
     }
     Ok(())
 }
 
-/// Whether `root` is a train/test split: its only (non-hidden) subfolders are `train/` and
-/// `test/` (files beside them, such as a licence or a split list, are allowed).
-pub fn is_split(root: &Path) -> Result<bool> {
-    if !root.is_dir() {
-        return Ok(false);
-    }
-    let mut names: Vec<String> = sorted_entries(root)?
-        .into_iter()
-        .filter(|p| p.is_dir())
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect();
-    names.sort();
-    Ok(names == ["test", "train"])
-}
-
-/// Decode one file to RGBA8, or say why it cannot be used.
-fn decode(path: &Path) -> std::result::Result<(RgbaImage, Vec<u8>), String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("cannot read the file: {e}"))?;
-    let reader = ImageReader::new(Cursor::new(&bytes))
-        .with_guessed_format()
-        .map_err(|e| format!("cannot read the file: {e}"))?;
-    let reader = match reader.format() {
-        Some(_) => reader,
-        None => match ImageFormat::from_path(path) {
-            Ok(f) => {
-                let mut r = ImageReader::new(Cursor::new(&bytes));
-                r.set_format(f);
-                r
-            }
-            Err(_) => {
-                return Err("not an image file (unrecognised contents and extension)".to_string());
-            }
-        },
-    };
-    let format = reader.format();
-    let img = reader.decode().map_err(|e| {
-        let kind = format
-            .map(|f| format!("{f:?}").to_uppercase())
-            .unwrap_or_else(|| "image".into());
-        format!("corrupt or unsupported {kind} file: {e}")
-    })?;
-    if img.width() == 0 || img.height() == 0 {
-        return Err("the image is empty (0 pixels)".into());
-    }
-    Ok((img.to_rgba8(), bytes))
-}
-
-fn luma(p: &[u8]) -> u8 {
-    let y = 0.2126 * p[0] as f32 + 0.7152 * p[1] as f32 + 0.0722 * p[2] as f32;
-    y.round().clamp(0.0, 255.0) as u8
-}
-
-/// Convert RGBA8 pixels to `channels` interleaved channels.
-fn convert(rgba: &[u8], channels: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(rgba.len() / 4 * channels);
-    for p in rgba.chunks_exact(4) {
-        match channels {
-            1 => out.push(luma(p)),
-            2 => out.extend_from_slice(&[luma(p), p[3]]),
-            3 => out.extend_from_slice(&p[..3]),
-            _ => out.extend_from_slice(p),
+/// The classes that already have ids ([`DataConfig::classes`]), each named once.
+fn known_classes(config: &DataConfig) -> Result<Vec<String>> {
+    let mut seen: BTreeSet<&String> = BTreeSet::new();
+    for c in &config.classes {
+        if !seen.insert(c) {
+            return Err(Error::InvalidInput(format!(
+                "class `{c}` appears twice in the known classes"
+            )));
         }
     }
-    out
+    Ok(config.classes.clone())
 }
 
 impl Dataset {
@@ -386,47 +187,10 @@ impl Dataset {
         config: &DataConfig,
         report: &mut dyn FnMut(&Skipped),
     ) -> Result<Self> {
-        if !root.is_dir() {
-            return Err(Error::Dataset {
-                path: root.to_path_buf(),
-                reason: if root.exists() {
-                    "not a folder: give the folder that holds the training images".into()
-                } else {
-                    "no such folder".into()
-                },
-            });
-        }
-        if let Some(s) = config.img_size
-            && s == 0
-        {
-            return Err(Error::InvalidInput("image size 0 asked for".into()));
-        }
-        let entries = sorted_entries(root)?;
-        if is_split(root)? {
-            return Err(Error::Dataset {
-                path: root.to_path_buf(),
-                reason: "the folder holds exactly `train/` and `test/`: it is a split, not two \
-                         classes; load it with Dataset::load_split (or give `train/` or `test/` \
-                         itself)"
-                    .into(),
-            });
-        }
-        let subdirs: Vec<&PathBuf> = entries.iter().filter(|p| p.is_dir()).collect();
-
-        // Class ids: the known classes keep theirs, new folders follow in name order.
-        let mut class_names = config.classes.clone();
-        {
-            let mut seen: BTreeSet<&String> = BTreeSet::new();
-            for c in &class_names {
-                if !seen.insert(c) {
-                    return Err(Error::InvalidInput(format!(
-                        "class `{c}` appears twice in the known classes"
-                    )));
-                }
-            }
-        }
+        check_root(root, config)?;
+        let mut class_names = known_classes(config)?;
         let mut skipped = Vec::new();
-        let mut skip = |path: &Path, reason: String, skipped: &mut Vec<Skipped>| {
+        let mut skip = |path: &Path, reason: String| {
             let s = Skipped {
                 path: path.to_path_buf(),
                 reason,
@@ -434,92 +198,9 @@ impl Dataset {
             report(&s);
             skipped.push(s);
         };
-
-        // Decode every file of every subfolder first: a subfolder is a class only when it
-        // holds at least one image (game projects keep `sounds/`, `locale/`, `models/` beside
-        // their textures). Without any such class folder, the top-level images are the data.
-        type Scan = (PathBuf, Vec<(PathBuf, Decode)>);
-        type Decode = std::result::Result<(RgbaImage, Vec<u8>), String>;
-        let mut scans: Vec<Scan> = Vec::new();
-        for d in &subdirs {
-            let mut below = Vec::new();
-            files_below(d, &mut below)?;
-            let decoded: Vec<(PathBuf, Decode)> =
-                below.into_iter().map(|f| (f.clone(), decode(&f))).collect();
-            scans.push(((*d).clone(), decoded));
-        }
-        let has_image = |s: &Scan| s.1.iter().any(|(_, r)| r.is_ok());
-        let by_class = scans.iter().any(has_image);
-        let conditional = by_class && !config.unconditional;
-
-        let mut decoded: Vec<Decoded> = Vec::new();
-        let mut push = |path: PathBuf, class: Option<usize>, image: RgbaImage, bytes: Vec<u8>| {
-            let rel = path
-                .strip_prefix(root)
-                .unwrap_or(&path)
-                .components()
-                .map(|c| c.as_os_str().to_string_lossy().into_owned())
-                .collect::<Vec<_>>()
-                .join("/");
-            decoded.push(Decoded {
-                rel,
-                path,
-                class,
-                image,
-                bytes: bytes.len() as u64,
-                hash: format!("{:016x}", fnv1a(&bytes)),
-            });
-        };
-        for p in entries.iter().filter(|p| !p.is_dir()) {
-            match decode(p) {
-                Ok((image, bytes)) if !by_class => push(p.clone(), None, image, bytes),
-                Ok(_) => skip(
-                    p,
-                    "image at the top level, outside any class folder (put it in a subfolder \
-                     named after its class)"
-                        .into(),
-                    &mut skipped,
-                ),
-                Err(reason) => skip(p, reason, &mut skipped),
-            }
-        }
-        for (dir, files) in scans {
-            let n = files.len();
-            if !files.iter().any(|(_, r)| r.is_ok()) {
-                // One line for the whole folder, not one per sound file.
-                skip(
-                    &dir,
-                    if n == 0 {
-                        "no images in this folder (it is empty): not a class".into()
-                    } else {
-                        format!("no images in this folder ({n} other file(s)): not a class")
-                    },
-                    &mut skipped,
-                );
-                continue;
-            }
-            let name = dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default();
-            let id = if conditional {
-                Some(match class_names.iter().position(|c| *c == name) {
-                    Some(i) => i,
-                    None => {
-                        class_names.push(name.clone());
-                        class_names.len() - 1
-                    }
-                })
-            } else {
-                None
-            };
-            for (path, r) in files {
-                match r {
-                    Ok((image, bytes)) => push(path, id, image, bytes),
-                    Err(reason) => skip(&path, reason, &mut skipped),
-                }
-            }
-        }
+        let found = files::Found::scan(root)?;
+        let conditional = found.has_class_folder() && !config.unconditional;
+        let decoded = found.assign(root, conditional, &mut class_names, &mut skip);
 
         // An empty dataset is an error that says where.
         if decoded.is_empty() {
@@ -532,120 +213,14 @@ impl Dataset {
                 ),
             });
         }
-
-        // Training size: given, or the most common width.
-        let s = match config.img_size {
-            Some(s) => s,
-            None => {
-                let mut counts: BTreeMap<usize, usize> = BTreeMap::new();
-                for d in &decoded {
-                    *counts.entry(d.image.width() as usize).or_default() += 1;
-                }
-                let best = counts.values().copied().max().unwrap_or(0);
-                counts
-                    .iter()
-                    .find(|(_, n)| **n == best)
-                    .map(|(w, _)| *w)
-                    .unwrap_or(1)
-            }
-        };
-
-        // Channels: given, or from the data.
-        let channels = match config.channels.count() {
-            Some(c) => c,
-            None => {
-                let alpha = decoded
-                    .iter()
-                    .any(|d| d.image.pixels().any(|p| p.0[3] != 255));
-                let colour = decoded.iter().any(|d| {
-                    d.image
-                        .pixels()
-                        .any(|p| p.0[0] != p.0[1] || p.0[1] != p.0[2])
-                });
-                if alpha {
-                    4
-                } else if colour {
-                    3
-                } else {
-                    1
-                }
-            }
-        };
-
-        let mut items = Vec::new();
-        let mut manifest_files = Vec::new();
-        for d in decoded {
-            let (w, h) = (d.image.width() as usize, d.image.height() as usize);
-            let file = manifest_files.len();
-            let mut frames: Vec<(RgbaImage, usize, usize)> = Vec::new();
-            if config.split_strips && w == s && h > s && h.is_multiple_of(s) {
-                for k in 0..h / s {
-                    let view =
-                        image::imageops::crop_imm(&d.image, 0, (k * s) as u32, s as u32, s as u32)
-                            .to_image();
-                    frames.push((view, s, s));
-                }
-            } else if w == s && h == s {
-                frames.push((d.image, s, s));
-            } else {
-                match config.size_policy {
-                    SizePolicy::Error => {
-                        return Err(Error::Dataset {
-                            path: d.path.clone(),
-                            reason: format!(
-                                "the image is {w}x{h}, the training size is {s}x{s}; choose \
-                                 the crop or resize size policy{}",
-                                if w == s && h.is_multiple_of(s) {
-                                    ", or split animation strips into frames"
-                                } else {
-                                    ""
-                                }
-                            ),
-                        });
-                    }
-                    SizePolicy::Crop => {
-                        if w < s || h < s {
-                            return Err(Error::Dataset {
-                                path: d.path.clone(),
-                                reason: format!(
-                                    "the image is {w}x{h}, smaller than the {s}x{s} crops the \
-                                     crop policy takes; use the resize policy or remove it"
-                                ),
-                            });
-                        }
-                        frames.push((d.image, w, h));
-                    }
-                    SizePolicy::Resize => {
-                        let filter = match config.resize_filter {
-                            ResizeFilter::Nearest => FilterType::Nearest,
-                            ResizeFilter::Smooth => FilterType::CatmullRom,
-                        };
-                        let r = image::imageops::resize(&d.image, s as u32, s as u32, filter);
-                        frames.push((r, s, s));
-                    }
-                }
-            }
-            let n = frames.len();
-            for (k, (img, fw, fh)) in frames.into_iter().enumerate() {
-                items.push(Item {
-                    pixels: convert(img.as_raw(), channels),
-                    width: fw,
-                    height: fh,
-                    label: d.class,
-                    file,
-                    frame: k,
-                });
-            }
-            manifest_files.push(ManifestEntry {
-                path: d.rel,
-                class: d.class,
-                size: (w, h),
-                frames: n,
-                bytes: d.bytes,
-                hash: d.hash,
-            });
-        }
-
+        let s = config
+            .img_size
+            .unwrap_or_else(|| frames::most_common_width(&decoded));
+        let channels = config
+            .channels
+            .count()
+            .unwrap_or_else(|| frames::channels_of(&decoded));
+        let (items, manifest_files) = frames::items(decoded, s, channels, config)?;
         let manifest = DataManifest {
             root: root.to_path_buf(),
             config: config.clone(),
