@@ -59,7 +59,7 @@ fn sum_rows(g: &Tensor) -> candle_core::Result<Tensor> {
 
 /// Whether an elementwise pass over `len` values is worth splitting across threads (below about
 /// a quarter million values, waking the pool costs more than it saves).
-fn rows_parallel(len: usize) -> bool {
+pub(crate) fn rows_parallel(len: usize) -> bool {
     len >= 1 << 18 && rayon::current_num_threads() > 1
 }
 
@@ -197,7 +197,7 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
 struct LayerNormOp;
 
 /// Mean and 1/std of a row.
-fn row_stats(x: &[f32]) -> (f32, f32) {
+pub(crate) fn row_stats(x: &[f32]) -> (f32, f32) {
     let c = x.len() as f32;
     let mean = x.iter().sum::<f32>() / c;
     let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / c;
@@ -358,12 +358,12 @@ pub(crate) fn softmax_last(x: &Tensor) -> Result<Tensor> {
 /// GELU, erf form: `x * (1 + erf(x / sqrt 2)) / 2` (as candle's `gelu_erf`).
 struct GeluOp;
 
-fn gelu(x: f32) -> f32 {
+pub(crate) fn gelu(x: f32) -> f32 {
     (candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * x
 }
 
 /// d gelu / dx = Phi(x) + x phi(x).
-fn gelu_grad(x: f32) -> f32 {
+pub(crate) fn gelu_grad(x: f32) -> f32 {
     let cdf = (candle_core::cpu::erf::erf_f32(x * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5;
     let pdf = (-0.5 * x * x).exp() * 0.398_942_3; // 1 / sqrt(2 pi)
     cdf + x * pdf

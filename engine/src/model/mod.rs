@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod flow;
 pub(crate) mod grad_ops;
+pub mod host_grad;
 pub mod init;
 pub mod layers;
 pub mod meta_block;

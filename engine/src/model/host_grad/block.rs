@@ -1,0 +1,431 @@
+//! One flow block on the host, forward and backward: proj_in with the position and class
+//! embeddings, the attention layers, proj_out with the one-token shift, the affine transform and
+//! the block's log-determinant (DESIGN.md section 3).
+//!
+//! Buffers: a [`BlockCache`] per block keeps what its backward pass reads; a [`Scratch`] shared
+//! by all blocks holds the residual stream and every temporary. Both live across calls and only
+//! grow, so a pass allocates nothing once the batch size has been seen.
+
+use super::attention;
+use super::kernels::{
+    gelu_bwd, gelu_fwd, layer_norm_bwd, layer_norm_fwd, layer_norm_output, linear_dw, linear_dx,
+    linear_fwd,
+};
+use super::params::{BlockParams, LayerParams};
+use crate::error::{Error, Result};
+
+/// The sizes of one pass.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Dims {
+    /// Items.
+    pub(super) b: usize,
+    /// Tokens per item.
+    pub(super) n: usize,
+    /// Token width (patch values).
+    pub(super) d: usize,
+    /// Transformer width.
+    pub(super) c: usize,
+    /// Attention heads.
+    pub(super) heads: usize,
+    /// MLP hidden width.
+    pub(super) hidden: usize,
+    /// proj_out's width: 2D with nvp, else D.
+    pub(super) out: usize,
+    /// Whether proj_out predicts a log-scale as well as a shift.
+    pub(super) nvp: bool,
+}
+
+impl Dims {
+    /// Rows of the token matrices (B * N).
+    pub(super) fn m(&self) -> usize {
+        self.b * self.n
+    }
+}
+
+/// Grow `v` to `len` values (contents unspecified: every user writes before reading).
+pub(super) fn fit(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    if v.len() < len {
+        v.resize(len, 0.0);
+    }
+    &mut v[..len]
+}
+
+/// What one attention layer's backward pass reads.
+#[derive(Debug, Default)]
+pub(super) struct LayerCache {
+    xhat1: Vec<f32>,
+    rstd1: Vec<f32>,
+    qkv: Vec<f32>,
+    p: Vec<f32>,
+    /// Attention output before `proj` (kept only for weight gradients).
+    o: Vec<f32>,
+    xhat2: Vec<f32>,
+    rstd2: Vec<f32>,
+    f1: Vec<f32>,
+    /// GELU output (kept only for weight gradients).
+    g: Vec<f32>,
+}
+
+/// What one flow block's backward pass reads.
+#[derive(Debug, Default)]
+pub(super) struct BlockCache {
+    /// The input in block order (permuted).
+    xp: Vec<f32>,
+    /// The output in block order.
+    y: Vec<f32>,
+    /// `exp(-alpha)` per value.
+    e: Vec<f32>,
+    /// The last layer's output, proj_out's input (kept only for weight gradients).
+    h: Vec<f32>,
+    layers: Vec<LayerCache>,
+}
+
+/// Temporaries shared by every block.
+#[derive(Debug, Default)]
+pub(super) struct Scratch {
+    h: Vec<f32>,
+    ln: Vec<f32>,
+    attn: Vec<f32>,
+    hid: Vec<f32>,
+    o: Vec<f32>,
+    class_mean: Vec<f32>,
+    dh: Vec<f32>,
+    dln: Vec<f32>,
+    dqkv: Vec<f32>,
+    dattn: Vec<f32>,
+    dhid: Vec<f32>,
+    dout: Vec<f32>,
+    dxp: Vec<f32>,
+}
+
+/// Copy `src` to `dst` (both (b, n, width)), reversing each item's token order when `flip`.
+pub(super) fn permute(src: &[f32], dst: &mut [f32], d: &Dims, width: usize, flip: bool) {
+    let item = d.n * width;
+    for (s, t) in src.chunks_exact(item).zip(dst.chunks_exact_mut(item)) {
+        if flip {
+            for (sr, tr) in s.chunks_exact(width).rev().zip(t.chunks_exact_mut(width)) {
+                tr.copy_from_slice(sr);
+            }
+        } else {
+            t.copy_from_slice(s);
+        }
+    }
+}
+
+/// The class row added to each item: `Some(k)` for label k, `None` for the mean of the rows.
+pub(super) type ClassRows = [Option<usize>];
+
+/// Forward of block `t` (`flip` for odd blocks) on `x` (b, n, d) in raster order: writes the
+/// output to `out` (raster order), adds the block's log-determinant per item to `logdet`, and
+/// fills `cache` (with the weight-gradient inputs too when `keep`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn forward(
+    w: &BlockParams<&[f32]>,
+    flip: bool,
+    d: &Dims,
+    classes: &ClassRows,
+    x: &[f32],
+    out: &mut [f32],
+    cache: &mut BlockCache,
+    s: &mut Scratch,
+    keep: bool,
+    logdet: &mut [f64],
+) -> Result<()> {
+    let (m, n, dd, c) = (d.m(), d.n, d.d, d.c);
+    let xp = fit(&mut cache.xp, m * dd);
+    permute(x, xp, d, dd, flip);
+    let h = fit(&mut s.h, m * c);
+    linear_fwd(h, xp, w.proj_in_w, w.proj_in_b, m, false)?;
+    let mean = match w.class_embed {
+        Some(table) => {
+            let k = table.len() / c.max(1);
+            let mean = fit(&mut s.class_mean, c);
+            super::kernels::column_sums(mean, table);
+            mean.iter_mut().for_each(|v| *v /= k as f32);
+            Some(&*mean)
+        }
+        None => None,
+    };
+    for (bi, item) in h.chunks_exact_mut(n * c).enumerate() {
+        let class = match (w.class_embed, mean) {
+            (Some(table), Some(mean)) => Some(match classes.get(bi).copied().flatten() {
+                Some(k) => &table[k * c..(k + 1) * c],
+                None => mean,
+            }),
+            _ => None,
+        };
+        for (i, row) in item.chunks_exact_mut(c).enumerate() {
+            let pi = if flip { n - 1 - i } else { i };
+            row.iter_mut()
+                .zip(&w.pos_embed[pi * c..(pi + 1) * c])
+                .for_each(|(o, v)| *o += v);
+            if let Some(cls) = class {
+                row.iter_mut().zip(cls).for_each(|(o, v)| *o += v);
+            }
+        }
+    }
+    if cache.layers.len() < w.layers.len() {
+        cache
+            .layers
+            .resize_with(w.layers.len(), LayerCache::default);
+    }
+    for (lw, lc) in w.layers.iter().zip(cache.layers.iter_mut()) {
+        layer_forward(lw, d, lc, s, keep)?;
+    }
+    let h = &s.h[..m * c];
+    if keep {
+        fit(&mut cache.h, m * c).copy_from_slice(h);
+    }
+    let o = fit(&mut s.o, m * d.out);
+    linear_fwd(o, h, w.proj_out_w, w.proj_out_b, m, false)?;
+    let (y, e) = (fit(&mut cache.y, m * dd), fit(&mut cache.e, m * dd));
+    let scale = 1.0 / (n * dd) as f64;
+    for bi in 0..d.b {
+        let mut alpha_sum = 0f64;
+        for i in 0..n {
+            let r = (bi * n + i) * dd;
+            let (yr, er, xr) = (&mut y[r..r + dd], &mut e[r..r + dd], &cache.xp[r..r + dd]);
+            if i == 0 {
+                // Token 0 gets the shifted-in zeros: alpha = mu = 0.
+                yr.copy_from_slice(xr);
+                er.fill(1.0);
+                continue;
+            }
+            let orow = &o[(bi * n + i - 1) * d.out..(bi * n + i) * d.out];
+            let (alpha, mu) = if d.nvp {
+                (Some(&orow[..dd]), &orow[dd..2 * dd])
+            } else {
+                (None, &orow[..dd])
+            };
+            for j in 0..dd {
+                let a = alpha.map_or(0.0, |a| a[j]);
+                alpha_sum += f64::from(a);
+                er[j] = (-a).exp();
+                yr[j] = (xr[j] - mu[j]) * er[j];
+            }
+        }
+        logdet[bi] -= alpha_sum * scale;
+    }
+    permute(y, out, d, dd, flip);
+    Ok(())
+}
+
+/// Forward of one attention layer on the residual stream `s.h`.
+fn layer_forward(
+    w: &LayerParams<&[f32]>,
+    d: &Dims,
+    lc: &mut LayerCache,
+    s: &mut Scratch,
+    keep: bool,
+) -> Result<()> {
+    let (m, c) = (d.m(), d.c);
+    let Scratch {
+        h, ln, attn, hid, ..
+    } = s;
+    let h = &mut h[..m * c];
+    let ln = fit(ln, m * c);
+    let (xhat1, rstd1) = (fit(&mut lc.xhat1, m * c), fit(&mut lc.rstd1, m));
+    layer_norm_fwd(h, w.attn_norm_w, w.attn_norm_b, ln, xhat1, rstd1);
+    let qkv = fit(&mut lc.qkv, m * 3 * c);
+    linear_fwd(qkv, ln, w.qkv_w, w.qkv_b, m, false)?;
+    let p = fit(&mut lc.p, d.b * d.heads * d.n * d.n);
+    let o = fit(if keep { &mut lc.o } else { attn }, m * c);
+    attention::forward(qkv, p, o, d.b, d.n, c);
+    linear_fwd(h, o, w.proj_w, w.proj_b, m, true)?;
+    let (xhat2, rstd2) = (fit(&mut lc.xhat2, m * c), fit(&mut lc.rstd2, m));
+    layer_norm_fwd(h, w.mlp_norm_w, w.mlp_norm_b, ln, xhat2, rstd2);
+    let f1 = fit(&mut lc.f1, m * d.hidden);
+    linear_fwd(f1, ln, w.fc1_w, w.fc1_b, m, false)?;
+    let g = fit(if keep { &mut lc.g } else { hid }, m * d.hidden);
+    gelu_fwd(f1, g);
+    linear_fwd(h, g, w.fc2_w, w.fc2_b, m, true)
+}
+
+/// Backward of block `t`: from the gradient `dout` of its output (raster order), writes the
+/// gradient of its input to `dx` (raster order) when given, and the parameters' gradients to
+/// `grads` when given (the forward must have run with `keep`).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward(
+    w: &BlockParams<&[f32]>,
+    flip: bool,
+    d: &Dims,
+    classes: &ClassRows,
+    dout: &[f32],
+    dx: Option<&mut [f32]>,
+    cache: &BlockCache,
+    s: &mut Scratch,
+    mut grads: Option<&mut BlockParams<Vec<f32>>>,
+) -> Result<()> {
+    let (m, n, dd, c, b) = (d.m(), d.n, d.d, d.c, d.b);
+    let dxp = fit(&mut s.dxp, m * dd);
+    let dpo = fit(&mut s.dout, m * d.out);
+    // d loss / d alpha from the log-determinant: the loss holds +mean(alpha) over (B, N, D).
+    let ld = 1.0 / (b * n * dd) as f32;
+    for bi in 0..b {
+        dpo[(bi * n + n - 1) * d.out..(bi * n + n) * d.out].fill(0.0);
+        for i in 0..n {
+            let r = (bi * n + i) * dd;
+            let src = (bi * n + if flip { n - 1 - i } else { i }) * dd;
+            let (gy, er, yr) = (
+                &dout[src..src + dd],
+                &cache.e[r..r + dd],
+                &cache.y[r..r + dd],
+            );
+            let dxr = &mut dxp[r..r + dd];
+            for j in 0..dd {
+                dxr[j] = gy[j] * er[j];
+            }
+            if i == 0 {
+                continue;
+            }
+            let orow = &mut dpo[(bi * n + i - 1) * d.out..(bi * n + i) * d.out];
+            if d.nvp {
+                let (da, dmu) = orow.split_at_mut(dd);
+                for j in 0..dd {
+                    da[j] = ld - gy[j] * yr[j];
+                    dmu[j] = -dxr[j];
+                }
+            } else {
+                for j in 0..dd {
+                    orow[j] = -dxr[j];
+                }
+            }
+        }
+    }
+    let dh = fit(&mut s.dh, m * c);
+    linear_dx(dh, dpo, w.proj_out_w, m, d.out, false)?;
+    if let Some(g) = grads.as_deref_mut() {
+        linear_dw(
+            &mut g.proj_out_w,
+            &mut g.proj_out_b,
+            dpo,
+            need(&cache.h)?,
+            m,
+        )?;
+    }
+    for (l, lw) in w.layers.iter().enumerate().rev() {
+        let lg = grads.as_deref_mut().map(|g| &mut g.layers[l]);
+        layer_backward(lw, d, &cache.layers[l], s, lg)?;
+    }
+    let dh = &s.dh[..m * c];
+    if let Some(g) = grads {
+        linear_dw(&mut g.proj_in_w, &mut g.proj_in_b, dh, &cache.xp, m)?;
+        g.pos_embed.fill(0.0);
+        for item in dh.chunks_exact(n * c) {
+            for (i, row) in item.chunks_exact(c).enumerate() {
+                let pi = if flip { n - 1 - i } else { i };
+                g.pos_embed[pi * c..(pi + 1) * c]
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(o, v)| *o += v);
+            }
+        }
+        if let Some(gc) = g.class_embed.as_mut() {
+            gc.fill(0.0);
+            let k = gc.len() / c.max(1);
+            let mut sum = vec![0f32; c];
+            for (bi, item) in dh.chunks_exact(n * c).enumerate() {
+                super::kernels::column_sums(&mut sum, item);
+                match classes.get(bi).copied().flatten() {
+                    Some(row) => gc[row * c..(row + 1) * c]
+                        .iter_mut()
+                        .zip(&sum)
+                        .for_each(|(o, v)| *o += v),
+                    None => {
+                        for r in gc.chunks_exact_mut(c) {
+                            r.iter_mut().zip(&sum).for_each(|(o, v)| *o += v / k as f32);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(dx) = dx {
+        let dxp = &mut s.dxp[..m * dd];
+        linear_dx(dxp, dh, w.proj_in_w, m, c, true)?;
+        permute(dxp, dx, d, dd, flip);
+    }
+    Ok(())
+}
+
+/// A kept buffer, or an error if the forward did not keep it.
+fn need(v: &[f32]) -> Result<&[f32]> {
+    if v.is_empty() {
+        Err(Error::InvalidInput(
+            "weight gradients asked of a forward pass that did not keep their inputs (internal \
+             error)"
+                .into(),
+        ))
+    } else {
+        Ok(v)
+    }
+}
+
+/// Backward of one attention layer: `s.dh` holds the gradient of its output on entry and of its
+/// input on return.
+fn layer_backward(
+    w: &LayerParams<&[f32]>,
+    d: &Dims,
+    lc: &LayerCache,
+    s: &mut Scratch,
+    mut grads: Option<&mut LayerParams<Vec<f32>>>,
+) -> Result<()> {
+    let (m, c, hid) = (d.m(), d.c, d.hidden);
+    let Scratch {
+        ln,
+        dh,
+        dln,
+        dqkv,
+        dattn,
+        dhid,
+        ..
+    } = s;
+    let dh = &mut dh[..m * c];
+    let (ln, dln) = (fit(ln, m * c), fit(dln, m * c));
+    // MLP: h_out = h_mid + fc2(gelu(fc1(LN2(h_mid)))).
+    let dg = fit(dhid, m * hid);
+    linear_dx(dg, dh, w.fc2_w, m, c, false)?;
+    if let Some(g) = grads.as_deref_mut() {
+        linear_dw(&mut g.fc2_w, &mut g.fc2_b, dh, need(&lc.g)?, m)?;
+    }
+    gelu_bwd(&lc.f1[..m * hid], dg);
+    linear_dx(dln, dg, w.fc1_w, m, hid, false)?;
+    if let Some(g) = grads.as_deref_mut() {
+        layer_norm_output(&lc.xhat2[..m * c], w.mlp_norm_w, w.mlp_norm_b, ln);
+        linear_dw(&mut g.fc1_w, &mut g.fc1_b, dg, ln, m)?;
+    }
+    let dwb = grads
+        .as_deref_mut()
+        .map(|g| (&mut g.mlp_norm_w[..], &mut g.mlp_norm_b[..]));
+    layer_norm_bwd(
+        dln,
+        &lc.xhat2[..m * c],
+        &lc.rstd2[..m],
+        w.mlp_norm_w,
+        dh,
+        dwb,
+    );
+    // Attention: h_mid = h_in + proj(attend(qkv(LN1(h_in)))).
+    let da = fit(dattn, m * c);
+    linear_dx(da, dh, w.proj_w, m, c, false)?;
+    if let Some(g) = grads.as_deref_mut() {
+        linear_dw(&mut g.proj_w, &mut g.proj_b, dh, need(&lc.o)?, m)?;
+    }
+    let dq = fit(dqkv, m * 3 * c);
+    attention::backward(&lc.qkv, &lc.p, da, dq, d.b, d.n, c);
+    linear_dx(dln, dq, w.qkv_w, m, 3 * c, false)?;
+    if let Some(g) = grads.as_deref_mut() {
+        layer_norm_output(&lc.xhat1[..m * c], w.attn_norm_w, w.attn_norm_b, ln);
+        linear_dw(&mut g.qkv_w, &mut g.qkv_b, dq, ln, m)?;
+    }
+    let dwb = grads.map(|g| (&mut g.attn_norm_w[..], &mut g.attn_norm_b[..]));
+    layer_norm_bwd(
+        dln,
+        &lc.xhat1[..m * c],
+        &lc.rstd1[..m],
+        w.attn_norm_w,
+        dh,
+        dwb,
+    );
+    Ok(())
+}

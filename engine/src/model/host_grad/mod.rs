@@ -1,0 +1,379 @@
+//! [`HostGrad`]: the whole flow's forward and backward pass written by hand, in f32 on the CPU.
+//!
+//! It computes what [`Model::forward`] followed by [`Model::loss`], [`Model::bits_per_dim`] and
+//! candle's autograd compute (DESIGN.md section 3), without a tensor per op: the forward keeps
+//! what the backward reads in buffers that live in the struct and are reused by every call, the
+//! products run on the `gemm` crate straight from the weights' storage (PyTorch's (out, in)
+//! layout read through strides; nothing is copied or transposed), the weight gradients are written
+//! once each by gemm, and the elementwise work (LayerNorm, GELU, causal attention with the softmax
+//! fused, the affine coupling) runs in single passes over the data. When only the input's
+//! gradient is wanted (denoising) no weight-gradient product runs and their inputs are not kept.
+//!
+//! Used on the CPU by training ([`Trainer`](crate::train::Trainer)), denoising and
+//! [`Model::loss_and_input_grad`]; other devices keep candle's autograd, and so does every device
+//! when the environment variable `TARFLOW_AUTOGRAD=1` is set ([`autograd_forced`]; the
+//! benchmarks' baseline).
+
+mod attention;
+mod block;
+mod kernels;
+mod params;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use candle_core::{Device, Tensor};
+
+use self::block::{BlockCache, Dims, Scratch, fit};
+use self::params::{BlockParams, tensors_of, with_slices};
+use crate::config::{HEAD_DIM, MLP_EXPANSION, ModelConfig};
+use crate::error::{Error, Result};
+use crate::model::{Model, Permutation};
+
+/// Whether `TARFLOW_AUTOGRAD=1` asks for candle's autograd on every device (read once per
+/// process): the benchmarks' "before" baseline and a fallback.
+pub fn autograd_forced() -> bool {
+    static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FORCED.get_or_init(|| std::env::var_os("TARFLOW_AUTOGRAD").is_some_and(|v| v == "1"))
+}
+
+/// Whether gradients of `model` go through [`HostGrad`]: its weights are on the CPU (always f32)
+/// and `TARFLOW_AUTOGRAD=1` is not set.
+pub fn applies(model: &Model) -> bool {
+    model.device().is_cpu() && !autograd_forced()
+}
+
+/// Which gradients a [`HostGrad::loss_and_grads`] call computes (the loss and bits per dim always
+/// come back).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Wants {
+    /// Every parameter's gradient (training).
+    pub params: bool,
+    /// The gradient with respect to the images (denoising).
+    pub input: bool,
+}
+
+/// The gradient of one parameter, under its checkpoint name in [`LossAndGrads::param_grads`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamGrad {
+    /// The checkpoint tensor's shape (`class_embed` is (K, 1, C)).
+    pub shape: Vec<usize>,
+    /// The values, row-major.
+    pub values: Vec<f32>,
+}
+
+impl ParamGrad {
+    /// Sum of the squared values, accumulated in f64.
+    pub fn sum_squares(&self) -> f64 {
+        self.values
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum()
+    }
+
+    /// The gradient as a tensor on `device` (moved, not copied, on the CPU).
+    pub fn into_tensor(self, device: &Device) -> Result<Tensor> {
+        Ok(Tensor::from_vec(self.values, self.shape, device)?)
+    }
+}
+
+/// What [`HostGrad::loss_and_grads`] returns.
+#[derive(Debug, Clone)]
+pub struct LossAndGrads {
+    /// `0.5 * mean(z^2) - mean(logdets)`, as [`Model::loss`].
+    pub loss: f32,
+    /// Bits per dimension of each item, as [`Model::bits_per_dim`].
+    pub bits_per_dim: Vec<f32>,
+    /// d loss / d images, (B, C, H, W) row-major, when [`Wants::input`].
+    pub input_grad: Option<Vec<f32>>,
+    /// d loss / d parameter by checkpoint name (every trainable tensor: not `var` nor the
+    /// attention masks), when [`Wants::params`].
+    pub param_grads: Option<BTreeMap<String, ParamGrad>>,
+}
+
+/// The hand-written forward and backward pass of a [`Model`] on the CPU, with its buffers.
+///
+/// Built from a model (its weight tensors are shared, not copied: a trainer's in-place parameter
+/// updates are seen by the next call); [`refresh`](Self::refresh) re-reads a model whose tensors
+/// were replaced. Buffers grow to the largest batch seen and are reused by every call.
+#[derive(Debug)]
+pub struct HostGrad {
+    config: ModelConfig,
+    params: Vec<BlockParams<Tensor>>,
+    caches: Vec<BlockCache>,
+    scratch: Scratch,
+    x: [Vec<f32>; 2],
+    logdet: Vec<f64>,
+}
+
+impl HostGrad {
+    /// The host pass of `model`, whose weights must be on the CPU.
+    pub fn new(model: &Model) -> Result<Self> {
+        if !model.device().is_cpu() {
+            return Err(Error::InvalidInput(
+                "the host gradient path runs models on the CPU; this one is on another device"
+                    .into(),
+            ));
+        }
+        Ok(Self {
+            config: model.config().clone(),
+            params: tensors_of(model)?,
+            caches: Vec::new(),
+            scratch: Scratch::default(),
+            x: [Vec::new(), Vec::new()],
+            logdet: Vec::new(),
+        })
+    }
+
+    /// Take `model`'s current weight tensors (cheap: the tensors are shared, not copied). The
+    /// model must have the configuration this was built with.
+    pub fn refresh(&mut self, model: &Model) -> Result<()> {
+        let (a, b) = (&self.config, model.config());
+        let same = (
+            a.in_channels,
+            a.img_size,
+            a.patch_size,
+            a.channels,
+            a.num_blocks,
+            a.layers_per_block,
+            a.nvp,
+            a.num_classes,
+        ) == (
+            b.in_channels,
+            b.img_size,
+            b.patch_size,
+            b.channels,
+            b.num_blocks,
+            b.layers_per_block,
+            b.nvp,
+            b.num_classes,
+        );
+        if !same || !model.device().is_cpu() {
+            return Err(Error::InvalidInput(
+                "refreshing the host gradient path from a model of another shape or device".into(),
+            ));
+        }
+        self.config = b.clone();
+        self.params = tensors_of(model)?;
+        Ok(())
+    }
+
+    /// The loss, bits per dimension per item and the gradients `wants` asks for, of `batch`
+    /// images (B, C, H, W) in [-1, 1] given row-major in `images`, with optional class labels
+    /// (one per item; -1 selects the unconditional embedding, as in [`Model::forward`]).
+    pub fn loss_and_grads(
+        &mut self,
+        images: &[f32],
+        batch: usize,
+        labels: Option<&[i64]>,
+        wants: Wants,
+    ) -> Result<LossAndGrads> {
+        let cfg = &self.config;
+        let (ch, size, p) = (cfg.in_channels, cfg.img_size, cfg.patch_size);
+        let per_item = ch * size * size;
+        if batch == 0 || images.len() != batch * per_item {
+            return Err(Error::InvalidInput(format!(
+                "{} image values for a batch of {batch}; the model takes (B, {ch}, {size}, {size}) \
+                 with B >= 1",
+                images.len()
+            )));
+        }
+        let classes = class_rows(labels, batch, cfg.num_classes)?;
+        let d = Dims {
+            b: batch,
+            n: cfg.num_patches(),
+            d: cfg.patch_dim(),
+            c: cfg.channels,
+            heads: cfg.channels / HEAD_DIM,
+            hidden: MLP_EXPANSION * cfg.channels,
+            out: cfg.proj_out_dim(),
+            nvp: cfg.nvp,
+        };
+        let blocks = cfg.num_blocks;
+        let shapes: BTreeMap<String, Vec<usize>> = cfg.tensor_shapes().into_iter().collect();
+        let Self {
+            params,
+            caches,
+            scratch,
+            x,
+            logdet,
+            ..
+        } = self;
+        if caches.len() < blocks {
+            caches.resize_with(blocks, BlockCache::default);
+        }
+        with_slices(params, |w| {
+            let m = d.m();
+            let [cur, next] = x;
+            patchify(images, fit(cur, m * d.d), batch, ch, size, p);
+            fit(next, m * d.d);
+            logdet.clear();
+            logdet.resize(batch, 0.0);
+            for (t, (bw, cache)) in w.iter().zip(caches.iter_mut()).enumerate() {
+                let flip = Permutation::for_block(t) == Permutation::Flip;
+                block::forward(
+                    bw,
+                    flip,
+                    &d,
+                    &classes,
+                    &cur[..m * d.d],
+                    &mut next[..m * d.d],
+                    cache,
+                    scratch,
+                    wants.params,
+                    logdet,
+                )?;
+                std::mem::swap(cur, next);
+            }
+            let nd = d.n * d.d;
+            let sq: Vec<f64> = cur[..m * d.d]
+                .chunks_exact(nd)
+                .map(|z| z.iter().map(|&v| f64::from(v) * f64::from(v)).sum())
+                .collect();
+            let total = (m * d.d) as f64;
+            let loss =
+                0.5 * sq.iter().sum::<f64>() / total - logdet.iter().sum::<f64>() / batch as f64;
+            let c0 = 0.5 * (2.0 * std::f64::consts::PI).ln() + 128f64.ln();
+            let bits_per_dim = sq
+                .iter()
+                .zip(logdet.iter())
+                .map(|(s, ld)| ((0.5 * s / nd as f64 + c0 - ld) / std::f64::consts::LN_2) as f32)
+                .collect();
+            let mut out = LossAndGrads {
+                loss: loss as f32,
+                bits_per_dim,
+                input_grad: None,
+                param_grads: None,
+            };
+            if !(wants.params || wants.input) {
+                return Ok(out);
+            }
+            // d loss / dz = z / (B N D).
+            let inv = (1.0 / total) as f32;
+            cur[..m * d.d].iter_mut().for_each(|v| *v *= inv);
+            let mut grads: Option<Vec<BlockParams<Vec<f32>>>> = if wants.params {
+                Some(
+                    w.iter()
+                        .enumerate()
+                        .map(|(t, bw)| {
+                            bw.as_ref()
+                                .into_map(t, &mut |_, s: &&[f32]| Ok(vec![0f32; s.len()]))
+                        })
+                        .collect::<Result<_>>()?,
+                )
+            } else {
+                None
+            };
+            for t in (0..blocks).rev() {
+                let flip = Permutation::for_block(t) == Permutation::Flip;
+                let dx = (t > 0 || wants.input).then_some(&mut next[..m * d.d]);
+                let has_dx = dx.is_some();
+                block::backward(
+                    &w[t],
+                    flip,
+                    &d,
+                    &classes,
+                    &cur[..m * d.d],
+                    dx,
+                    &caches[t],
+                    scratch,
+                    grads.as_mut().map(|g| &mut g[t]),
+                )?;
+                if has_dx {
+                    std::mem::swap(cur, next);
+                }
+            }
+            if wants.input {
+                let mut g = vec![0f32; images.len()];
+                unpatchify(&cur[..m * d.d], &mut g, batch, ch, size, p);
+                out.input_grad = Some(g);
+            }
+            if let Some(grads) = grads {
+                let mut named = BTreeMap::new();
+                for (t, g) in grads.into_iter().enumerate() {
+                    g.into_map(t, &mut |name, values: Vec<f32>| {
+                        let shape = shapes.get(&name).cloned().unwrap_or_default();
+                        if shape.iter().product::<usize>() != values.len() {
+                            return Err(Error::InvalidInput(format!(
+                                "host gradient of `{name}`: {} values for shape {shape:?} \
+                                 (internal error)",
+                                values.len()
+                            )));
+                        }
+                        named.insert(name, ParamGrad { shape, values });
+                        Ok(())
+                    })?;
+                }
+                out.param_grads = Some(named);
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// The class row of each item (`None`: the mean of the rows), checking labels as
+/// [`Model::forward`] does.
+fn class_rows(labels: Option<&[i64]>, batch: usize, k: usize) -> Result<Vec<Option<usize>>> {
+    let Some(labels) = labels else {
+        return Ok(vec![None; batch]);
+    };
+    if labels.len() != batch {
+        return Err(Error::InvalidInput(format!(
+            "{} labels for a batch of {batch}",
+            labels.len()
+        )));
+    }
+    if k == 0 {
+        return Ok(vec![None; batch]);
+    }
+    labels
+        .iter()
+        .map(|&y| match y {
+            y if y < 0 => Ok(None),
+            y if (y as usize) < k => Ok(Some(y as usize)),
+            y => Err(Error::InvalidInput(format!(
+                "class label {y} is out of range for a model with {k} classes"
+            ))),
+        })
+        .collect()
+}
+
+/// Images (b, ch, size, size) to patch sequences (b, n, ch*p*p) in `unfold` order
+/// ([`patchify`](crate::model::patchify)).
+fn patchify(img: &[f32], out: &mut [f32], b: usize, ch: usize, size: usize, p: usize) {
+    let g = size / p;
+    let dd = ch * p * p;
+    for bi in 0..b {
+        for gy in 0..g {
+            for gx in 0..g {
+                let tok = &mut out[((bi * g + gy) * g + gx) * dd..][..dd];
+                for c in 0..ch {
+                    for dy in 0..p {
+                        let src = ((bi * ch + c) * size + gy * p + dy) * size + gx * p;
+                        tok[(c * p + dy) * p..][..p].copy_from_slice(&img[src..src + p]);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The inverse of [`patchify`].
+fn unpatchify(seq: &[f32], img: &mut [f32], b: usize, ch: usize, size: usize, p: usize) {
+    let g = size / p;
+    let dd = ch * p * p;
+    for bi in 0..b {
+        for gy in 0..g {
+            for gx in 0..g {
+                let tok = &seq[((bi * g + gy) * g + gx) * dd..][..dd];
+                for c in 0..ch {
+                    for dy in 0..p {
+                        let dst = ((bi * ch + c) * size + gy * p + dy) * size + gx * p;
+                        img[dst..dst + p].copy_from_slice(&tok[(c * p + dy) * p..][..p]);
+                    }
+                }
+            }
+        }
+    }
+}
