@@ -8,250 +8,15 @@
 //! attention over the cache and GELU in place in reused buffers. The results agree with the
 //! candle path to float rounding (the tests compare both on every golden case).
 
-use candle_core::Tensor;
+use std::borrow::Cow;
 
+use super::host_run::HostBackend;
+use super::packed::{PackedLinear, host};
+use super::run::BlockCond;
 use crate::config::HEAD_DIM;
 use crate::error::{Error, Result};
-use crate::model::MetaBlock;
-use crate::model::layers::{LayerNorm, Linear};
-
-/// Width of a weight panel: 16 output columns (two AVX2 vectors).
-const PANEL: usize = 16;
-/// Rows computed together against one pass over a weight panel.
-const ROWS: usize = 4;
-/// Multiply-adds in one matrix product above which it is split across threads.
-const PARALLEL_MACS: usize = 1 << 18;
-
-fn host(t: &Tensor) -> Result<Vec<f32>> {
-    Ok(t.flatten_all()?
-        .to_dtype(candle_core::DType::F32)?
-        .to_vec1::<f32>()?)
-}
-
-/// A linear layer with its weight packed in panels of [`PANEL`] output columns: panel `p` holds
-/// rows `i = 0..inp` of `W^T[i, 16p..16p+16]` contiguously (zero-padded past `out`), so that one
-/// product streams through the weight once, sequentially.
-#[derive(Debug, Clone)]
-pub(crate) struct PackedLinear {
-    inp: usize,
-    out: usize,
-    panels: Vec<f32>,
-    bias: Vec<f32>,
-    /// The weight (out, in) as given (shared with the model, not copied), for products of many
-    /// rows, which go to the `gemm` crate (blocked, packed internally, AVX-512 where present).
-    weight: Tensor,
-}
-
-/// Rows from which a product goes to `gemm` rather than the panel kernel.
-const GEMM_ROWS: usize = 16;
-
-impl PackedLinear {
-    /// Pack a PyTorch-layout (out, in) linear layer.
-    pub(crate) fn new(l: &Linear) -> Result<Self> {
-        let (out, inp) = l.weight.dims2()?;
-        let w = host(&l.weight)?;
-        let bias = host(&l.bias)?;
-        let n_panels = out.div_ceil(PANEL);
-        let mut panels = vec![0f32; n_panels * inp * PANEL];
-        for o in 0..out {
-            let (p, lane) = (o / PANEL, o % PANEL);
-            for i in 0..inp {
-                panels[(p * inp + i) * PANEL + lane] = w[o * inp + i];
-            }
-        }
-        Ok(Self {
-            inp,
-            out,
-            panels,
-            bias,
-            weight: l.weight.to_dtype(candle_core::DType::F32)?.contiguous()?,
-        })
-    }
-
-    /// The many-row product on `gemm`: `y = b + x W^T`.
-    fn forward_gemm(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
-        let (storage, layout) = self.weight.storage_and_layout();
-        let candle_core::Storage::Cpu(candle_core::CpuStorage::F32(w)) = &*storage else {
-            return Err(Error::InvalidInput(
-                "packed weight not on the CPU in f32".into(),
-            ));
-        };
-        let (start, end) = layout
-            .contiguous_offsets()
-            .ok_or_else(|| Error::InvalidInput("packed weight not contiguous".into()))?;
-        crate::model::grad_ops::linear_rows(x, m, &w[start..end], &self.bias, y, PARALLEL_MACS)
-            .map_err(Error::InvalidInput)
-    }
-
-    /// `y (m, out) = x (m, inp) W^T + b`, both row-major and contiguous.
-    pub(crate) fn forward(&self, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
-        if x.len() != m * self.inp || y.len() != m * self.out {
-            return Err(Error::InvalidInput(format!(
-                "linear layer {}x{}: input of {} values, output of {}, for {m} rows",
-                self.inp,
-                self.out,
-                x.len(),
-                y.len()
-            )));
-        }
-        if m >= GEMM_ROWS {
-            return self.forward_gemm(x, m, y);
-        }
-        // Few rows: one thread. Splitting a product of 1 to 15 rows across threads was measured
-        // slower (S16 batch 1: 186 ms on 2 threads against 80 ms of one thread's time): the
-        // products take tens of microseconds, as long as waking a pool thread.
-        let n_panels = self.out.div_ceil(PANEL);
-        // SAFETY: y has m * out elements (checked above), written by this call alone.
-        unsafe { self.panels_range(x, SendPtr(y.as_mut_ptr()), 0, n_panels, 0, m) };
-        Ok(())
-    }
-
-    /// Panels `p0..p1` for rows `r0..r1`, written through `y` ((m, out) row-major).
-    ///
-    /// # Safety
-    /// `y` must point to `m * out` floats, and no other thread may access the elements of rows
-    /// `r0..r1` in the columns of panels `p0..p1` during the call.
-    unsafe fn panels_range(
-        &self,
-        x: &[f32],
-        y: SendPtr,
-        p0: usize,
-        p1: usize,
-        r0: usize,
-        r1: usize,
-    ) {
-        let inp = self.inp;
-        for p in p0..p1 {
-            let panel = &self.panels[p * inp * PANEL..(p + 1) * inp * PANEL];
-            let c0 = p * PANEL;
-            let width = PANEL.min(self.out - c0);
-            let bias = &self.bias[c0..c0 + width];
-            let mut r = r0;
-            while r < r1 {
-                let rows = ROWS.min(r1 - r);
-                let xs = &x[r * inp..(r + rows) * inp];
-                let mut acc = [[0f32; PANEL]; ROWS];
-                kernel::panel(xs, rows, inp, panel, &mut acc);
-                for (k, a) in acc.iter().enumerate().take(rows) {
-                    let base = (r + k) * self.out + c0;
-                    for (l, (av, bv)) in a.iter().zip(bias).enumerate() {
-                        // SAFETY: (r + k, c0 + l) is in bounds and in this caller's part.
-                        unsafe { *y.get().add(base + l) = av + bv };
-                    }
-                }
-                r += rows;
-            }
-        }
-    }
-}
-
-/// A raw output pointer for the panel loop.
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
-    }
-}
-
-mod kernel {
-    //! `acc[r][0..16] = sum_i x[r][i] * panel[i][0..16]` for up to 4 rows.
-    use super::{PANEL, ROWS};
-
-    /// Portable version (the compiler vectorises it for the baseline target).
-    fn panel_portable<const R: usize>(
-        x: &[f32],
-        inp: usize,
-        panel: &[f32],
-        acc: &mut [[f32; PANEL]; ROWS],
-    ) {
-        let mut a = [[0f32; PANEL]; R];
-        for i in 0..inp {
-            let w = &panel[i * PANEL..(i + 1) * PANEL];
-            for r in 0..R {
-                let xv = x[r * inp + i];
-                for l in 0..PANEL {
-                    a[r][l] += xv * w[l];
-                }
-            }
-        }
-        acc[..R].copy_from_slice(&a);
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2,fma")]
-    unsafe fn panel_avx2<const R: usize>(
-        x: &[f32],
-        inp: usize,
-        panel: &[f32],
-        acc: &mut [[f32; PANEL]; ROWS],
-    ) {
-        use std::arch::x86_64::*;
-        assert!(x.len() >= R * inp && panel.len() >= inp * PANEL);
-        let mut lo = [_mm256_setzero_ps(); R];
-        let mut hi = [_mm256_setzero_ps(); R];
-        let xp = x.as_ptr();
-        let wp = panel.as_ptr();
-        for i in 0..inp {
-            // SAFETY: i < inp, and the asserts above bound every index below.
-            unsafe {
-                let w0 = _mm256_loadu_ps(wp.add(i * PANEL));
-                let w1 = _mm256_loadu_ps(wp.add(i * PANEL + 8));
-                for r in 0..R {
-                    let a = _mm256_broadcast_ss(&*xp.add(r * inp + i));
-                    lo[r] = _mm256_fmadd_ps(a, w0, lo[r]);
-                    hi[r] = _mm256_fmadd_ps(a, w1, hi[r]);
-                }
-            }
-        }
-        for r in 0..R {
-            // SAFETY: acc[r] holds 16 floats.
-            unsafe {
-                _mm256_storeu_ps(acc[r].as_mut_ptr(), lo[r]);
-                _mm256_storeu_ps(acc[r].as_mut_ptr().add(8), hi[r]);
-            }
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    fn has_avx2() -> bool {
-        use std::sync::OnceLock;
-        static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| {
-            std::arch::is_x86_feature_detected!("avx2")
-                && std::arch::is_x86_feature_detected!("fma")
-        })
-    }
-
-    /// Dispatch on the row count and the CPU's features.
-    pub(super) fn panel(
-        x: &[f32],
-        rows: usize,
-        inp: usize,
-        panel: &[f32],
-        acc: &mut [[f32; PANEL]; ROWS],
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if has_avx2() {
-            // SAFETY: the CPU has AVX2 and FMA (checked above).
-            unsafe {
-                match rows {
-                    1 => panel_avx2::<1>(x, inp, panel, acc),
-                    2 => panel_avx2::<2>(x, inp, panel, acc),
-                    3 => panel_avx2::<3>(x, inp, panel, acc),
-                    _ => panel_avx2::<4>(x, inp, panel, acc),
-                }
-            }
-            return;
-        }
-        match rows {
-            1 => panel_portable::<1>(x, inp, panel, acc),
-            2 => panel_portable::<2>(x, inp, panel, acc),
-            3 => panel_portable::<3>(x, inp, panel, acc),
-            _ => panel_portable::<4>(x, inp, panel, acc),
-        }
-    }
-}
+use crate::model::layers::LayerNorm;
+use crate::model::{MetaBlock, Model};
 
 /// LayerNorm parameters on the host.
 #[derive(Debug, Clone)]
@@ -324,7 +89,7 @@ impl CpuBlock {
             })
             .collect::<Result<Vec<_>>>()?;
         let proj_in = PackedLinear::new(&blk.proj_in)?;
-        let width = proj_in.out;
+        let width = proj_in.out_dim();
         if width % HEAD_DIM != 0 {
             return Err(Error::InvalidInput(format!(
                 "transformer width {width} is not a multiple of {HEAD_DIM}"
@@ -345,7 +110,7 @@ impl CpuBlock {
     /// `class` per-row conditioning (rows, C) and `qscale` per-row query multipliers. Returns
     /// the output (rows, t, out) in `state.out`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) fn predict(
+    fn run(
         &self,
         x: &[f32],
         rows: usize,
@@ -408,13 +173,13 @@ impl CpuBlock {
             layer.proj.forward(y, m, a)?;
             h.iter_mut().zip(a.iter()).for_each(|(v, d)| *v += d);
             layer.norm2.forward(h, a);
-            f.resize(m * layer.fc1.out, 0.0);
+            f.resize(m * layer.fc1.out_dim(), 0.0);
             layer.fc1.forward(a, m, f)?;
             gelu(f);
             layer.fc2.forward(f, m, a)?;
             h.iter_mut().zip(a.iter()).for_each(|(v, d)| *v += d);
         }
-        out.resize(m * self.proj_out.out, 0.0);
+        out.resize(m * self.proj_out.out_dim(), 0.0);
         self.proj_out.forward(h, m, out)?;
         Ok(())
     }
@@ -546,12 +311,12 @@ pub(crate) struct CpuState {
     y: Vec<f32>,
     f: Vec<f32>,
     /// The last prediction, (rows, t, out).
-    pub(crate) out: Vec<f32>,
+    out: Vec<f32>,
 }
 
 impl CpuState {
     /// Caches for `layers` layers of `rows` rows, `heads` heads and `capacity` tokens.
-    pub(crate) fn new(layers: usize, rows: usize, heads: usize, capacity: usize) -> Self {
+    fn new(layers: usize, rows: usize, heads: usize, capacity: usize) -> Self {
         let n = rows * heads * capacity * HEAD_DIM;
         Self {
             layers: (0..layers)
@@ -572,35 +337,63 @@ impl CpuState {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use candle_core::Device;
+/// A block run's conditioning on the host.
+pub(crate) struct HostCond {
+    /// Position embedding in the block's order, (N, C).
+    pos: Vec<f32>,
+    /// Class conditioning per row, (rows, C).
+    class: Option<Vec<f32>>,
+    /// Query multiplier per row.
+    qscale: Option<Vec<f32>>,
+}
 
-    #[test]
-    fn packed_linear_matches_matmul_for_every_row_count_and_odd_widths() {
-        let dev = Device::Cpu;
-        for (out, inp) in [(24usize, 20usize), (256, 64), (7, 3)] {
-            let w = Tensor::randn(0f32, 1.0, (out, inp), &dev).unwrap();
-            let b = Tensor::randn(0f32, 1.0, out, &dev).unwrap();
-            let l = PackedLinear::new(&Linear::new(w.clone(), b.clone())).unwrap();
-            for m in [1usize, 2, 3, 4, 5, 9, 130] {
-                let x = Tensor::randn(0f32, 1.0, (m, inp), &dev).unwrap();
-                let want = x
-                    .matmul(&w.t().unwrap())
-                    .unwrap()
-                    .broadcast_add(&b)
-                    .unwrap();
-                let want = host(&want).unwrap();
-                let mut y = vec![f32::NAN; m * out];
-                l.forward(&host(&x).unwrap(), m, &mut y).unwrap();
-                for (a, e) in y.iter().zip(&want) {
-                    assert!(
-                        (a - e).abs() <= 1e-4 * (1.0 + e.abs()),
-                        "{a} vs {e} (m={m})"
-                    );
-                }
-            }
-        }
+/// The fused CPU path: `Method::Cached` and `Method::Jacobi` on the CPU.
+impl HostBackend for CpuBlock {
+    type Cache = CpuState;
+    type Cond = HostCond;
+
+    fn new_cache(model: &Model, rows: usize) -> Result<Self::Cache> {
+        let c = model.config();
+        Ok(CpuState::new(
+            c.layers_per_block,
+            rows,
+            c.num_heads(),
+            c.num_patches(),
+        ))
+    }
+
+    /// Nothing to do: a pass overwrites the cache from its first position on.
+    fn reset(_cache: &mut Self::Cache) {}
+
+    fn cond(cond: BlockCond) -> Result<Self::Cond> {
+        let host = crate::device::host_vec_f32;
+        Ok(HostCond {
+            pos: host(&cond.pos)?,
+            class: cond.class.as_ref().map(host).transpose()?,
+            qscale: cond.qscale.as_ref().map(host).transpose()?,
+        })
+    }
+
+    fn predict<'c>(
+        &self,
+        _blk: &MetaBlock,
+        cond: &HostCond,
+        cache: &'c mut CpuState,
+        x: Vec<f32>,
+        rows: usize,
+        a: usize,
+        t: usize,
+    ) -> Result<Cow<'c, [f32]>> {
+        self.run(
+            &x,
+            rows,
+            a,
+            t,
+            &cond.pos,
+            cond.class.as_deref(),
+            cond.qscale.as_deref(),
+            cache,
+        )?;
+        Ok(Cow::Borrowed(&cache.out))
     }
 }

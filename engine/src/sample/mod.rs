@@ -27,22 +27,28 @@
 pub mod batches;
 pub mod cache;
 pub mod denoise;
+pub mod events;
 mod fused;
+mod host_run;
 pub mod image;
 pub mod noise;
+mod ops;
 pub mod options;
-mod reverse;
+mod packed;
+mod run;
 pub mod sampler;
 pub mod stream;
+mod token_run;
 
 pub use batches::generate_batches;
 pub use cache::LayerCache;
 pub use denoise::{denoise, denoise_with_sigma};
+pub use events::{CancelToken, PatchEvent, SampleEvent, Samples};
 pub use image::{RgbaImage, alpha_threshold, planes_to_rgba, snap_alpha, to_rgba8, to_u8};
 pub use noise::{prior_noise, prior_noise_range};
 pub use options::{GuideWhat, JacobiOptions, Labels, Method, SampleOptions};
 pub use sampler::Sampler;
-pub use stream::{CancelToken, PatchEvent, SampleEvent, SampleStream, Samples};
+pub use stream::SampleStream;
 
 use candle_core::Tensor;
 

@@ -4,150 +4,28 @@
 
 use std::collections::VecDeque;
 use std::ops::ControlFlow;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use candle_core::Tensor;
 
 use super::denoise::denoise;
+pub use super::events::{CancelToken, PatchEvent, SampleEvent, Samples};
 use super::image::{RgbaImage, alpha_threshold, planes_to_rgba, snap_alpha, to_rgba8};
 use super::noise::prior_noise;
 use super::options::{Labels, SampleOptions};
-use super::reverse::{BlockRun, Caches};
+use super::run::{BlockStart, Reversal};
 use super::sampler::Sampler;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::palette::{Palette, PaletteChoice, PaletteMode};
 
-/// A shared flag that stops a [`SampleStream`] (from any thread) before its next step.
-#[derive(Debug, Clone, Default)]
-pub struct CancelToken(Arc<AtomicBool>);
-
-impl CancelToken {
-    /// A token not yet cancelled.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Ask the stream(s) holding this token to stop.
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-
-    /// Whether [`cancel`](Self::cancel) was called.
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
-    }
-}
-
-/// A patch of the final (pre-denoise) image, for every item of the batch, emitted during the last
-/// reversed flow block as soon as it can no longer change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PatchEvent {
-    /// Index of the patch in raster order, 0..N.
-    pub index: usize,
-    /// Column of the patch in the patch grid.
-    pub col: usize,
-    /// Row of the patch in the patch grid.
-    pub row: usize,
-    /// Left edge in pixels.
-    pub x: u32,
-    /// Top edge in pixels.
-    pub y: u32,
-    /// Side of the square patch in pixels.
-    pub size: u32,
-    /// The patch's RGBA8 pixels for each item of the batch: `size * size * 4` bytes each, rows top
-    /// to bottom.
-    pub pixels: Vec<Vec<u8>>,
-}
-
-impl PatchEvent {
-    /// Paint this patch of item `item` into `image` (at its place; clipped to the image).
-    pub fn paint(&self, item: usize, image: &mut RgbaImage) -> Result<()> {
-        let px = self.pixels.get(item).ok_or_else(|| {
-            Error::InvalidInput(format!(
-                "item {item} asked of a patch of {} items",
-                self.pixels.len()
-            ))
-        })?;
-        image.blit(self.x, self.y, self.size, self.size, px)
-    }
-}
-
-/// The result of a sampling run.
-#[derive(Debug, Clone)]
-pub struct Samples {
-    /// The final images (B, C, H, W): denoised when asked for and the model has a noise sigma.
-    pub images: Tensor,
-    /// The images before denoising (the output of the reverse pass), (B, C, H, W).
-    pub raw: Tensor,
-    /// The images after each reversed flow block, in the order they ran (the first is after the
-    /// model's last block; the last equals `raw`).
-    pub after_block: Vec<Tensor>,
-    /// `images` as RGBA8.
-    pub rgba: Vec<RgbaImage>,
-    /// Transformer passes the reverse pass ran, over all blocks: `blocks * (N - 1)` for the
-    /// sequential methods, usually fewer with [`Method::Jacobi`](super::Method::Jacobi).
-    pub passes: usize,
-    /// Items whose denoising step diverged (non-finite values, e.g. at high guidance): they keep
-    /// their image from before denoising instead of failing the whole batch. Empty when every
-    /// item was denoised (or denoising was off).
-    pub denoise_skipped: Vec<usize>,
-}
-
-/// What a [`SampleStream`] reports, in order.
-#[derive(Debug, Clone)]
-pub enum SampleEvent {
-    /// A flow block starts its reverse pass.
-    BlockStarted {
-        /// 0 for the first block to run, up to `blocks - 1` for the last.
-        step: usize,
-        /// Index of the block in the model (runs from `blocks - 1` down to 0).
-        block: usize,
-        /// Number of blocks.
-        blocks: usize,
-    },
-    /// One unit of work is done (a token step, or the denoising).
-    Progress {
-        /// Units done so far.
-        done: usize,
-        /// Units in the whole run.
-        total: usize,
-    },
-    /// The whole image after a reversed block (only with `SampleOptions::previews`).
-    Preview {
-        /// As in `BlockStarted`.
-        step: usize,
-        /// One image per item.
-        images: Vec<RgbaImage>,
-    },
-    /// A final patch of the pre-denoise image (last block only): patch 0 when the block starts,
-    /// patch i + 1 after its step i.
-    Patch(PatchEvent),
-    /// The denoised images (only when denoising ran).
-    Denoised {
-        /// One image per item.
-        images: Vec<RgbaImage>,
-    },
-    /// The run is complete; always the last event of a run that was not cancelled.
-    Finished(Box<Samples>),
-    /// The run was cancelled by its [`CancelToken`]; the last event.
-    Cancelled {
-        /// Units of work done before it stopped.
-        done: usize,
-    },
-}
-
 enum State {
-    /// About to start the reversed block `step`.
+    /// The reversed block `step` is started (its first events are due).
     Start {
         step: usize,
-        x: Tensor,
     },
-    /// Inside a block.
+    /// Inside the reversed block `step`.
     Block {
         step: usize,
-        run: Box<BlockRun>,
     },
     Denoise,
     /// Repair the wrap-around seams (`SampleOptions::tileable`).
@@ -167,7 +45,8 @@ pub struct SampleStream {
     labels: Option<Vec<i64>>,
     opts: SampleOptions,
     cancel: CancelToken,
-    caches: Caches,
+    /// The reverse pass (weights, caches, and the block being inverted).
+    run: Box<dyn Reversal>,
     queue: VecDeque<SampleEvent>,
     state: State,
     after_block: Vec<Tensor>,
@@ -176,7 +55,6 @@ pub struct SampleStream {
     batch: usize,
     done: usize,
     total: usize,
-    passes: usize,
     /// The palette of each item, when the options ask for one.
     palettes: Option<Vec<Palette>>,
     /// Items that kept their pre-denoise image (see [`Samples::denoise_skipped`]).
@@ -247,9 +125,8 @@ impl SampleStream {
             .to_dtype(candle_core::DType::F32)?
             .to_device(model.device())?;
         let x = ((z * f64::from(opts.temperature))?.broadcast_mul(&model.var.sqrt()?))?;
-        let rows = if opts.uses_guidance() { 2 * b } else { b };
-        let caches = Caches::new(model, rows, opts.method, sampler.fused())?;
         let palettes = item_palettes(cfg, labels, opts)?;
+        let run = sampler.reversal(&x, labels.as_slice(), opts)?;
         let denoising = opts.denoise && cfg.noise_sigma > 0.0;
         let total = cfg.num_blocks * n.saturating_sub(1)
             + usize::from(denoising)
@@ -259,16 +136,15 @@ impl SampleStream {
             labels: labels.as_slice().map(<[i64]>::to_vec),
             opts: opts.clone(),
             cancel: CancelToken::new(),
-            caches,
+            run,
             queue: VecDeque::new(),
-            state: State::Start { step: 0, x },
+            state: State::Start { step: 0 },
             after_block: Vec::new(),
             raw: None,
             images: None,
             batch: b,
             done: 0,
             total,
-            passes: 0,
             palettes,
             denoise_skipped: Vec::new(),
         })
@@ -344,10 +220,12 @@ impl SampleStream {
         Ok(rgba)
     }
 
-    /// RGBA8 pixels, per item, of the token at position `pos` (block order) of `run`.
-    fn patch_event(&self, run: &BlockRun, pos: usize) -> Result<PatchEvent> {
+    /// RGBA8 pixels, per item, of the token at position `pos` (block order) of the block
+    /// being inverted.
+    fn patch_event(&self, pos: usize) -> Result<PatchEvent> {
+        let run = &self.run;
         let cfg = self.sampler.model().config();
-        let blk = &self.sampler.model().blocks[run.block];
+        let blk = &self.sampler.model().blocks[run.block()];
         let n = cfg.num_patches();
         let index = blk.permutation.index(pos, n);
         let p = cfg.patch_size;
@@ -383,7 +261,7 @@ impl SampleStream {
     /// With a palette in [`PaletteMode::Decoding`], snap the final token at `pos` of the last
     /// reversed block (block 0, identity order: token = patch) before later steps condition on
     /// it.
-    fn snap_in_decoding(&self, run: &mut BlockRun, pos: usize) -> Result<()> {
+    fn snap_in_decoding(&mut self, pos: usize) -> Result<()> {
         let Some(palettes) = &self.palettes else {
             return Ok(());
         };
@@ -391,10 +269,11 @@ impl SampleStream {
             return Ok(());
         }
         let channels = self.sampler.model().config().in_channels;
-        run.map_token(pos, |item, values| match palettes.get(item) {
-            Some(p) => p.snap_planes(values, channels),
-            None => Ok(()),
-        })
+        self.run
+            .map_token(pos, &mut |item, values| match palettes.get(item) {
+                Some(p) => p.snap_planes(values, channels),
+                None => Ok(()),
+            })
     }
 
     /// Do one unit of work (or a state change), queueing its events.
@@ -403,42 +282,27 @@ impl SampleStream {
         let model = sampler.model();
         let blocks = model.config().num_blocks;
         match std::mem::replace(&mut self.state, State::Done) {
-            State::Start { step, x } => {
-                let t = blocks - 1 - step;
-                let run = BlockRun::start(
-                    model,
-                    t,
-                    &x,
-                    self.labels.as_deref(),
-                    &self.opts,
-                    sampler.fused(),
-                )?;
-                self.caches.reset();
+            State::Start { step } => {
                 self.queue.push_back(SampleEvent::BlockStarted {
                     step,
-                    block: t,
+                    block: self.run.block(),
                     blocks,
                 });
-                let mut run = run;
                 if step + 1 == blocks {
-                    self.snap_in_decoding(&mut run, 0)?;
-                    let ev = self.patch_event(&run, 0)?;
+                    self.snap_in_decoding(0)?;
+                    let ev = self.patch_event(0)?;
                     self.queue.push_back(SampleEvent::Patch(ev));
                 }
-                self.state = State::Block {
-                    step,
-                    run: Box::new(run),
-                };
+                self.state = State::Block { step };
             }
-            State::Block { step, mut run } => {
-                if run.is_done() {
-                    self.passes += run.passes;
-                    let x = run.output(model)?;
+            State::Block { step } => {
+                if self.run.is_done() {
+                    let x = self.run.output(model)?;
                     check_finite(&x, || {
                         format!(
                             "non-finite values after reversing flow block {} (step {} of {blocks}); \
                              try a lower guidance or temperature, or check the model's weights",
-                            run.block,
+                            self.run.block(),
                             step + 1
                         )
                     })?;
@@ -451,24 +315,27 @@ impl SampleStream {
                     }
                     self.after_block.push(image.clone());
                     self.state = if step + 1 < blocks {
-                        State::Start { step: step + 1, x }
+                        let t = blocks - 2 - step;
+                        let labels = self.labels.as_deref();
+                        let start = BlockStart::new(model, t, &x, labels, &self.opts)?;
+                        self.run.restart(start)?;
+                        State::Start { step: step + 1 }
                     } else {
                         self.raw = Some(image);
                         State::Denoise
                     };
                 } else {
-                    let prep = sampler.prepared(run.block, self.opts.method)?;
-                    let before = run.steps_done;
-                    run.step(model, &prep, &mut self.caches, &self.opts)?;
-                    for pos in before + 1..=run.steps_done {
+                    let before = self.run.steps_done();
+                    self.run.step(model, &self.opts)?;
+                    for pos in before + 1..=self.run.steps_done() {
                         self.progress();
                         if step + 1 == blocks {
-                            self.snap_in_decoding(&mut run, pos)?;
-                            let ev = self.patch_event(&run, pos)?;
+                            self.snap_in_decoding(pos)?;
+                            let ev = self.patch_event(pos)?;
                             self.queue.push_back(SampleEvent::Patch(ev));
                         }
                     }
-                    self.state = State::Block { step, run };
+                    self.state = State::Block { step };
                 }
             }
             State::Denoise => {
@@ -530,7 +397,7 @@ impl SampleStream {
                         raw,
                         after_block: std::mem::take(&mut self.after_block),
                         rgba,
-                        passes: self.passes,
+                        passes: self.run.passes(),
                         denoise_skipped: std::mem::take(&mut self.denoise_skipped),
                     })));
             }

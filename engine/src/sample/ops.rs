@@ -1,0 +1,265 @@
+//! The candle-ops backend of the reverse pass: a flow block's transformer on candle's tensor
+//! ops with linear weights stored transposed ([`FastBlock`]), on any device. It runs the
+//! device-resident sequential methods ([`TokenRun`](super::token_run::TokenRun)) and Jacobi
+//! off the CPU (as a [`HostBackend`]).
+
+use std::borrow::Cow;
+
+use candle_core::Tensor;
+
+use super::cache::LayerCache;
+use super::host_run::HostBackend;
+use super::run::BlockCond;
+use crate::config::HEAD_DIM;
+use crate::error::{Error, Result};
+use crate::model::layers::{LayerNorm, Linear, softmax_last};
+use crate::model::{Exec, MetaBlock, Model};
+
+/// A linear layer with its weight stored transposed, (in, out) and contiguous: candle's CPU
+/// matmul of a few rows by a contiguous (in, out) matrix is several times faster than by the
+/// transposed view of a PyTorch-layout (out, in) weight, which it repacks on every call.
+#[derive(Debug, Clone)]
+struct FastLinear {
+    wt: Tensor,
+    bias: Tensor,
+}
+
+impl FastLinear {
+    /// From a PyTorch-layout linear layer (weight (out, in)).
+    fn new(l: &Linear) -> Result<Self> {
+        Ok(Self {
+            wt: l.weight.t()?.contiguous()?,
+            bias: l.bias.clone(),
+        })
+    }
+
+    /// Apply to `x` (..., in).
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims();
+        let inner = dims[dims.len() - 1];
+        let rows = x.elem_count() / inner.max(1);
+        let out = self.wt.dim(1)?;
+        let y = x
+            .reshape((rows, inner))?
+            .matmul(&self.wt)?
+            .broadcast_add(&self.bias)?;
+        let mut shape = dims.to_vec();
+        if let Some(last) = shape.last_mut() {
+            *last = out;
+        }
+        Ok(y.reshape(shape)?)
+    }
+}
+
+/// The sampling-time form of one transformer layer: the model's LayerNorms and transposed
+/// linear weights, the query part of `qkv` pre-scaled by the softmax scale 1/8 (a power of two,
+/// so the scaled queries are bit-identical to scaling them afterwards).
+#[derive(Debug, Clone)]
+struct FastLayer {
+    norm1: LayerNorm,
+    qkv: FastLinear,
+    proj: FastLinear,
+    norm2: LayerNorm,
+    fc1: FastLinear,
+    fc2: FastLinear,
+    heads: usize,
+}
+
+/// A flow block's transformer prepared for candle's ops.
+#[derive(Debug, Clone)]
+pub(crate) struct FastBlock {
+    proj_in: FastLinear,
+    layers: Vec<FastLayer>,
+    proj_out: FastLinear,
+}
+
+/// How a transformer pass gets the keys and values of earlier tokens.
+pub(crate) enum Attend<'a> {
+    /// From the layers' caches (one per layer), after appending the new tokens', attending
+    /// under this causal mask (T, len) when several tokens are new.
+    Cache(&'a mut [LayerCache], Option<&'a Tensor>),
+    /// The input is the whole prefix: attend within it under this causal mask (T, T).
+    Prefix(&'a Tensor),
+}
+
+impl FastBlock {
+    /// Prepare block `blk` (transposed copies of its linear weights).
+    pub(crate) fn new(blk: &MetaBlock) -> Result<Self> {
+        let layers = blk
+            .layers
+            .iter()
+            .map(|layer| {
+                let att = &layer.attention;
+                let qkv = att.qkv_scaled_queries()?;
+                Ok(FastLayer {
+                    norm1: att.norm.clone(),
+                    qkv: FastLinear::new(&qkv)?,
+                    proj: FastLinear::new(&att.proj)?,
+                    norm2: layer.mlp.norm.clone(),
+                    fc1: FastLinear::new(&layer.mlp.fc1)?,
+                    fc2: FastLinear::new(&layer.mlp.fc2)?,
+                    heads: att.num_heads,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Self {
+            proj_in: FastLinear::new(&blk.proj_in)?,
+            layers,
+            proj_out: FastLinear::new(&blk.proj_out)?,
+        })
+    }
+
+    /// The transformer's output `proj_out(h)` for the last `last` of the tokens `x` (rows, T,
+    /// D) at positions `start..start+T`.
+    pub(crate) fn predict(
+        &self,
+        x: &Tensor,
+        cond: &BlockCond,
+        start: usize,
+        attend: Attend<'_>,
+        last: usize,
+    ) -> Result<Tensor> {
+        let t = x.dim(1)?;
+        let mut h = self
+            .proj_in
+            .forward(x)?
+            .broadcast_add(&cond.pos.narrow(0, start, t)?)?;
+        if let Some(c) = &cond.class {
+            h = h.broadcast_add(c)?;
+        }
+        let qscale = cond.qscale.as_ref();
+        match attend {
+            Attend::Prefix(mask) => {
+                for layer in &self.layers {
+                    h = layer_step(layer, &h, Kv::Mask(mask), qscale)?;
+                }
+            }
+            Attend::Cache(caches, mask) => {
+                if caches.len() != self.layers.len() {
+                    return Err(Error::InvalidInput(format!(
+                        "{} KV caches for {} layers",
+                        caches.len(),
+                        self.layers.len()
+                    )));
+                }
+                for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
+                    h = layer_step(layer, &h, Kv::Cache(cache, mask), qscale)?;
+                }
+            }
+        }
+        let h = if last < t {
+            h.narrow(1, t - last, last)?
+        } else {
+            h
+        };
+        self.proj_out.forward(&h)
+    }
+}
+
+/// Transposed weights of every block of `model`, in block order.
+pub(crate) fn prepare(model: &Model) -> Result<Vec<FastBlock>> {
+    model.blocks.iter().map(FastBlock::new).collect()
+}
+
+/// One KV cache per layer of a block, for `rows` rows of `model`.
+pub(crate) fn layer_caches(model: &Model, rows: usize) -> Result<Vec<LayerCache>> {
+    let c = model.config();
+    (0..c.layers_per_block)
+        .map(|_| LayerCache::new(rows, c.num_heads(), c.num_patches(), model.device()))
+        .collect()
+}
+
+/// How the keys and values of a layer are obtained.
+enum Kv<'a> {
+    /// From the layer's cache, after appending the new tokens', attending under this causal
+    /// mask (T, len) when several tokens are new.
+    Cache(&'a mut LayerCache, Option<&'a Tensor>),
+    /// From the full prefix, under this causal mask (T, T).
+    Mask(&'a Tensor),
+}
+
+/// One transformer layer on the fused (no-grad) kernels: `h + Attn(LN(h))`, then
+/// `h + MLP(LN(h))`, for `h` (rows, T, C). `qscale` (rows, 1, 1, 1) multiplies the queries row by
+/// row, which is how the unconditional half of a doubled batch gets its own attention temperature.
+fn layer_step(
+    layer: &FastLayer,
+    h: &Tensor,
+    kv: Kv<'_>,
+    qscale: Option<&Tensor>,
+) -> Result<Tensor> {
+    let (b, t, c) = h.dims3()?;
+    let heads = layer.heads;
+    let x = layer.norm1.forward(h, Exec::Fast)?;
+    let split = |y: Tensor, n: usize| -> Result<Tensor> {
+        Ok(y.reshape((b, t, n * heads, HEAD_DIM))?.transpose(1, 2)?)
+    };
+    let qkv = split(layer.qkv.forward(&x)?, 3)?;
+    let mut q = qkv.narrow(1, 0, heads)?.contiguous()?;
+    if let Some(s) = qscale {
+        q = q.broadcast_mul(s)?;
+    }
+    let k = qkv.narrow(1, heads, heads)?.contiguous()?;
+    let v = qkv.narrow(1, 2 * heads, heads)?.contiguous()?;
+    let (k, v, mask) = match kv {
+        Kv::Cache(cache, mask) => {
+            cache.append(&k, &v)?;
+            (cache.keys()?, cache.values()?, mask)
+        }
+        Kv::Mask(mask) => (k, v, Some(mask)),
+    };
+    let mut scores = q.matmul(&k.t()?)?;
+    if let Some(mask) = mask {
+        scores = scores.broadcast_add(mask)?;
+    }
+    let y = softmax_last(&scores, Exec::Fast)?
+        .matmul(&v)?
+        .transpose(1, 2)?
+        .reshape((b, t, c))?;
+    let h = (h + layer.proj.forward(&y)?)?;
+    let m = layer
+        .fc1
+        .forward(&layer.norm2.forward(&h, Exec::Fast)?)?
+        .gelu_erf()?;
+    Ok((&h + layer.fc2.forward(&m)?)?)
+}
+
+/// Jacobi off the CPU: the host sequence's new tokens go to the device, the prediction comes
+/// back (one host round trip per pass).
+impl HostBackend for FastBlock {
+    type Cache = Vec<LayerCache>;
+    type Cond = BlockCond;
+
+    fn new_cache(model: &Model, rows: usize) -> Result<Self::Cache> {
+        layer_caches(model, rows)
+    }
+
+    fn reset(cache: &mut Self::Cache) {
+        cache.iter_mut().for_each(LayerCache::reset);
+    }
+
+    fn cond(cond: BlockCond) -> Result<Self::Cond> {
+        Ok(cond)
+    }
+
+    fn predict<'c>(
+        &self,
+        blk: &MetaBlock,
+        cond: &BlockCond,
+        cache: &'c mut Self::Cache,
+        x: Vec<f32>,
+        rows: usize,
+        a: usize,
+        t: usize,
+    ) -> Result<Cow<'c, [f32]>> {
+        let d = blk.patch_dim();
+        let x = Tensor::from_vec(x, (rows, t, d), cond.pos.device())?;
+        let mask = if t > 1 {
+            Some(blk.mask.narrow(0, a, t)?.narrow(1, 0, a + t)?)
+        } else {
+            None
+        };
+        cache.iter_mut().for_each(|c| c.truncate(a));
+        let o = self.predict(&x, cond, a, Attend::Cache(cache, mask.as_ref()), t)?;
+        Ok(Cow::Owned(crate::device::host_vec_f32(&o)?))
+    }
+}
