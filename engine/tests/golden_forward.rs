@@ -8,6 +8,7 @@ use common::*;
 use tarflow::Model;
 use tarflow::format::{ConfigHints, load_reference};
 use tarflow::model::Exec;
+use tarflow::model::host_grad::{self, HostGrad, Wants};
 
 fn check_forward(name: &str, model: &Model, exec: Exec) {
     let limit = tol().golden;
@@ -28,6 +29,41 @@ fn check_forward(name: &str, model: &Model, exec: Exec) {
     let loss = model.loss(&out).unwrap().reshape(1).unwrap();
     let d = max_abs_diff(&loss, &cases["forward.loss"]);
     assert!(d < limit, "{name} {exec:?}: loss differs by {d}");
+}
+
+/// The hand-written host pass (what training and denoising run on the CPU): its loss against
+/// the reference's, and the bits per dim against the candle graph's.
+fn check_host_loss(name: &str, model: &Model) {
+    if !host_grad::applies(model) {
+        return;
+    }
+    let cases = golden_cases(name);
+    let y = labels(&cases, "forward.y");
+    let x = &cases["forward.x"];
+    let images = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let wants = Wants {
+        params: true,
+        input: true,
+    };
+    let out = HostGrad::new(model)
+        .unwrap()
+        .loss_and_grads(&images, x.dim(0).unwrap(), y.as_deref(), wants)
+        .unwrap();
+    let want = cases["forward.loss"].to_vec1::<f32>().unwrap()[0];
+    let d = (out.loss - want).abs();
+    assert!(d < tol().golden, "{name} host pass: loss differs by {d}");
+    let graph = model.forward(x, y.as_deref()).unwrap();
+    let bpd = model
+        .bits_per_dim(&graph)
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    for (a, b) in out.bits_per_dim.iter().zip(&bpd) {
+        assert!(
+            (a - b).abs() < tol().golden,
+            "{name} host pass: bpd {a} vs {b}"
+        );
+    }
 }
 
 fn check_grad(name: &str, model: &Model) {
@@ -63,6 +99,7 @@ fn small_forward_from_safetensors() {
     let m = from_safetensors("small");
     check_forward("small", &m, Exec::Grad);
     check_forward("small", &m, Exec::Fast);
+    check_host_loss("small", &m);
 }
 
 #[test]
@@ -70,6 +107,7 @@ fn cond_forward_from_safetensors() {
     let m = from_safetensors("cond");
     check_forward("cond", &m, Exec::Grad);
     check_forward("cond", &m, Exec::Fast);
+    check_host_loss("cond", &m);
 }
 
 #[test]

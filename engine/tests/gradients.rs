@@ -4,6 +4,7 @@
 mod common;
 
 use candle_core::{DType, Tensor, Var};
+use tarflow::model::host_grad::{self, HostGrad, Wants};
 use tarflow::model::{Exec, InitOptions, init_weights};
 use tarflow::{Model, ModelConfig, Weights};
 
@@ -55,6 +56,28 @@ fn every_parameter_gets_a_gradient() {
             norm.is_finite() && norm > 0.0,
             "{name}: gradient norm {norm}"
         );
+    }
+
+    // The hand-written host pass (training on the CPU) gives every parameter the same gradient.
+    if host_grad::applies(&model) {
+        let images = x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        let wants = Wants {
+            params: true,
+            input: false,
+        };
+        let host = HostGrad::new(&model)
+            .unwrap()
+            .loss_and_grads(&images, 4, Some(&[0, 1, -1, 1]), wants)
+            .unwrap()
+            .param_grads
+            .unwrap();
+        assert_eq!(host.len(), vars.len());
+        for (name, v) in &vars {
+            let want = grads.get(v.as_tensor()).unwrap();
+            let got = host[name].clone().into_tensor(want.device()).unwrap();
+            let r = common::max_rel_diff(&got, want);
+            assert!(r < 1e-4, "{name}: host gradient differs by {r} (relative)");
+        }
     }
 
     let fast = model

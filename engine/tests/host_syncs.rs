@@ -43,7 +43,10 @@ fn one_host_round_trip_per_training_step() {
     cfg.batch_size = 4;
     cfg.holdout_fraction = 0.0;
     let dev = common::device();
-    let mut t = Trainer::new(small_model(), cfg, data, &dev).unwrap();
+    let mut t = Trainer::new(small_model(), cfg.clone(), data.clone(), &dev).unwrap();
+    // On the CPU the default is the hand-written host pass (below): count candle's autograd,
+    // the path a GPU takes, as the sampler test counts `CachedOps`.
+    t.force_autograd(true);
     let params = t.model().weights().unwrap().len();
     let mut per_step = Vec::new();
     for _ in 0..3 {
@@ -51,6 +54,24 @@ fn one_host_round_trip_per_training_step() {
         let m = t.step().unwrap();
         assert!(m.skipped.is_none() && m.grad_norm.is_finite(), "{m:?}");
         per_step.push(host_syncs() - before);
+    }
+    if dev.is_cpu() {
+        // The host pass computes the loss and gradients where they are already: no round trip.
+        let mut h = Trainer::new(small_model(), cfg, data, &dev).unwrap();
+        // TARFLOW_AUTOGRAD=1 keeps autograd everywhere (one round trip, as above).
+        let host = h.uses_host_grad();
+        assert_eq!(host, !tarflow::model::host_grad::autograd_forced());
+        for _ in 0..2 {
+            let before = host_syncs();
+            let m = h.step().unwrap();
+            assert!(m.skipped.is_none() && m.grad_norm.is_finite(), "{m:?}");
+            let n = host_syncs() - before;
+            assert_eq!(
+                n,
+                u64::from(!host),
+                "host pass {host}: host round trips in a step"
+            );
+        }
     }
     eprintln!(
         "host round trips per training step on {}: {per_step:?} ({params} weight tensors; \

@@ -239,8 +239,13 @@ impl Model {
         Ok((((nll + c)? - &out.logdets)? / std::f64::consts::LN_2)?)
     }
 
-    /// The loss at `x` and its gradient with respect to `x` (same shape), through autograd.
+    /// The loss at `x` and its gradient with respect to `x` (same shape): on the CPU through the
+    /// hand-written pass ([`HostGrad`](super::host_grad::HostGrad)), elsewhere (or with
+    /// `TARFLOW_AUTOGRAD=1`) through candle's autograd.
     pub fn loss_and_input_grad(&self, x: &Tensor, labels: Option<&[i64]>) -> Result<(f32, Tensor)> {
+        if super::host_grad::applies(self) {
+            return super::host_grad::HostGrad::new(self)?.loss_and_input_grad(x, labels);
+        }
         let xv = Var::from_tensor(&x.to_dtype(DType::F32)?.to_device(&self.device)?)?;
         let out = self.forward(xv.as_tensor(), labels)?;
         let loss = self.loss(&out)?;

@@ -5,9 +5,14 @@ use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::model::host_grad::{self, HostGrad};
 
-/// Items denoised together: bounds the memory of the autograd graph.
+/// Items denoised together through candle's autograd: bounds the memory of its graph.
 const DENOISE_CHUNK: usize = 8;
+
+/// Items denoised together through the host pass on the CPU: bounds the buffers it keeps for
+/// the backward pass (about 5 MB per S16 item).
+const HOST_DENOISE_CHUNK: usize = 16;
 
 /// Denoise images (B, C, H, W) with the model's training noise level
 /// ([`ModelConfig::noise_sigma`](crate::config::ModelConfig::noise_sigma)); a sigma of 0 returns
@@ -20,8 +25,10 @@ pub fn denoise(model: &Model, images: &Tensor, labels: Option<&[i64]>) -> Result
 /// `x + sigma^2 * grad_x log p(x | y)` with `log p` summed over every dimension of each image,
 /// i.e. `x - (B*C*H*W) * sigma^2 * grad_x loss` (the loss is a mean over batch and dimensions).
 ///
-/// Runs the differentiable kernels ([`Exec::Grad`](crate::model::Exec::Grad)), 8 items at a time
-/// (each item's gradient is independent of the others); labels as in [`Model::forward`].
+/// On the CPU runs the hand-written forward and backward pass
+/// ([`HostGrad`], 16 items at a time), elsewhere candle's autograd through the differentiable
+/// kernels ([`Exec::Grad`](crate::model::Exec::Grad), 8 items at a time); each item's gradient is
+/// independent of the others. Labels as in [`Model::forward`].
 pub fn denoise_with_sigma(
     model: &Model,
     images: &Tensor,
@@ -47,13 +54,27 @@ pub fn denoise_with_sigma(
         )));
     }
     // Items are independent (the loss is a mean over items), so the batch is denoised in chunks:
-    // the autograd graph of a whole large batch would take gigabytes.
-    let mut out = Vec::with_capacity(b.div_ceil(DENOISE_CHUNK));
-    for start in (0..b).step_by(DENOISE_CHUNK) {
-        let n = DENOISE_CHUNK.min(b - start);
+    // the autograd graph of a whole large batch would take gigabytes. On the CPU one host pass
+    // serves every chunk, on the same buffers.
+    let mut host = if host_grad::applies(model) {
+        Some(HostGrad::new(model)?)
+    } else {
+        None
+    };
+    let chunk = if host.is_some() {
+        HOST_DENOISE_CHUNK
+    } else {
+        DENOISE_CHUNK
+    };
+    let mut out = Vec::with_capacity(b.div_ceil(chunk));
+    for start in (0..b).step_by(chunk) {
+        let n = chunk.min(b - start);
         let xc = x.narrow(0, start, n)?;
         let lc = labels.map(|l| &l[start..start + n]);
-        let (_, grad) = model.loss_and_input_grad(&xc, lc)?;
+        let (_, grad) = match host.as_mut() {
+            Some(h) => h.loss_and_input_grad(&xc, lc)?,
+            None => model.loss_and_input_grad(&xc, lc)?,
+        };
         let scale = xc.elem_count() as f64 * f64::from(sigma) * f64::from(sigma);
         out.push((xc - (grad * scale)?)?);
     }

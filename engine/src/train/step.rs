@@ -14,6 +14,10 @@ use super::augment::{Placement, to_planar_with_noise};
 use super::trainer::{Progress, Trainer};
 use crate::device::{host_scalar_f32, host_vec_f32};
 use crate::error::{Error, Result};
+use crate::model::host_grad::{self, HostGrad, Wants};
+
+/// Loss, mean bits per dim, squared gradient norm and gradients by parameter name of one step.
+type StepGrads = (f32, f32, f64, BTreeMap<String, Tensor>);
 
 /// One mini-batch: planar images `(B, C, S, S)` in `[-1, 1]` (noise added) and labels (-1 for
 /// unlabelled or dropped). Public so that a host can feed its own batches to
@@ -135,39 +139,13 @@ impl Trainer {
                 b * c * s * s
             )));
         }
-        let x = Tensor::from_vec(batch.images.clone(), (b, c, s, s), &self.device)?;
         let labels = (cfg.num_classes > 0).then_some(batch.labels.as_slice());
         let lr = self.config.schedule().lr_at(self.step);
-        let out = self.model.forward(&x, labels)?;
-        let loss = self.model.loss(&out)?;
-        let bpd = self.model.bits_per_dim(&out)?.mean_all()?;
-        // One host round trip per step: the loss, the bits per dim and the squared gradient norm
-        // (one reduction over every parameter's gradient) come back together, after the
-        // backward pass (which a non-finite loss makes useless but harmless).
-        let grads = loss.backward()?;
-        let mut named = BTreeMap::new();
-        let mut squares = Vec::with_capacity(self.params.len());
-        for (name, var) in &self.params {
-            if let Some(g) = grads.get(var.as_tensor()) {
-                squares.push(g.sqr()?.sum_all()?.to_dtype(DType::F32)?);
-                named.insert(name.clone(), g.clone());
-            }
-        }
-        drop(grads);
-        let sumsq = if squares.is_empty() {
-            Tensor::zeros((), DType::F32, &self.device)?
+        let (loss_v, bpd, sumsq, named) = if self.uses_host_grad() {
+            self.host_gradients(batch, labels)?
         } else {
-            Tensor::stack(&squares, 0)?.sum_all()?
+            self.autograd_gradients(batch, labels)?
         };
-        let stats = host_vec_f32(&Tensor::stack(
-            &[
-                &loss.to_dtype(DType::F32)?,
-                &bpd.to_dtype(DType::F32)?,
-                &sumsq,
-            ],
-            0,
-        )?)?;
-        let (loss_v, bpd, sumsq) = (stats[0], stats[1], f64::from(stats[2]));
         let mut metrics = StepMetrics {
             step: self.step,
             loss: loss_v,
@@ -223,6 +201,88 @@ impl Trainer {
         metrics.images_per_sec = b as f32 / secs.max(1e-9);
         self.report(Progress::Step(metrics.clone()));
         Ok(metrics)
+    }
+
+    /// Compute gradients with candle's autograd even on the CPU, where the hand-written host
+    /// pass ([`HostGrad`]) is the default: the path every other device takes (tests count its
+    /// host round trips on the CPU; `TARFLOW_AUTOGRAD=1` does this for the whole process).
+    pub fn force_autograd(&mut self, on: bool) {
+        self.autograd = on;
+        if on {
+            self.host_grad = None;
+        }
+    }
+
+    /// Whether this trainer's steps run the host pass ([`Trainer::force_autograd`]).
+    pub fn uses_host_grad(&self) -> bool {
+        !self.autograd && host_grad::applies(&self.model)
+    }
+
+    /// Loss, mean bits per dim, squared gradient norm and the gradients by parameter name, on the
+    /// host pass: everything is computed on the host already, so no device round trip.
+    fn host_gradients(&mut self, batch: &Batch, labels: Option<&[i64]>) -> Result<StepGrads> {
+        match self.host_grad.as_mut() {
+            // The parameters are the same tensors step after step, but a grown class table
+            // replaces the model: take its tensors every time (cheap, nothing is copied).
+            Some(h) => h.refresh(&self.model)?,
+            None => self.host_grad = Some(HostGrad::new(&self.model)?),
+        }
+        let h = self.host_grad.as_mut().ok_or_else(|| {
+            Error::Training("the host gradient pass was not built (internal error)".into())
+        })?;
+        let wants = Wants {
+            params: true,
+            input: false,
+        };
+        let out = h.loss_and_grads(&batch.images, batch.len(), labels, wants)?;
+        let mut grads = out.param_grads.unwrap_or_default();
+        let mut named = BTreeMap::new();
+        let mut sumsq = 0f64;
+        for name in self.params.keys() {
+            if let Some(g) = grads.remove(name) {
+                sumsq += g.sum_squares();
+                named.insert(name.clone(), g.into_tensor(&self.device)?);
+            }
+        }
+        let n = out.bits_per_dim.len().max(1) as f64;
+        let bpd = out.bits_per_dim.iter().map(|&v| f64::from(v)).sum::<f64>() / n;
+        Ok((out.loss, bpd as f32, sumsq, named))
+    }
+
+    /// The same through candle's autograd, with one host round trip: the loss, the bits per dim
+    /// and the squared gradient norm (one reduction over every parameter's gradient) come back
+    /// together, after the backward pass (which a non-finite loss makes useless but harmless).
+    fn autograd_gradients(&mut self, batch: &Batch, labels: Option<&[i64]>) -> Result<StepGrads> {
+        let cfg = self.model.config();
+        let (s, c, b) = (cfg.img_size, cfg.in_channels, batch.len());
+        let x = Tensor::from_vec(batch.images.clone(), (b, c, s, s), &self.device)?;
+        let out = self.model.forward(&x, labels)?;
+        let loss = self.model.loss(&out)?;
+        let bpd = self.model.bits_per_dim(&out)?.mean_all()?;
+        let grads = loss.backward()?;
+        let mut named = BTreeMap::new();
+        let mut squares = Vec::with_capacity(self.params.len());
+        for (name, var) in &self.params {
+            if let Some(g) = grads.get(var.as_tensor()) {
+                squares.push(g.sqr()?.sum_all()?.to_dtype(DType::F32)?);
+                named.insert(name.clone(), g.clone());
+            }
+        }
+        drop(grads);
+        let sumsq = if squares.is_empty() {
+            Tensor::zeros((), DType::F32, &self.device)?
+        } else {
+            Tensor::stack(&squares, 0)?.sum_all()?
+        };
+        let stats = host_vec_f32(&Tensor::stack(
+            &[
+                &loss.to_dtype(DType::F32)?,
+                &bpd.to_dtype(DType::F32)?,
+                &sumsq,
+            ],
+            0,
+        )?)?;
+        Ok((stats[0], stats[1], f64::from(stats[2]), named))
     }
 
     fn skip(

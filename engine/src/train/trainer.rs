@@ -22,6 +22,7 @@ use super::step::StepMetrics;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::format::save_model;
+use crate::model::host_grad::HostGrad;
 use crate::model::{InitOptions, Model, Weights, init_weights};
 
 /// Progress reported to the callback set with [`Trainer::set_progress`].
@@ -82,6 +83,11 @@ pub struct Trainer {
     pub(super) data_changed: bool,
     pub(super) last_checkpoint: Option<PathBuf>,
     pub(super) progress: Option<ProgressFn>,
+    /// The hand-written gradient pass on the CPU, built at the first step that uses it.
+    pub(super) host_grad: Option<HostGrad>,
+    /// Gradients through candle's autograd even where the host pass applies
+    /// ([`Trainer::force_autograd`]).
+    pub(super) autograd: bool,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -220,6 +226,8 @@ impl Trainer {
             data_changed: false,
             last_checkpoint: None,
             progress: None,
+            host_grad: None,
+            autograd: false,
         };
         // The first epoch starts lazily, at the first batch: assembling draws nothing.
         Ok(t)

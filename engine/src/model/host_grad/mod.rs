@@ -126,36 +126,18 @@ impl HostGrad {
         })
     }
 
-    /// Take `model`'s current weight tensors (cheap: the tensors are shared, not copied). The
-    /// model must have the configuration this was built with.
+    /// Take `model`'s current weight tensors (cheap: the tensors are shared, not copied), e.g.
+    /// after a trainer replaced them (a grown class table). A model of another configuration is
+    /// taken too; the buffers adapt on the next call.
     pub fn refresh(&mut self, model: &Model) -> Result<()> {
-        let (a, b) = (&self.config, model.config());
-        let same = (
-            a.in_channels,
-            a.img_size,
-            a.patch_size,
-            a.channels,
-            a.num_blocks,
-            a.layers_per_block,
-            a.nvp,
-            a.num_classes,
-        ) == (
-            b.in_channels,
-            b.img_size,
-            b.patch_size,
-            b.channels,
-            b.num_blocks,
-            b.layers_per_block,
-            b.nvp,
-            b.num_classes,
-        );
-        if !same || !model.device().is_cpu() {
+        if !model.device().is_cpu() {
             return Err(Error::InvalidInput(
-                "refreshing the host gradient path from a model of another shape or device".into(),
+                "the host gradient path runs models on the CPU; this one is on another device"
+                    .into(),
             ));
         }
-        self.config = b.clone();
         self.params = tensors_of(model)?;
+        self.config = model.config().clone();
         Ok(())
     }
 
@@ -309,6 +291,47 @@ impl HostGrad {
             }
             Ok(out)
         })
+    }
+}
+
+impl HostGrad {
+    /// [`Model::loss_and_input_grad`] on this pass: the loss at images `x` (B, C, H, W) and its
+    /// gradient with respect to `x` (same shape, f32 on the CPU).
+    pub fn loss_and_input_grad(
+        &mut self,
+        x: &Tensor,
+        labels: Option<&[i64]>,
+    ) -> Result<(f32, Tensor)> {
+        let cfg = &self.config;
+        let want = [cfg.in_channels, cfg.img_size, cfg.img_size];
+        let b = match x.dims() {
+            [b, rest @ ..] if rest == want => *b,
+            d => {
+                return Err(Error::InvalidInput(format!(
+                    "images of shape {d:?} given, the model takes (B, {}, {}, {})",
+                    want[0], want[1], want[2]
+                )));
+            }
+        };
+        // On the CPU this is a plain read of host memory, not a device round trip.
+        let images = x
+            .to_device(&Device::Cpu)?
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let out = self.loss_and_grads(
+            &images,
+            b,
+            labels,
+            Wants {
+                params: false,
+                input: true,
+            },
+        )?;
+        let grad = out.input_grad.ok_or_else(|| {
+            Error::InvalidInput("the host pass returned no input gradient (internal error)".into())
+        })?;
+        Ok((out.loss, Tensor::from_vec(grad, x.shape(), &Device::Cpu)?))
     }
 }
 
