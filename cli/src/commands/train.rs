@@ -6,14 +6,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use clap::Args;
+use tarflow::Model;
 use tarflow::sample::{Labels, SampleOptions, SampleStream};
 use tarflow::train::{
-    AugmentConfig, ChannelChoice, Checkpoint, DataConfig, Dataset, NoiseConfig, Progress,
-    RunOptions, SizePolicy, TrainConfig, Trainer, evaluate_bpd,
+    AugmentConfig, ChannelChoice, Conflict, Dataset, NoiseConfig, Progress, RunOptions, RunRequest,
+    SizePolicy, StartError, StartPlan, StartRefusal, Started, StartedAs, Trainer, evaluate_bpd,
+    plan_start,
 };
-use tarflow::{Model, ModelConfig};
 
 use crate::generate::{open_device, progress_bar, say};
 use crate::images::{grid, save_png};
@@ -144,26 +145,6 @@ fn noise(arg: &str) -> anyhow::Result<NoiseConfig> {
     Ok(NoiseConfig::Gaussian { sigma })
 }
 
-fn show_noise(n: &NoiseConfig) -> String {
-    match n {
-        NoiseConfig::Uniform => "uniform".into(),
-        NoiseConfig::Gaussian { sigma } => sigma.to_string(),
-    }
-}
-
-/// The training data and, for a `train/` + `test/` split, the held-out `test/` part.
-fn load_data(root: &Path, cfg: &DataConfig) -> anyhow::Result<(Dataset, Option<Dataset>)> {
-    let (data, test) = Dataset::load_split(root, cfg, &mut |s| eprintln!("{s}"))?;
-    if let Some(t) = &test {
-        println!(
-            "{} is split: training on train/, holding out test/ ({} images)",
-            root.display(),
-            t.len()
-        );
-    }
-    Ok((data, test))
-}
-
 fn describe(data: &Dataset) -> String {
     let classes = if data.is_conditional() {
         data.class_names().join(", ")
@@ -177,134 +158,6 @@ fn describe(data: &Dataset) -> String {
         data.img_size(),
         data.channels()
     )
-}
-
-/// The flags given explicitly that differ from what a checkpoint or model already fixes.
-#[derive(Default)]
-struct Conflicts(Vec<String>);
-
-impl Conflicts {
-    fn check<T: PartialEq + std::fmt::Display>(&mut self, flag: &str, given: Option<T>, has: T) {
-        if let Some(g) = given
-            && g != has
-        {
-            self.0.push(format!("--{flag} {g} (it has {has})"));
-        }
-    }
-
-    fn switch(&mut self, flag: &str, given: bool, has: bool) {
-        if given && !has {
-            self.0.push(format!("--{flag} (it was trained without)"));
-        }
-    }
-}
-
-/// Sizes and image format fixed by an existing model: `--channels`, `--blocks`, `--layers`,
-/// `--patch-size`, `--img-size`, `--image-channels`.
-fn check_sizes(args: &TrainArgs, m: &ModelConfig, c: &mut Conflicts) {
-    c.check("channels", args.channels, m.channels);
-    c.check("blocks", args.blocks, m.num_blocks);
-    c.check("layers", args.layers, m.layers_per_block);
-    c.check("patch-size", args.patch_size, m.patch_size);
-    c.check("img-size", args.img_size, m.img_size);
-    c.check(
-        "image-channels",
-        args.image_channels.and_then(|i| i.count()),
-        m.in_channels,
-    );
-}
-
-/// Refuse every flag given with a value the checkpoint's run does not have: a resumed run
-/// continues with its own settings.
-fn check_resume(args: &TrainArgs, path: &Path, ckpt: &Checkpoint) -> anyhow::Result<()> {
-    let mut c = Conflicts::default();
-    check_sizes(args, &ckpt.model_config, &mut c);
-    let t = &ckpt.state.config;
-    let d = &ckpt.state.manifest.config;
-    if let Some(n) = &args.noise {
-        let n = noise(n)?;
-        if n != t.noise {
-            c.0.push(format!(
-                "--noise {} (it has {})",
-                show_noise(&n),
-                show_noise(&t.noise)
-            ));
-        }
-    }
-    let policy = |p: SizePolicy| format!("{p:?}").to_lowercase();
-    c.check(
-        "size-policy",
-        args.size_policy.map(policy),
-        policy(d.size_policy),
-    );
-    c.switch("split-strips", args.split_strips, d.split_strips);
-    c.switch("unconditional", args.unconditional, d.unconditional);
-    c.check("lr", args.lr, t.lr);
-    c.check("batch", args.batch, t.batch_size);
-    c.check("warmup", args.warmup, t.warmup_steps);
-    c.check("ema", args.ema, t.ema_decay);
-    c.check("label-dropout", args.label_dropout, t.label_dropout);
-    c.check("holdout", args.holdout, t.holdout_fraction);
-    c.check("seed", args.seed, t.seed);
-    c.switch("hflip", args.hflip, t.augment.hflip);
-    c.switch("vflip", args.vflip, t.augment.vflip);
-    c.switch("rot90", args.rot90, t.augment.rot90);
-    c.switch("toroidal", args.toroidal, t.augment.toroidal);
-    if !c.0.is_empty() {
-        bail!(
-            "the checkpoint {} resumes with its own settings, and these flags differ from them: \
-             {}. Drop them to resume (at step {}), or add --fresh to start a new run (it \
-             replaces the checkpoint and {})",
-            path.display(),
-            c.0.join(", "),
-            ckpt.state.step,
-            args.out.display()
-        );
-    }
-    Ok(())
-}
-
-/// The training settings of a new run.
-fn train_config(args: &TrainArgs, split: bool) -> anyhow::Result<TrainConfig> {
-    let d = TrainConfig::default();
-    if split && args.holdout.is_some() {
-        bail!(
-            "{} is split into train/ and test/, and test/ is the held-out set: drop --holdout \
-             (or train on {} to hold out a fraction of it)",
-            args.data.display(),
-            args.data.join("train").display()
-        );
-    }
-    Ok(TrainConfig {
-        seed: args.seed.unwrap_or(d.seed),
-        batch_size: args.batch.unwrap_or(d.batch_size),
-        lr: args.lr.unwrap_or(d.lr),
-        warmup_steps: args.warmup.unwrap_or(d.warmup_steps),
-        total_steps: args.steps,
-        label_dropout: args.label_dropout.unwrap_or(d.label_dropout),
-        ema_decay: args.ema.unwrap_or(d.ema_decay),
-        noise: noise(args.noise.as_deref().unwrap_or("0.05"))?,
-        augment: AugmentConfig {
-            hflip: args.hflip,
-            vflip: args.vflip,
-            rot90: args.rot90,
-            toroidal: args.toroidal,
-        },
-        holdout_fraction: if split {
-            0.0
-        } else {
-            args.holdout.unwrap_or(d.holdout_fraction)
-        },
-        ..d
-    })
-}
-
-/// Whether two paths name the same file (or would: the same path when neither exists).
-fn same_file(a: &Path, b: &Path) -> bool {
-    match (a.canonicalize(), b.canonicalize()) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => a == b,
-    }
 }
 
 /// Ctrl-C: the first asks training to stop after the current step (the checkpoint is then
@@ -381,141 +234,153 @@ fn write_samples(model: &Model, path: &Path, int: &Interrupt) -> anyhow::Result<
     Ok(true)
 }
 
+/// The settings the flags ask for (a flag not given asks for nothing).
+fn request(args: &TrainArgs) -> anyhow::Result<RunRequest> {
+    Ok(RunRequest {
+        total_steps: args.steps,
+        seed: args.seed,
+        batch_size: args.batch,
+        lr: args.lr,
+        warmup_steps: args.warmup,
+        label_dropout: args.label_dropout,
+        ema_decay: args.ema,
+        noise: args.noise.as_deref().map(noise).transpose()?,
+        augment: AugmentConfig {
+            hflip: args.hflip,
+            vflip: args.vflip,
+            rot90: args.rot90,
+            toroidal: args.toroidal,
+        },
+        holdout_fraction: args.holdout,
+        patch_size: args.patch_size,
+        channels: args.channels,
+        blocks: args.blocks,
+        layers: args.layers,
+        img_size: args.img_size,
+        image_channels: args.image_channels,
+        size_policy: args.size_policy,
+        split_strips: args.split_strips,
+        unconditional: args.unconditional,
+    })
+}
+
+/// `--flag value (it has ...)` for each conflict.
+fn flags(conflicts: &[Conflict]) -> String {
+    conflicts
+        .iter()
+        .map(|c| format!("--{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The library's refusals, worded with the flags.
+fn explain(e: StartError, args: &TrainArgs) -> anyhow::Error {
+    match e {
+        StartError::ResumeConflicts {
+            checkpoint,
+            step,
+            conflicts,
+        } => anyhow!(
+            "the checkpoint {} resumes with its own settings, and these flags differ from them: \
+             {}. Drop them to resume (at step {step}), or add --fresh to start a new run (it \
+             replaces the checkpoint and {})",
+            checkpoint.display(),
+            flags(&conflicts),
+            args.out.display()
+        ),
+        StartError::SizeConflicts { model, conflicts } => anyhow!(
+            "fine-tuning keeps the sizes of the model --from {}, and these flags differ: {}; \
+             drop them, or train a new model without --from",
+            model.display(),
+            flags(&conflicts)
+        ),
+        StartError::HoldoutWithSplit { root } => anyhow!(
+            "{} is split into train/ and test/, and test/ is the held-out set: drop --holdout \
+             (or train on {} to hold out a fraction of it)",
+            root.display(),
+            root.join("train").display()
+        ),
+        StartError::Failed(e) => e.into(),
+    }
+}
+
 /// Train.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     let device = open_device(&args.device)?;
     let ckpt_path = beside(&args.out, "ckpt.safetensors");
     let samples_path = beside(&args.out, "samples.png");
-    if let Some(from) = &args.from
-        && same_file(from, &args.out)
-    {
-        bail!(
+    let plan = match plan_start(&args.out, &ckpt_path, args.from.as_deref(), args.fresh) {
+        Ok(plan) => plan,
+        Err(StartRefusal::FromIsOut) => bail!(
             "--from and --out are the same file ({}): fine-tuning starts a new model and never \
              overwrites the one it starts from; give another --out",
             args.out.display()
-        );
-    }
-    let resume = ckpt_path.exists() && !args.fresh;
-    if !resume && args.out.exists() && !args.fresh {
-        bail!(
+        ),
+        Err(StartRefusal::WouldOverwrite) => bail!(
             "{} exists and has no checkpoint beside it ({}), so there is no run to resume and \
              training would overwrite it. Add --fresh to replace it with a new model, or keep \
              it and fine-tune a copy: --from {} --out NEW.safetensors",
             args.out.display(),
             ckpt_path.display(),
             args.out.display()
-        );
-    }
+        ),
+    };
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    let data_cfg = DataConfig {
-        img_size: args.img_size,
-        channels: args.image_channels.unwrap_or_default(),
-        size_policy: args.size_policy.unwrap_or_default(),
-        split_strips: args.split_strips,
-        unconditional: args.unconditional,
-        ..Default::default()
-    };
-
-    let mut trainer = if resume {
-        let ckpt = Checkpoint::load(&ckpt_path, &device)?;
-        check_resume(&args, &ckpt_path, &ckpt)?;
-        // Known classes keep their ids; new class folders get the next ones.
-        let cfg = DataConfig {
-            classes: ckpt.model_config.class_names.clone(),
-            ..ckpt.state.manifest.config.clone()
-        };
-        let (data, test) = load_data(&args.data, &cfg)?;
-        let old_classes = ckpt.model_config.num_classes;
-        let mut t = Trainer::from_checkpoint(ckpt, data, &device)?;
-        if let Some(test) = test {
-            t.set_holdout(test)?;
-        }
+    let Started {
+        mut trainer,
+        how,
+        split_test_images,
+    } = request(&args)?
+        .start(&plan, &args.data, &ckpt_path, &device, &mut |s| {
+            eprintln!("{s}")
+        })
+        .map_err(|e| explain(e, &args))?;
+    if let Some(n) = split_test_images {
         println!(
-            "resuming {} at step {} ({})",
-            ckpt_path.display(),
-            t.step_count(),
-            describe(t.train_data())
+            "{} is split: training on train/, holding out test/ ({n} images)",
+            args.data.display()
         );
-        if args.from.is_some() {
-            println!("(--from only starts a run: this one resumes from its checkpoint)");
-        }
-        let schedule = t.config().schedule();
-        if args.steps > schedule.total_steps {
+    }
+    match (&how, &plan) {
+        (StartedAs::Resumed { new_classes }, _) => {
             println!(
-                "the learning-rate schedule ends at step {}: steps past it run at its final \
-                 learning rate {}",
-                schedule.total_steps, schedule.min_lr
+                "resuming {} at step {} ({})",
+                ckpt_path.display(),
+                trainer.step_count(),
+                describe(trainer.train_data())
             );
+            if args.from.is_some() {
+                println!("(--from only starts a run: this one resumes from its checkpoint)");
+            }
+            let schedule = trainer.config().schedule();
+            if args.steps > schedule.total_steps {
+                println!(
+                    "the learning-rate schedule ends at step {}: steps past it run at its final \
+                     learning rate {}",
+                    schedule.total_steps, schedule.min_lr
+                );
+            }
+            if trainer.data_changed() {
+                println!(
+                    "the data changed since the checkpoint: continuing incrementally \
+                     ({new_classes} new class(es))"
+                );
+            }
         }
-        if t.data_changed() {
-            let new = t.model_config().num_classes.saturating_sub(old_classes);
-            println!(
-                "the data changed since the checkpoint: continuing incrementally ({new} new class(es))"
-            );
-        }
-        t
-    } else if let Some(from) = &args.from {
-        let model = tarflow::format::load_model(from, &device)
-            .with_context(|| format!("cannot load the model --from {}", from.display()))?;
-        let m = model.config();
-        let mut c = Conflicts::default();
-        check_sizes(&args, m, &mut c);
-        if !c.0.is_empty() {
-            bail!(
-                "fine-tuning keeps the sizes of the model --from {}, and these flags differ: {}; \
-                 drop them, or train a new model without --from",
-                from.display(),
-                c.0.join(", ")
-            );
-        }
-        let cfg = DataConfig {
-            classes: m.class_names.clone(),
-            img_size: Some(m.img_size),
-            channels: ChannelChoice::from_count(m.in_channels)?,
-            ..data_cfg
-        };
-        let (data, test) = load_data(&args.data, &cfg)?;
-        let train_cfg = train_config(&args, test.is_some())?;
-        println!(
+        (StartedAs::FineTuned, StartPlan::FineTune(from)) => println!(
             "new model {}, fine-tuned from {} ({})",
             args.out.display(),
             from.display(),
-            describe(&data)
-        );
-        let mut t = Trainer::from_model(&model, train_cfg, data, &device)?;
-        t.set_provenance(
-            "fine_tuned_from",
-            serde_json::json!({
-                "model": from.display().to_string(),
-                "steps": m.provenance.get("steps").cloned().unwrap_or(serde_json::Value::Null),
-            }),
-        );
-        if let Some(test) = test {
-            t.set_holdout(test)?;
-        }
-        t
-    } else {
-        let (data, test) = load_data(&args.data, &data_cfg)?;
-        let train_cfg = train_config(&args, test.is_some())?;
-        let s = data.img_size();
-        let patch = args.patch_size.unwrap_or(if s <= 32 { 2 } else { 4 });
-        let sizes = ModelConfig::new(
-            data.channels(),
-            s,
-            patch,
-            args.channels.unwrap_or(128),
-            args.blocks.unwrap_or(4),
-            args.layers.unwrap_or(2),
-        );
-        println!("new model: {} ({})", args.out.display(), describe(&data));
-        let mut t = Trainer::new(sizes, train_cfg, data, &device)?;
-        if let Some(test) = test {
-            t.set_holdout(test)?;
-        }
-        t
-    };
+            describe(trainer.train_data())
+        ),
+        _ => println!(
+            "new model: {} ({})",
+            args.out.display(),
+            describe(trainer.train_data())
+        ),
+    }
     let c = trainer.model_config().clone();
     println!(
         "model: {}x{} px, {} ch, patch {}, width {}, {} blocks x {} layers, {} classes, {} parameters",
@@ -749,14 +614,14 @@ mod tests {
     #[test]
     fn noise_and_paths() {
         assert_eq!(noise("uniform").unwrap(), NoiseConfig::Uniform);
-        assert_eq!(show_noise(&noise("0.05").unwrap()), "0.05");
-        assert!(same_file(
-            Path::new("a/m.safetensors"),
-            Path::new("a/m.safetensors")
-        ));
-        assert!(!same_file(
-            Path::new("a/m.safetensors"),
-            Path::new("a/n.safetensors")
-        ));
+        assert_eq!(
+            noise("0.05").unwrap(),
+            NoiseConfig::Gaussian { sigma: 0.05 }
+        );
+        assert!(noise("lots").is_err());
+        assert_eq!(
+            beside(Path::new("a/m.safetensors"), "ckpt.safetensors"),
+            Path::new("a/m.ckpt.safetensors")
+        );
     }
 }

@@ -46,6 +46,7 @@ pub mod optim;
 mod resume;
 pub mod run;
 pub mod schedule;
+pub mod start;
 pub mod step;
 pub mod trainer;
 
@@ -62,5 +63,8 @@ pub use eval::{
 pub use optim::{AdamW, AdamWSettings};
 pub use run::{RunOptions, RunSummary};
 pub use schedule::LrSchedule;
+pub use start::{
+    Conflict, RunRequest, StartError, StartPlan, StartRefusal, Started, StartedAs, plan_start,
+};
 pub use step::{Batch, StepMetrics};
 pub use trainer::{Progress, ProgressFn, Trainer};
