@@ -2,14 +2,9 @@
 //! gives a clear message and a failing exit code, never a panic.
 
 use std::path::PathBuf;
-use std::process::{Command, Output};
 
-fn tarflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tarflow"))
-        .args(args)
-        .output()
-        .unwrap()
-}
+mod common;
+use common::{tarflow, text};
 
 fn golden(name: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -17,14 +12,6 @@ fn golden(name: &str) -> String {
         .join(name)
         .to_string_lossy()
         .into_owned()
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 #[test]

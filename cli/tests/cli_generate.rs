@@ -3,31 +3,12 @@
 //! the reference's own latents, and variations at strength 0 giving the input back.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 mod common;
+use common::on_device::{ok, tarflow};
+use common::{pixels, s};
 
 use tarflow::candle::{Device, Tensor};
-
-/// Run the binary on the test device (`TARFLOW_TEST_DEVICE`, passed as `--device` to the
-/// commands that take it). The tests read what it wrote on the CPU.
-fn tarflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tarflow"))
-        .args(common::with_device(args))
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = tarflow(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "tarflow {args:?} failed: {text}");
-    text
-}
 
 fn golden(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -52,15 +33,6 @@ fn model(dir: &Path) -> String {
         &ms,
     ]);
     ms
-}
-
-fn pixels(path: &Path) -> (u32, u32, Vec<u8>) {
-    let img = image::open(path).unwrap().to_rgba8();
-    (img.width(), img.height(), img.into_raw())
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
 }
 
 #[test]

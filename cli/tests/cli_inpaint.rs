@@ -2,43 +2,14 @@
 //! input's bytes, the masked ones are regenerated; outpainting writes the larger texture with the
 //! original in its corner; `sample --tileable` writes textures whose middle is the plain sample's.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn tarflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tarflow"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn pixels(path: &Path) -> (u32, u32, Vec<u8>) {
-    let img = image::open(path).unwrap().to_rgba8();
-    (img.width(), img.height(), img.into_raw())
-}
-
-fn ok(o: &Output) {
-    assert!(
-        o.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
+mod common;
+use common::{assert_success, pixels, repo, s, tarflow};
 
 #[test]
 fn inpaint_keeps_unmasked_pixels_bit_identical_and_outpaints() {
     let dir = tempfile::tempdir().unwrap();
-    let model = root().join("assets/models/textures16.safetensors");
-    let input = root().join("assets/textures/test/wood/default_chest_side.png");
+    let model = repo().join("assets/models/textures16.safetensors");
+    let input = repo().join("assets/textures/test/wood/default_chest_side.png");
     // A mask with an L-shaped hole: white = regenerate.
     let mut mask = image::RgbaImage::from_pixel(16, 16, image::Rgba([0, 0, 0, 255]));
     for y in 3..13 {
@@ -69,7 +40,7 @@ fn inpaint_keeps_unmasked_pixels_bit_identical_and_outpaints() {
         "--out",
         s(&out),
     ]);
-    ok(&o);
+    assert_success(&o);
     let (_, _, orig) = pixels(&input);
     let regen: Vec<bool> = mask.pixels().map(|p| p[0] != 0).collect();
     for k in 0..2 {
@@ -106,7 +77,7 @@ fn inpaint_keeps_unmasked_pixels_bit_identical_and_outpaints() {
         "--out",
         s(&wide),
     ]);
-    ok(&o);
+    assert_success(&o);
     let (w, h, px) = pixels(&wide.join("inpainted_00.png"));
     assert_eq!((w, h), (24, 16));
     for y in 0..16 {
@@ -132,12 +103,12 @@ fn inpaint_keeps_unmasked_pixels_bit_identical_and_outpaints() {
 #[test]
 fn sample_tileable_keeps_the_middle_of_the_plain_sample() {
     let dir = tempfile::tempdir().unwrap();
-    let model = root().join("assets/models/textures16.safetensors");
+    let model = repo().join("assets/models/textures16.safetensors");
     let common = ["--class", "stone", "--count", "2", "--seed", "3"];
     let (plain, tiled) = (dir.path().join("plain"), dir.path().join("tiled"));
     let mut a = vec!["sample", "--model", s(&model), "--out", s(&plain)];
     a.extend(common);
-    ok(&tarflow(&a));
+    assert_success(&tarflow(&a));
     let mut b = vec![
         "sample",
         "--model",
@@ -147,7 +118,7 @@ fn sample_tileable_keeps_the_middle_of_the_plain_sample() {
         "--tileable",
     ];
     b.extend(common);
-    ok(&tarflow(&b));
+    assert_success(&tarflow(&b));
     for k in 0..2 {
         let (_, _, p) = pixels(&plain.join(format!("sample_{k:04}.png")));
         let (_, _, t) = pixels(&tiled.join(format!("sample_{k:04}.png")));

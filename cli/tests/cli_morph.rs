@@ -1,28 +1,10 @@
 //! `tarflow morph` on the bundled demo model: a strip of frames with its atlas, whose ends are
 //! the input images, and the refusals of options that would move the ends off them.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
-fn tarflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tarflow"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-fn pixels(path: &Path) -> (u32, u32, Vec<u8>) {
-    let img = image::open(path).unwrap().to_rgba8();
-    (img.width(), img.height(), img.into_raw())
-}
+mod common;
+use common::{pixels, repo, s, tarflow};
 
 /// The `size` x `size` frame at (x, y) of an RGBA image `w` wide.
 fn crop(px: &[u8], w: u32, x: u32, y: u32, size: u32) -> Vec<u8> {
@@ -37,9 +19,9 @@ fn crop(px: &[u8], w: u32, x: u32, y: u32, size: u32) -> Vec<u8> {
 #[test]
 fn morph_strip_has_its_atlas_and_reproduces_the_ends() {
     let dir = tempfile::tempdir().unwrap();
-    let model = root().join("assets/models/textures16.safetensors");
-    let a = root().join("assets/textures/test/wood/default_chest_front.png");
-    let b = root().join("assets/textures/test/wood/default_bookshelf.png");
+    let model = repo().join("assets/models/textures16.safetensors");
+    let a = repo().join("assets/textures/test/wood/default_chest_front.png");
+    let b = repo().join("assets/textures/test/wood/default_bookshelf.png");
     let out = dir.path().join("strip.png");
     let o = tarflow(&[
         "morph",

@@ -3,18 +3,9 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn tarflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tarflow"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+mod common;
+use common::{s, tarflow};
 
 fn colours(path: &Path) -> HashSet<[u8; 4]> {
     let img = image::open(path).unwrap().to_rgba8();

@@ -3,26 +3,11 @@
 //! incrementally with the old ids kept; and `eval` reports bits/dim per class.
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn tarflow(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tarflow"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = tarflow(args);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    assert!(o.status.success(), "tarflow {args:?} failed: {text}");
-    text
-}
+mod common;
+use common::{ok, tarflow};
 
 /// 8x8 RGB textures: `stripes` (red rows), `checks` (blue checkers), optionally `dots`.
 fn make_folder(root: &Path, classes: &[&str], per_class: u32) {
