@@ -12,7 +12,7 @@ use crate::config::HEAD_DIM;
 const SCALE: f32 = 0.125;
 
 /// Dot product with 16 partial sums (vectorised by the compiler).
-#[inline]
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let mut ca = a.chunks_exact(16);
@@ -39,15 +39,105 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `y += a * x`.
-#[inline]
+#[inline(always)]
 fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     y.iter_mut().zip(x).for_each(|(o, v)| *o += a * v);
 }
 
+/// The instruction sets the per-item kernels are compiled for; the fastest the CPU has is picked
+/// at run time. Every path computes bit-identical results: the sums are written out in a fixed
+/// order (16 lanes, then a tree), which the compiler vectorises without reassociating.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Isa {
+    /// x86-64 with AVX-512F.
+    Avx512,
+    /// x86-64 with AVX2 and FMA.
+    Avx2,
+    /// Whatever the build targets (SSE2 on x86-64).
+    Portable,
+}
+
+impl Isa {
+    /// The best the running CPU supports.
+    pub(super) fn detect() -> Self {
+        static ISA: std::sync::OnceLock<Isa> = std::sync::OnceLock::new();
+        *ISA.get_or_init(|| {
+            #[cfg(target_arch = "x86_64")]
+            {
+                if std::arch::is_x86_feature_detected!("avx512f") {
+                    return Isa::Avx512;
+                }
+                if std::arch::is_x86_feature_detected!("avx2")
+                    && std::arch::is_x86_feature_detected!("fma")
+                {
+                    return Isa::Avx2;
+                }
+            }
+            Isa::Portable
+        })
+    }
+
+    /// The paths this CPU can run (for tests).
+    #[cfg(test)]
+    pub(super) fn available() -> Vec<Self> {
+        let mut v = vec![Isa::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                v.push(Isa::Avx2);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                v.push(Isa::Avx512);
+            }
+        }
+        v
+    }
+}
+
+/// Compile `$body` (an `#[inline(always)]` function) once per [`Isa`] and dispatch on it.
+macro_rules! multiversion {
+    ($name:ident, $body:ident, ($($arg:ident: $ty:ty),*)) => {
+        #[allow(clippy::too_many_arguments)]
+        pub(super) fn $name(isa: Isa, $($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f")]
+                fn avx512($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn avx2($($arg: $ty),*) {
+                    $body($($arg),*)
+                }
+                match isa {
+                    // SAFETY: `Isa::detect` (or the tests' `available`) found the feature on
+                    // this CPU before handing out the variant.
+                    Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                    // SAFETY: as above.
+                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
+                    Isa::Portable => {}
+                }
+            }
+            let _ = isa;
+            $body($($arg),*)
+        }
+    };
+}
+
+multiversion!(item_fwd, item_fwd_body, (qkv: &[f32], p: &mut [f32], o: &mut [f32], n: usize, c: usize));
+multiversion!(
+    item_bwd,
+    item_bwd_body,
+    (qkv: &[f32], p: &[f32], dout: &[f32], dqkv: &mut [f32], ds: &mut [f32], n: usize, c: usize)
+);
+
 /// Forward of one item: `qkv` (n, 3c) as the fused projection writes it (query heads, then key
 /// heads, then value heads), the probabilities `p` (heads, n, n), written on and below the
 /// diagonal, and the merged heads' output `o` (n, c).
-pub(super) fn item_fwd(qkv: &[f32], p: &mut [f32], o: &mut [f32], n: usize, c: usize) {
+#[inline(always)]
+fn item_fwd_body(qkv: &[f32], p: &mut [f32], o: &mut [f32], n: usize, c: usize) {
     let w = 3 * c;
     o[..n * c].fill(0.0);
     for h in 0..c / HEAD_DIM {
@@ -77,7 +167,8 @@ pub(super) fn item_fwd(qkv: &[f32], p: &mut [f32], o: &mut [f32], n: usize, c: u
 /// Backward of one item: from the output's gradient `dout` (n, c), the gradient of the fused
 /// projection's output `dqkv` (n, 3c), using the kept `qkv` and probabilities `p`; `ds` is
 /// scratch of n values.
-pub(super) fn item_bwd(
+#[inline(always)]
+fn item_bwd_body(
     qkv: &[f32],
     p: &[f32],
     dout: &[f32],
@@ -124,6 +215,19 @@ fn items_parallel(b: usize) -> bool {
 
 /// [`item_fwd`] over `b` items of `n` tokens.
 pub(super) fn forward(qkv: &[f32], p: &mut [f32], o: &mut [f32], b: usize, n: usize, c: usize) {
+    forward_on(Isa::detect(), qkv, p, o, b, n, c);
+}
+
+/// [`forward`] on a given instruction set.
+pub(super) fn forward_on(
+    isa: Isa,
+    qkv: &[f32],
+    p: &mut [f32],
+    o: &mut [f32],
+    b: usize,
+    n: usize,
+    c: usize,
+) {
     let heads = c / HEAD_DIM;
     let (qkv, p, o) = (
         &qkv[..b * n * 3 * c],
@@ -136,16 +240,31 @@ pub(super) fn forward(qkv: &[f32], p: &mut [f32], o: &mut [f32], b: usize, n: us
         qkv.par_chunks(sq)
             .zip(p.par_chunks_mut(sp))
             .zip(o.par_chunks_mut(so))
-            .for_each(|((x, p), o)| item_fwd(x, p, o, n, c));
+            .for_each(|((x, p), o)| item_fwd(isa, x, p, o, n, c));
     } else {
         for ((x, p), o) in qkv.chunks(sq).zip(p.chunks_mut(sp)).zip(o.chunks_mut(so)) {
-            item_fwd(x, p, o, n, c);
+            item_fwd(isa, x, p, o, n, c);
         }
     }
 }
 
 /// [`item_bwd`] over `b` items of `n` tokens.
 pub(super) fn backward(
+    qkv: &[f32],
+    p: &[f32],
+    dout: &[f32],
+    dqkv: &mut [f32],
+    b: usize,
+    n: usize,
+    c: usize,
+) {
+    backward_on(Isa::detect(), qkv, p, dout, dqkv, b, n, c);
+}
+
+/// [`backward`] on a given instruction set.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn backward_on(
+    isa: Isa,
     qkv: &[f32],
     p: &[f32],
     dout: &[f32],
@@ -170,7 +289,7 @@ pub(super) fn backward(
             .zip(dqkv.par_chunks_mut(sq))
             .for_each_init(
                 || vec![0f32; n],
-                |ds, (((x, p), d), g)| item_bwd(x, p, d, g, ds, n, c),
+                |ds, (((x, p), d), g)| item_bwd(isa, x, p, d, g, ds, n, c),
             );
     } else {
         let mut ds = vec![0f32; n];
@@ -180,7 +299,7 @@ pub(super) fn backward(
             .zip(dout.chunks(so))
             .zip(dqkv.chunks_mut(sq))
         {
-            item_bwd(x, p, d, g, &mut ds, n, c);
+            item_bwd(isa, x, p, d, g, &mut ds, n, c);
         }
     }
 }

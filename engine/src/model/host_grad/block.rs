@@ -61,7 +61,8 @@ pub(super) struct LayerCache {
     o: Vec<f32>,
     xhat2: Vec<f32>,
     rstd2: Vec<f32>,
-    f1: Vec<f32>,
+    /// GELU's derivative at fc1's output.
+    dgelu: Vec<f32>,
     /// GELU output (kept only for weight gradients).
     g: Vec<f32>,
 }
@@ -234,7 +235,7 @@ fn layer_forward(
     linear_fwd(h, o, w.proj_w, w.proj_b, m, true)?;
     let (xhat2, rstd2) = (fit(&mut lc.xhat2, m * c), fit(&mut lc.rstd2, m));
     layer_norm_fwd(h, w.mlp_norm_w, w.mlp_norm_b, ln, xhat2, rstd2);
-    let f1 = fit(&mut lc.f1, m * d.hidden);
+    let f1 = fit(&mut lc.dgelu, m * d.hidden);
     linear_fwd(f1, ln, w.fc1_w, w.fc1_b, m, false)?;
     let g = fit(if keep { &mut lc.g } else { hid }, m * d.hidden);
     gelu_fwd(f1, g);
@@ -388,7 +389,7 @@ fn layer_backward(
     if let Some(g) = grads.as_deref_mut() {
         linear_dw(&mut g.fc2_w, &mut g.fc2_b, dh, need(&lc.g)?, m)?;
     }
-    gelu_bwd(&lc.f1[..m * hid], dg);
+    gelu_bwd(&lc.dgelu[..m * hid], dg);
     linear_dx(dln, dg, w.fc1_w, m, hid, false)?;
     if let Some(g) = grads.as_deref_mut() {
         layer_norm_output(&lc.xhat2[..m * c], w.mlp_norm_w, w.mlp_norm_b, ln);

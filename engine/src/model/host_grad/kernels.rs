@@ -5,7 +5,9 @@
 //! products read through strides (gemm packs its own panels), so nothing is transposed or copied.
 
 use crate::error::{Error, Result};
-use crate::model::grad_ops::{gelu, gelu_grad, row_stats, rows_parallel};
+use candle_core::cpu::erf::erf_f32;
+
+use crate::model::grad_ops::{row_stats, rows_parallel};
 
 /// Products of at least this many multiply-adds are split across the rayon pool. Below it
 /// (a 64-token item through a 256-wide layer) waking a second thread costs about what it saves.
@@ -325,28 +327,29 @@ pub(super) fn layer_norm_bwd(
     }
 }
 
-/// GELU (erf form) of every value: `y = gelu(x)`.
-pub(super) fn gelu_fwd(x: &[f32], y: &mut [f32]) {
+/// GELU (erf form) of every value, `y = gelu(x)`, and its derivative in place of `x`
+/// (`x <- gelu'(x)`, what the backward pass multiplies by): one erf per value for both.
+pub(super) fn gelu_fwd(x: &mut [f32], y: &mut [f32]) {
+    fn both(x: &mut [f32], y: &mut [f32]) {
+        for (v, o) in x.iter_mut().zip(y.iter_mut()) {
+            let cdf = (erf_f32(*v * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5;
+            *o = cdf * *v;
+            // 1 / sqrt(2 pi), as grad_ops::gelu_grad.
+            *v = cdf + *v * (-0.5 * *v * *v).exp() * 0.398_942_3;
+        }
+    }
     let y = &mut y[..x.len()];
     if rows_parallel(x.len()) {
         use rayon::prelude::*;
-        y.par_chunks_mut(4096)
-            .zip(x.par_chunks(4096))
-            .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o = gelu(v)));
+        x.par_chunks_mut(4096)
+            .zip(y.par_chunks_mut(4096))
+            .for_each(|(i, o)| both(i, o));
     } else {
-        y.iter_mut().zip(x).for_each(|(o, &v)| *o = gelu(v));
+        both(x, y);
     }
 }
 
-/// GELU backward in place: `g *= gelu'(x)`.
-pub(super) fn gelu_bwd(x: &[f32], g: &mut [f32]) {
-    let g = &mut g[..x.len()];
-    if rows_parallel(x.len()) {
-        use rayon::prelude::*;
-        g.par_chunks_mut(4096)
-            .zip(x.par_chunks(4096))
-            .for_each(|(o, i)| o.iter_mut().zip(i).for_each(|(o, &v)| *o *= gelu_grad(v)));
-    } else {
-        g.iter_mut().zip(x).for_each(|(o, &v)| *o *= gelu_grad(v));
-    }
+/// GELU backward in place: `g *= d`, with `d` the derivative [`gelu_fwd`] left.
+pub(super) fn gelu_bwd(d: &[f32], g: &mut [f32]) {
+    g[..d.len()].iter_mut().zip(d).for_each(|(o, v)| *o *= v);
 }

@@ -161,7 +161,7 @@ fn gelu_mlp_backward_matches_autograd() {
     let mut f = vec![0f32; m * hid];
     linear_fwd(&mut f, &lnv, &hv(&w1), &hv(&b1), m, false).unwrap();
     let mut gl = vec![0f32; m * hid];
-    gelu_fwd(&f, &mut gl);
+    gelu_fwd(&mut f, &mut gl);
     let mut out = vec![0f32; m * c];
     linear_fwd(&mut out, &gl, &hv(&w2), &hv(&b2), m, false).unwrap();
     assert_close("y", &out, &host(&y), 1e-5);
@@ -235,6 +235,15 @@ fn attention_forward_and_backward_match_autograd() {
     let mut dqkv = vec![0f32; b * n * 3 * c];
     attention::backward(&qv, &p, &dout, &mut dqkv, batch_items, n, c);
     assert_close("dqkv", &dqkv, &host(g.get(qkv.as_tensor()).unwrap()), 1e-5);
+    // Every instruction set this CPU has gives the same bits.
+    for isa in attention::Isa::available() {
+        let (mut p2, mut o2) = (vec![0f32; p.len()], vec![0f32; out.len()]);
+        attention::forward_on(isa, &qv, &mut p2, &mut o2, batch_items, n, c);
+        assert_eq!(o2, out, "{isa:?}: forward");
+        let mut d2 = vec![0f32; dqkv.len()];
+        attention::backward_on(isa, &qv, &p2, &dout, &mut d2, batch_items, n, c);
+        assert_eq!(d2, dqkv, "{isa:?}: backward");
+    }
 }
 
 #[test]
