@@ -17,9 +17,9 @@ use crate::model::{MetaBlock, Model};
 /// implementation per way of executing the block.
 pub(crate) trait HostBackend: Send + Sync + Sized + 'static {
     /// The KV caches of every layer of a block for one run, reused by every block in turn.
-    type Cache: Send;
+    type Cache: Send + Sync;
     /// A block run's conditioning, in the form this backend adds it.
-    type Cond: Send;
+    type Cond: Send + Sync;
 
     /// Empty caches for `rows` rows (the doubled batch when guiding) of `model`.
     fn new_cache(model: &Model, rows: usize) -> Result<Self::Cache>;

@@ -140,7 +140,7 @@ fn class_rows(block: &MetaBlock, labels: Option<&[i64]>, rows: usize) -> Result<
 /// weights and the KV caches of the run (reused by every block), and the state of the block
 /// being inverted between steps, so that a stream can pause, report and be cancelled after any
 /// step.
-pub(crate) trait Reversal: Send {
+pub(crate) trait Reversal: Send + Sync {
     /// The sizes of the block being inverted.
     fn dims(&self) -> Dims;
 

@@ -538,6 +538,13 @@ mod tests {
     use candle_core::Device;
 
     #[test]
+    fn streams_can_move_to_and_be_shared_with_other_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<SampleStream>();
+        send_sync::<Sampler>();
+    }
+
+    #[test]
     fn a_diverged_item_keeps_its_raw_image_and_the_others_their_denoised_one() {
         let dev = Device::Cpu;
         let raw =
