@@ -246,6 +246,19 @@ fn process_cpu_ms() -> f64 {
 /// `RAYON_NUM_THREADS=1` it does not depend on the machine's load, unlike wall time.
 fn cpu_time(ws: &[Workload]) {
     for w in ws {
+        // Preparing a sampler (packing the weights): once per `Sampler`, and per call of the
+        // `sample`/`reverse`/`SampleStream::new` conveniences.
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            let t0 = process_cpu_ms();
+            black_box(Sampler::new(w.sampler.model()).expect("sampler"));
+            v.push(process_cpu_ms() - t0);
+        }
+        println!(
+            "cpu_time/{}/sampler_new: {:.1} ms CPU (median of 5)",
+            w.name,
+            median(v)
+        );
         for method in [Method::Cached, Method::CachedOps, Method::Jacobi] {
             let o = SampleOptions {
                 method,
