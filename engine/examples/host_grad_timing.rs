@@ -10,6 +10,10 @@
 //! RAYON_NUM_THREADS=1 cargo run --release -p tarflow --example host_grad_timing -- [--reps 5]
 //!     [--batch 32] [--only host|autograd] [--denoise-batch 1] [--no-train] [--no-denoise]
 //! ```
+//!
+//! Instruction counts (load-independent; valgrind has no AVX-512, so gemm runs its AVX2 kernels):
+//! `valgrind --tool=callgrind --toggle-collect=host_grad_timing::host_pass` (or `autograd_pass`)
+//! `target/release/examples/host_grad_timing --reps 1 --no-denoise --only host` counts two passes.
 
 use std::time::Instant;
 
@@ -67,6 +71,24 @@ fn flops(cfg: &ModelConfig, b: usize, params: bool) -> f64 {
     let attn_half = b as f64 * heads * n * (n + 1.0) / 2.0 * 64.0;
     let attn = (cfg.num_blocks * cfg.layers_per_block) as f64 * attn_half * (2.0 + 4.0);
     2.0 * (linear + attn)
+}
+
+/// One training pass on the host path (a function of its own, so that
+/// `valgrind --tool=callgrind --toggle-collect=host_grad_timing::host_pass` counts only it).
+#[inline(never)]
+fn host_pass(host: &mut HostGrad, images: &[f32], batch: usize, labels: &[i64], wants: Wants) {
+    let out = host
+        .loss_and_grads(images, batch, Some(labels), wants)
+        .expect("host pass");
+    std::hint::black_box(out);
+}
+
+/// One training pass through candle's autograd (`--toggle-collect=host_grad_timing::autograd_pass`).
+#[inline(never)]
+fn autograd_pass(model: &Model, x: &Tensor, labels: &[i64]) {
+    let out = model.forward(x, Some(labels)).expect("forward");
+    let loss = model.loss(&out).expect("loss");
+    std::hint::black_box(loss.backward().expect("backward"));
 }
 
 fn main() -> tarflow::Result<()> {
@@ -133,10 +155,7 @@ fn main() -> tarflow::Result<()> {
     };
     if train && run_host {
         let (w, c) = time(reps, || {
-            let out = host
-                .loss_and_grads(&images, batch, Some(&labels), wants)
-                .expect("host pass");
-            std::hint::black_box(out);
+            host_pass(&mut host, &images, batch, &labels, wants)
         });
         println!(
             "train b{batch} host:     {w:7.1} / {c:7.1}  ({:.1} GFLOP/s of CPU time, {:.1} GFLOP)",
@@ -146,11 +165,7 @@ fn main() -> tarflow::Result<()> {
     }
     let x = Tensor::from_vec(images.clone(), (batch, 4, 16, 16), &dev)?;
     if train && run_auto {
-        let (w, c) = time(reps, || {
-            let out = model.forward(&x, Some(&labels)).expect("forward");
-            let loss = model.loss(&out).expect("loss");
-            std::hint::black_box(loss.backward().expect("backward"));
-        });
+        let (w, c) = time(reps, || autograd_pass(&model, &x, &labels));
         println!(
             "train b{batch} autograd: {w:7.1} / {c:7.1}  ({:.1} GFLOP/s of CPU time)",
             train_flops / (c * 1e6)

@@ -9,9 +9,11 @@ use candle_core::cpu::erf::erf_f32;
 
 use crate::model::grad_ops::{row_stats, rows_parallel};
 
-/// Products of at least this many multiply-adds are split across the rayon pool. Below it
-/// (a 64-token item through a 256-wide layer) waking a second thread costs about what it saves.
-const PARALLEL_MACS: usize = 1 << 23;
+/// Products of at least this many multiply-adds are split across the rayon pool. Below it (the
+/// products of one or two 64-token items through a 256-wide layer: denoising one texture)
+/// waking a second thread cost more than it saved (S16 denoise b1 at 2 threads: 55 ms wall
+/// split, 39-47 ms not, on the loaded 2-vCPU Xeon).
+const PARALLEL_MACS: usize = 1 << 25;
 
 /// gemm's parallelism for a product of `macs` multiply-adds.
 fn parallelism(macs: usize) -> gemm::Parallelism {
