@@ -210,32 +210,6 @@ pub(super) fn column_sums(out: &mut [f32], v: &[f32]) {
     }
 }
 
-/// Run `f` on matching rows of `a` (width `wa`), `b` (width `wb`) and `c` (width `wc`), across
-/// the pool when the work is large enough.
-fn rows3<F>(a: &mut [f32], wa: usize, b: &mut [f32], wb: usize, c: &mut [f32], wc: usize, f: F)
-where
-    F: Fn(&mut [f32], &mut [f32], &mut [f32]) + Sync + Send,
-{
-    let rows = a.len() / wa.max(1);
-    let (a, b, c) = (
-        &mut a[..rows * wa],
-        &mut b[..rows * wb],
-        &mut c[..rows * wc],
-    );
-    if rows_parallel(a.len()) {
-        use rayon::prelude::*;
-        a.par_chunks_mut(wa.max(1))
-            .zip(b.par_chunks_mut(wb.max(1)))
-            .zip(c.par_chunks_mut(wc.max(1)))
-            .for_each(|((x, y), z)| f(x, y, z));
-    } else {
-        a.chunks_mut(wa.max(1))
-            .zip(b.chunks_mut(wb.max(1)))
-            .zip(c.chunks_mut(wc.max(1)))
-            .for_each(|((x, y), z)| f(x, y, z));
-    }
-}
-
 /// LayerNorm forward over rows of `x` (width = `w.len()`): writes `y = xhat * w + b` and keeps
 /// `xhat` and each row's `1/std` for the backward pass.
 pub(super) fn layer_norm_fwd(
@@ -248,24 +222,39 @@ pub(super) fn layer_norm_fwd(
 ) {
     let c = w.len().max(1);
     let rows = x.len() / c;
-    // xhat starts as a copy of x and is normalised in place, row by row.
-    xhat[..rows * c].copy_from_slice(&x[..rows * c]);
-    rows3(
+    type Row<'a> = (((&'a [f32], &'a mut [f32]), &'a mut [f32]), &'a mut f32);
+    let body = |(((xr, xh), yr), rs): Row<'_>| {
+        let (mean, r) = row_stats(xr);
+        *rs = r;
+        for ((v, h), (o, (wv, bv))) in xr
+            .iter()
+            .zip(xh.iter_mut())
+            .zip(yr.iter_mut().zip(w.iter().zip(b)))
+        {
+            *h = (v - mean) * r;
+            *o = *h * wv + bv;
+        }
+    };
+    let (x, xhat, y, rstd) = (
+        &x[..rows * c],
         &mut xhat[..rows * c],
-        c,
         &mut y[..rows * c],
-        c,
         &mut rstd[..rows],
-        1,
-        |xh, yr, rs| {
-            let (mean, r) = row_stats(xh);
-            rs[0] = r;
-            for ((h, o), (wv, bv)) in xh.iter_mut().zip(yr.iter_mut()).zip(w.iter().zip(b)) {
-                *h = (*h - mean) * r;
-                *o = *h * wv + bv;
-            }
-        },
     );
+    if rows_parallel(x.len()) {
+        use rayon::prelude::*;
+        x.par_chunks(c)
+            .zip(xhat.par_chunks_mut(c))
+            .zip(y.par_chunks_mut(c))
+            .zip(rstd.par_iter_mut())
+            .for_each(body);
+    } else {
+        x.chunks(c)
+            .zip(xhat.chunks_mut(c))
+            .zip(y.chunks_mut(c))
+            .zip(rstd.iter_mut())
+            .for_each(body);
+    }
 }
 
 /// `y = xhat * w + b` again from a kept `xhat` (the normalised input a weight gradient needs).
