@@ -191,8 +191,8 @@ impl Trainer {
         let d = self.config.ema_decay.min((1.0 + t) / (10.0 + t));
         for (name, var) in &self.params {
             if let Some(e) = self.ema.get_mut(name) {
-                // detach: an EMA that kept its autograd history would hold every past step.
-                *e = (e.affine(d, 0.0)? + var.as_tensor().detach().affine(1.0 - d, 0.0)?)?.detach();
+                // Detached (an EMA that kept its autograd history would hold every past step).
+                *e = super::optim::ema_update(e, var.as_tensor(), d)?;
             }
         }
         metrics.step = self.step;
