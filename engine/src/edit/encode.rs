@@ -37,7 +37,7 @@ pub fn encode(
         )));
     }
     let mut h = model.patchify(&images.to_dtype(DType::F32)?)?;
-    let (b, n, _) = h.dims3()?;
+    let n = h.dim(1)?;
     // Guidance weight of each position after the one-step shift: position j gets the prediction
     // of step j - 1 (position 0 has none).
     let weights: Vec<f32> = (0..n)
@@ -52,20 +52,7 @@ pub fn encode(
     let w = Tensor::from_vec(weights, (1, n, 1), model.device())?;
     for blk in model.blocks() {
         let x = blk.permutation.apply(&h, 1)?;
-        let pos = blk.permutation.apply(&blk.pos_embed, 0)?;
-        let base = blk.proj_in.forward(&x)?.broadcast_add(&pos)?;
-        let branch = |labels: Option<&[i64]>, temp: f64| -> Result<Tensor> {
-            let mut t = base.clone();
-            if let Some(cls) = blk.class_term(labels)? {
-                t = t.broadcast_add(&cls)?;
-            }
-            for layer in &blk.layers {
-                t = layer.forward(&t, &blk.mask, temp, Exec::Fast)?;
-            }
-            let o = blk.proj_out.forward(&t)?;
-            let zero = Tensor::zeros((b, 1, o.dim(2)?), DType::F32, o.device())?;
-            Ok(Tensor::cat(&[&zero, &o.narrow(1, 0, n - 1)?], 1)?)
-        };
+        let branch = |labels, temp| blk.predict(&x, labels, temp, Exec::Fast);
         let (ac, mc) = blk.split_out(&branch(labels, 1.0)?)?;
         let (au, mu_u) = blk.split_out(&branch(None, f64::from(opts.attn_temp))?)?;
         let guide = |c: &Tensor, u: &Tensor, on: bool| -> Result<Tensor> {

@@ -1,9 +1,10 @@
-//! The transformer layers of a flow block: causal multi-head [`Attention`], the [`Mlp`], and the
-//! residual [`AttentionBlock`] that chains them, with the reference's parameter layout.
+//! The parameters of a flow block's attention layers, in the reference's layout: [`Attention`],
+//! the [`Mlp`], the [`AttentionBlock`] holding both; and the attention kernel on candle's ops.
+//! The order in which a layer runs them is [`recipe::LAYER`](super::recipe::LAYER).
 
 use candle_core::Tensor;
 
-use super::layers::{Exec, LayerNorm, Linear, gelu_erf, softmax_last};
+use super::layers::{Exec, LayerNorm, Linear, softmax_last};
 use crate::config::HEAD_DIM;
 use crate::error::Result;
 
@@ -36,49 +37,41 @@ impl Attention {
             Tensor::cat(&[(b.narrow(0, 0, c)? * s)?, b.narrow(0, c, 2 * c)?], 0)?,
         ))
     }
+}
 
-    /// Split `x` (B, T, C) after the norm into q, k, v, each (B, heads, T, 64), contiguous.
-    pub(crate) fn qkv(&self, x: &Tensor, exec: Exec) -> Result<(Tensor, Tensor, Tensor)> {
-        let (b, t, _) = x.dims3()?;
-        let h = self.num_heads;
-        let qkv = self
-            .qkv
-            .forward(&self.norm.forward(x, exec)?)?
-            .reshape((b, t, 3 * h, HEAD_DIM))?
-            .transpose(1, 2)?;
-        let q = qkv.narrow(1, 0, h)?.contiguous()?;
-        let k = qkv.narrow(1, h, h)?.contiguous()?;
-        let v = qkv.narrow(1, 2 * h, h)?.contiguous()?;
-        Ok((q, k, v))
-    }
+/// Split the output of `qkv` (B, T, 3C) into q, k, v, each (B, heads, T, 64), contiguous.
+pub(crate) fn split_qkv(qkv: &Tensor, heads: usize) -> Result<(Tensor, Tensor, Tensor)> {
+    let (b, t, _) = qkv.dims3()?;
+    let qkv = qkv.reshape((b, t, 3 * heads, HEAD_DIM))?.transpose(1, 2)?;
+    let q = qkv.narrow(1, 0, heads)?.contiguous()?;
+    let k = qkv.narrow(1, heads, heads)?.contiguous()?;
+    let v = qkv.narrow(1, 2 * heads, heads)?.contiguous()?;
+    Ok((q, k, v))
+}
 
-    /// Attend q (B, H, Tq, 64) over k, v (B, H, Tk, 64), merge heads and project: (B, Tq, C).
-    pub(crate) fn attend(
-        &self,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        mask: Option<&Tensor>,
-        temp: f64,
-        exec: Exec,
-    ) -> Result<Tensor> {
-        let (b, h, tq, hd) = q.dims4()?;
-        let mut scores = (q.matmul(&k.t()?)? * Self::scale(temp))?;
-        if let Some(mask) = mask {
-            scores = scores.broadcast_add(mask)?;
-        }
-        let y = softmax_last(&scores, exec)?
-            .matmul(v)?
-            .transpose(1, 2)?
-            .reshape((b, tq, h * hd))?;
-        self.proj.forward(&y)
+/// Attention of q (B, H, Tq, 64) over k, v (B, H, Tk, 64) on candle's ops, heads merged:
+/// (B, Tq, H * 64). The scores are multiplied by `scale` when given (a sampler that pre-scaled
+/// its queries passes `None`), then `mask` (Tq, Tk) is added.
+pub(crate) fn attend_heads(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: Option<f64>,
+    mask: Option<&Tensor>,
+    exec: Exec,
+) -> Result<Tensor> {
+    let (b, h, tq, hd) = q.dims4()?;
+    let mut scores = q.matmul(&k.t()?)?;
+    if let Some(s) = scale {
+        scores = (scores * s)?;
     }
-
-    /// Full-sequence attention of `x` (B, T, C) under an additive mask (T, T).
-    pub fn forward(&self, x: &Tensor, mask: &Tensor, temp: f64, exec: Exec) -> Result<Tensor> {
-        let (q, k, v) = self.qkv(x, exec)?;
-        self.attend(&q, &k, &v, Some(mask), temp, exec)
+    if let Some(mask) = mask {
+        scores = scores.broadcast_add(mask)?;
     }
+    Ok(softmax_last(&scores, exec)?
+        .matmul(v)?
+        .transpose(1, 2)?
+        .reshape((b, tq, h * hd))?)
 }
 
 /// Pre-norm MLP: LayerNorm, Linear(C, 4C), GELU (erf form), Linear(4C, C).
@@ -89,25 +82,9 @@ pub struct Mlp {
     pub(crate) fc2: Linear,
 }
 
-impl Mlp {
-    /// Apply to `x` (..., C).
-    pub fn forward(&self, x: &Tensor, exec: Exec) -> Result<Tensor> {
-        let h = gelu_erf(&self.fc1.forward(&self.norm.forward(x, exec)?)?)?;
-        self.fc2.forward(&h)
-    }
-}
-
 /// One transformer layer: `x + Attn(LN(x))`, then `x + MLP(LN(x))`.
 #[derive(Debug, Clone)]
 pub struct AttentionBlock {
     pub(crate) attention: Attention,
     pub(crate) mlp: Mlp,
-}
-
-impl AttentionBlock {
-    /// Full-sequence forward of `x` (B, T, C) under an additive causal mask.
-    pub fn forward(&self, x: &Tensor, mask: &Tensor, temp: f64, exec: Exec) -> Result<Tensor> {
-        let x = (x + self.attention.forward(x, mask, temp, exec)?)?;
-        Ok((&x + self.mlp.forward(&x, exec)?)?)
-    }
 }

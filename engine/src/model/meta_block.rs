@@ -3,8 +3,9 @@
 
 use candle_core::{DType, Device, Tensor};
 
-use super::attention::AttentionBlock;
-use super::layers::{Exec, Linear};
+use super::attention::{Attention, AttentionBlock, attend_heads, split_qkv};
+use super::layers::{Exec, Linear, gelu_erf};
+use super::recipe::{self, Step, Sublayer};
 use crate::error::{Error, Result};
 
 /// The sequence order a flow block works in.
@@ -142,6 +143,24 @@ impl MetaBlock {
         labels: Option<&[i64]>,
         exec: Exec,
     ) -> Result<(Tensor, Tensor)> {
+        let x = self.permutation.apply(x, 1)?;
+        let o = self.predict(&x, labels, 1.0, exec)?;
+        let (alpha, mu) = self.split_out(&o)?;
+        let y = (x - mu)?.mul(&alpha.neg()?.exp()?)?;
+        Ok((self.permutation.apply(&y, 1)?, alpha))
+    }
+
+    /// The network's prediction for `x` (B, N, D) in the block's order, shifted by one token:
+    /// row i holds what tokens `0..i` predict for token i (the log-scale and shift, or the shift
+    /// alone without `nvp`; zeros for token 0), (B, N, 2D or D). `temp` is the attention
+    /// temperature (1 for the model itself).
+    pub(crate) fn predict(
+        &self,
+        x: &Tensor,
+        labels: Option<&[i64]>,
+        temp: f64,
+        exec: Exec,
+    ) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;
         if let Some(l) = labels
             && l.len() != b
@@ -151,20 +170,76 @@ impl MetaBlock {
                 l.len()
             )));
         }
-        let x = self.permutation.apply(x, 1)?;
-        let pos = self.permutation.apply(&self.pos_embed, 0)?;
-        let mut h = self.proj_in.forward(&x)?.broadcast_add(&pos)?;
-        if let Some(c) = self.class_term(labels)? {
-            h = h.broadcast_add(&c)?;
-        }
-        for layer in &self.layers {
-            h = layer.forward(&h, &self.mask, 1.0, exec)?;
-        }
-        let o = self.proj_out.forward(&h)?;
+        let mut pass = TensorPass {
+            blk: self,
+            exec,
+            scale: Attention::scale(temp),
+            x,
+            class: self.class_term(labels)?,
+            h: x.clone(),
+            t: x.clone(),
+        };
+        recipe::transformer(&mut pass)?;
+        let o = pass.t;
         let zero = Tensor::zeros((b, 1, o.dim(2)?), DType::F32, o.device())?;
-        let o = Tensor::cat(&[&zero, &o.narrow(1, 0, n - 1)?], 1)?;
-        let (alpha, mu) = self.split_out(&o)?;
-        let y = (x - mu)?.mul(&alpha.neg()?.exp()?)?;
-        Ok((self.permutation.apply(&y, 1)?, alpha))
+        Ok(Tensor::cat(&[&zero, &o.narrow(1, 0, n - 1)?], 1)?)
+    }
+}
+
+/// A full-sequence pass of a block's network on candle's ops, under the block's causal mask:
+/// any device, and under [`Exec::Grad`] every op is on autograd's tape.
+struct TensorPass<'a> {
+    blk: &'a MetaBlock,
+    exec: Exec,
+    /// Softmax scale of the attention scores.
+    scale: f64,
+    /// The input tokens (B, N, D), in the block's order.
+    x: &'a Tensor,
+    /// Class conditioning, (B, 1, C) or (1, C).
+    class: Option<Tensor>,
+    /// The residual stream (B, N, C).
+    h: Tensor,
+    /// The last step's output: `a`, `qkv`, `y`, `f`, `g`, then `o`.
+    t: Tensor,
+}
+
+impl recipe::Kernels for TensorPass<'_> {
+    fn layers(&self) -> usize {
+        self.blk.layers.len()
+    }
+
+    fn embed(&mut self) -> Result<()> {
+        let blk = self.blk;
+        let pos = blk.permutation.apply(&blk.pos_embed, 0)?;
+        self.h = blk.proj_in.forward(self.x)?.broadcast_add(&pos)?;
+        if let Some(c) = &self.class {
+            self.h = self.h.broadcast_add(c)?;
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, l: usize, step: Step) -> Result<()> {
+        let layer = &self.blk.layers[l];
+        let (att, mlp) = (&layer.attention, &layer.mlp);
+        match step {
+            Step::Norm(Sublayer::Attention) => self.t = att.norm.forward(&self.h, self.exec)?,
+            Step::Norm(Sublayer::Mlp) => self.t = mlp.norm.forward(&self.h, self.exec)?,
+            Step::Qkv => self.t = att.qkv.forward(&self.t)?,
+            Step::Attend => {
+                let (q, k, v) = split_qkv(&self.t, att.num_heads)?;
+                let mask = Some(&self.blk.mask);
+                self.t = attend_heads(&q, &k, &v, Some(self.scale), mask, self.exec)?;
+            }
+            Step::AddProj => self.h = (&self.h + att.proj.forward(&self.t)?)?,
+            Step::Fc1 => self.t = mlp.fc1.forward(&self.t)?,
+            Step::Gelu => self.t = gelu_erf(&self.t)?,
+            Step::AddFc2 => self.h = (&self.h + mlp.fc2.forward(&self.t)?)?,
+        }
+        Ok(())
+    }
+
+    fn proj_out(&mut self) -> Result<()> {
+        self.t = self.blk.proj_out.forward(&self.h)?;
+        Ok(())
     }
 }

@@ -9,6 +9,7 @@ pub mod layers;
 pub mod meta_block;
 pub mod names;
 pub mod patchify;
+pub(crate) mod recipe;
 
 pub use flow::{ForwardOutput, Model, Weights, check_weights};
 pub use init::{InitOptions, init_weights};

@@ -16,6 +16,7 @@ use super::run::BlockCond;
 use crate::config::HEAD_DIM;
 use crate::error::{Error, Result};
 use crate::model::layers::LayerNorm;
+use crate::model::recipe::{self, Step, Sublayer};
 use crate::model::{MetaBlock, Model};
 
 /// LayerNorm parameters on the host.
@@ -137,6 +138,78 @@ impl CpuBlock {
                 self.layers.len()
             )));
         }
+        state.h.resize(m * c, 0.0);
+        state.a.resize(m * c, 0.0);
+        state.y.resize(m * c, 0.0);
+        state.qkv.resize(m * 3 * c, 0.0);
+        recipe::transformer(&mut FusedPass {
+            blk: self,
+            x,
+            rows,
+            p,
+            t,
+            pos,
+            class,
+            qscale,
+            state,
+        })
+    }
+}
+
+/// One pass of a block's network on the host, over `t` new tokens of each of `rows` rows
+/// against the layers' KV caches, in the state's reused buffers.
+struct FusedPass<'a> {
+    blk: &'a CpuBlock,
+    /// The new tokens (rows, t, D).
+    x: &'a [f32],
+    rows: usize,
+    /// Position of the first new token.
+    p: usize,
+    t: usize,
+    /// Position embedding (N, C) in the block's order.
+    pos: &'a [f32],
+    /// Class conditioning per row, (rows, C).
+    class: Option<&'a [f32]>,
+    /// Query multiplier per row.
+    qscale: Option<&'a [f32]>,
+    /// Caches and buffers: `h` the residual stream, `a` normed and projected rows, `qkv`, `y`
+    /// the attention output, `f` the MLP hidden, `out` the prediction.
+    state: &'a mut CpuState,
+}
+
+impl FusedPass<'_> {
+    fn m(&self) -> usize {
+        self.rows * self.t
+    }
+}
+
+impl recipe::Kernels for FusedPass<'_> {
+    fn layers(&self) -> usize {
+        self.blk.layers.len()
+    }
+
+    fn embed(&mut self) -> Result<()> {
+        let (c, t, p, m) = (self.blk.width, self.t, self.p, self.m());
+        let h = &mut self.state.h;
+        self.blk.proj_in.forward(self.x, m, h)?;
+        for r in 0..self.rows {
+            for j in 0..t {
+                let hr = &mut h[(r * t + j) * c..(r * t + j + 1) * c];
+                let pe = &self.pos[(p + j) * c..(p + j + 1) * c];
+                hr.iter_mut().zip(pe).for_each(|(v, e)| *v += e);
+                if let Some(cl) = self.class {
+                    hr.iter_mut()
+                        .zip(&cl[r * c..(r + 1) * c])
+                        .for_each(|(v, e)| *v += e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, l: usize, step: Step) -> Result<()> {
+        let m = self.m();
+        let layer = &self.blk.layers[l];
         let CpuState {
             layers: caches,
             capacity,
@@ -145,43 +218,45 @@ impl CpuBlock {
             qkv,
             y,
             f,
-            out,
             ..
-        } = state;
-        let cap = *capacity;
-        h.resize(m * c, 0.0);
-        a.resize(m * c, 0.0);
-        y.resize(m * c, 0.0);
-        qkv.resize(m * 3 * c, 0.0);
-        self.proj_in.forward(x, m, h)?;
-        for r in 0..rows {
-            for j in 0..t {
-                let hr = &mut h[(r * t + j) * c..(r * t + j + 1) * c];
-                let pe = &pos[(p + j) * c..(p + j + 1) * c];
-                hr.iter_mut().zip(pe).for_each(|(v, e)| *v += e);
-                if let Some(cl) = class {
-                    hr.iter_mut()
-                        .zip(&cl[r * c..(r + 1) * c])
-                        .for_each(|(v, e)| *v += e);
-                }
+        } = &mut *self.state;
+        match step {
+            Step::Norm(Sublayer::Attention) => layer.norm1.forward(h, a),
+            Step::Norm(Sublayer::Mlp) => layer.norm2.forward(h, a),
+            Step::Qkv => layer.qkv.forward(a, m, qkv)?,
+            Step::Attend => attend(
+                qkv,
+                self.rows,
+                self.t,
+                self.p,
+                self.blk.heads,
+                *capacity,
+                self.qscale,
+                &mut caches[l],
+                y,
+            ),
+            Step::AddProj => {
+                layer.proj.forward(y, m, a)?;
+                h.iter_mut().zip(a.iter()).for_each(|(v, d)| *v += d);
+            }
+            Step::Fc1 => {
+                f.resize(m * layer.fc1.out_dim(), 0.0);
+                layer.fc1.forward(a, m, f)?;
+            }
+            Step::Gelu => gelu(f),
+            Step::AddFc2 => {
+                layer.fc2.forward(f, m, a)?;
+                h.iter_mut().zip(a.iter()).for_each(|(v, d)| *v += d);
             }
         }
-        for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
-            layer.norm1.forward(h, a);
-            layer.qkv.forward(a, m, qkv)?;
-            attend(qkv, rows, t, p, self.heads, cap, qscale, cache, y);
-            layer.proj.forward(y, m, a)?;
-            h.iter_mut().zip(a.iter()).for_each(|(v, d)| *v += d);
-            layer.norm2.forward(h, a);
-            f.resize(m * layer.fc1.out_dim(), 0.0);
-            layer.fc1.forward(a, m, f)?;
-            gelu(f);
-            layer.fc2.forward(f, m, a)?;
-            h.iter_mut().zip(a.iter()).for_each(|(v, d)| *v += d);
-        }
-        out.resize(m * self.proj_out.out_dim(), 0.0);
-        self.proj_out.forward(h, m, out)?;
         Ok(())
+    }
+
+    fn proj_out(&mut self) -> Result<()> {
+        let m = self.m();
+        let out = &mut self.state.out;
+        out.resize(m * self.blk.proj_out.out_dim(), 0.0);
+        self.blk.proj_out.forward(&self.state.h, m, out)
     }
 }
 

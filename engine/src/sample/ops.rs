@@ -10,9 +10,10 @@ use candle_core::Tensor;
 use super::cache::LayerCache;
 use super::host_run::HostBackend;
 use super::run::BlockCond;
-use crate::config::HEAD_DIM;
 use crate::error::{Error, Result};
-use crate::model::layers::{LayerNorm, Linear, softmax_last};
+use crate::model::attention::{attend_heads, split_qkv};
+use crate::model::layers::{LayerNorm, Linear};
+use crate::model::recipe::{self, Step, Sublayer};
 use crate::model::{Exec, MetaBlock, Model};
 
 /// A linear layer with its weight stored transposed, (in, out) and contiguous: candle's CPU
@@ -119,40 +120,107 @@ impl FastBlock {
         attend: Attend<'_>,
         last: usize,
     ) -> Result<Tensor> {
-        let t = x.dim(1)?;
-        let mut h = self
-            .proj_in
-            .forward(x)?
-            .broadcast_add(&cond.pos.narrow(0, start, t)?)?;
-        if let Some(c) = &cond.class {
-            h = h.broadcast_add(c)?;
+        if let Attend::Cache(caches, _) = &attend
+            && caches.len() != self.layers.len()
+        {
+            return Err(Error::InvalidInput(format!(
+                "{} KV caches for {} layers",
+                caches.len(),
+                self.layers.len()
+            )));
         }
-        let qscale = cond.qscale.as_ref();
-        match attend {
-            Attend::Prefix(mask) => {
-                for layer in &self.layers {
-                    h = layer_step(layer, &h, Kv::Mask(mask), qscale)?;
-                }
-            }
-            Attend::Cache(caches, mask) => {
-                if caches.len() != self.layers.len() {
-                    return Err(Error::InvalidInput(format!(
-                        "{} KV caches for {} layers",
-                        caches.len(),
-                        self.layers.len()
-                    )));
-                }
-                for (layer, cache) in self.layers.iter().zip(caches.iter_mut()) {
-                    h = layer_step(layer, &h, Kv::Cache(cache, mask), qscale)?;
-                }
-            }
-        }
-        let h = if last < t {
-            h.narrow(1, t - last, last)?
-        } else {
-            h
+        let mut pass = OpsPass {
+            blk: self,
+            x,
+            cond,
+            start,
+            attend,
+            last,
+            h: x.clone(),
+            t: x.clone(),
         };
-        self.proj_out.forward(&h)
+        recipe::transformer(&mut pass)?;
+        Ok(pass.t)
+    }
+}
+
+/// One pass of a block's network on candle's fused (no-grad) ops, over a few new tokens per
+/// row against the layers' KV caches, or over a whole prefix.
+struct OpsPass<'a, 'c> {
+    blk: &'a FastBlock,
+    /// The new tokens (rows, T, D).
+    x: &'a Tensor,
+    cond: &'a BlockCond,
+    /// Position of the first new token.
+    start: usize,
+    attend: Attend<'c>,
+    /// How many of the last tokens `proj_out` predicts from.
+    last: usize,
+    /// The residual stream (rows, T, C).
+    h: Tensor,
+    /// The last step's output: `a`, `qkv`, `y`, `f`, `g`, then `o`.
+    t: Tensor,
+}
+
+impl recipe::Kernels for OpsPass<'_, '_> {
+    fn layers(&self) -> usize {
+        self.blk.layers.len()
+    }
+
+    fn embed(&mut self) -> Result<()> {
+        let t = self.x.dim(1)?;
+        self.h = self
+            .blk
+            .proj_in
+            .forward(self.x)?
+            .broadcast_add(&self.cond.pos.narrow(0, self.start, t)?)?;
+        if let Some(c) = &self.cond.class {
+            self.h = self.h.broadcast_add(c)?;
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, l: usize, step: Step) -> Result<()> {
+        let layer = &self.blk.layers[l];
+        match step {
+            Step::Norm(Sublayer::Attention) => self.t = layer.norm1.forward(&self.h, Exec::Fast)?,
+            Step::Norm(Sublayer::Mlp) => self.t = layer.norm2.forward(&self.h, Exec::Fast)?,
+            Step::Qkv => self.t = layer.qkv.forward(&self.t)?,
+            Step::Attend => {
+                // Queries pre-scaled by 1/8 in the weights; `qscale` (rows, 1, 1, 1) multiplies
+                // them row by row (the unconditional half of a doubled batch gets its own
+                // attention temperature).
+                let (mut q, k, v) = split_qkv(&self.t, layer.heads)?;
+                if let Some(s) = &self.cond.qscale {
+                    q = q.broadcast_mul(s)?;
+                }
+                let (k, v, mask) = match &mut self.attend {
+                    Attend::Cache(caches, mask) => {
+                        let cache = &mut caches[l];
+                        cache.append(&k, &v)?;
+                        (cache.keys()?, cache.values()?, *mask)
+                    }
+                    Attend::Prefix(mask) => (k, v, Some(*mask)),
+                };
+                self.t = attend_heads(&q, &k, &v, None, mask, Exec::Fast)?;
+            }
+            Step::AddProj => self.h = (&self.h + layer.proj.forward(&self.t)?)?,
+            Step::Fc1 => self.t = layer.fc1.forward(&self.t)?,
+            Step::Gelu => self.t = self.t.gelu_erf()?,
+            Step::AddFc2 => self.h = (&self.h + layer.fc2.forward(&self.t)?)?,
+        }
+        Ok(())
+    }
+
+    fn proj_out(&mut self) -> Result<()> {
+        let t = self.h.dim(1)?;
+        let h = if self.last < t {
+            self.h.narrow(1, t - self.last, self.last)?
+        } else {
+            self.h.clone()
+        };
+        self.t = self.blk.proj_out.forward(&h)?;
+        Ok(())
     }
 }
 
@@ -167,60 +235,6 @@ pub(crate) fn layer_caches(model: &Model, rows: usize) -> Result<Vec<LayerCache>
     (0..c.layers_per_block)
         .map(|_| LayerCache::new(rows, c.num_heads(), c.num_patches(), model.device()))
         .collect()
-}
-
-/// How the keys and values of a layer are obtained.
-enum Kv<'a> {
-    /// From the layer's cache, after appending the new tokens', attending under this causal
-    /// mask (T, len) when several tokens are new.
-    Cache(&'a mut LayerCache, Option<&'a Tensor>),
-    /// From the full prefix, under this causal mask (T, T).
-    Mask(&'a Tensor),
-}
-
-/// One transformer layer on the fused (no-grad) kernels: `h + Attn(LN(h))`, then
-/// `h + MLP(LN(h))`, for `h` (rows, T, C). `qscale` (rows, 1, 1, 1) multiplies the queries row by
-/// row, which is how the unconditional half of a doubled batch gets its own attention temperature.
-fn layer_step(
-    layer: &FastLayer,
-    h: &Tensor,
-    kv: Kv<'_>,
-    qscale: Option<&Tensor>,
-) -> Result<Tensor> {
-    let (b, t, c) = h.dims3()?;
-    let heads = layer.heads;
-    let x = layer.norm1.forward(h, Exec::Fast)?;
-    let split = |y: Tensor, n: usize| -> Result<Tensor> {
-        Ok(y.reshape((b, t, n * heads, HEAD_DIM))?.transpose(1, 2)?)
-    };
-    let qkv = split(layer.qkv.forward(&x)?, 3)?;
-    let mut q = qkv.narrow(1, 0, heads)?.contiguous()?;
-    if let Some(s) = qscale {
-        q = q.broadcast_mul(s)?;
-    }
-    let k = qkv.narrow(1, heads, heads)?.contiguous()?;
-    let v = qkv.narrow(1, 2 * heads, heads)?.contiguous()?;
-    let (k, v, mask) = match kv {
-        Kv::Cache(cache, mask) => {
-            cache.append(&k, &v)?;
-            (cache.keys()?, cache.values()?, mask)
-        }
-        Kv::Mask(mask) => (k, v, Some(mask)),
-    };
-    let mut scores = q.matmul(&k.t()?)?;
-    if let Some(mask) = mask {
-        scores = scores.broadcast_add(mask)?;
-    }
-    let y = softmax_last(&scores, Exec::Fast)?
-        .matmul(&v)?
-        .transpose(1, 2)?
-        .reshape((b, t, c))?;
-    let h = (h + layer.proj.forward(&y)?)?;
-    let m = layer
-        .fc1
-        .forward(&layer.norm2.forward(&h, Exec::Fast)?)?
-        .gelu_erf()?;
-    Ok((&h + layer.fc2.forward(&m)?)?)
 }
 
 /// Jacobi off the CPU: the host sequence's new tokens go to the device, the prediction comes

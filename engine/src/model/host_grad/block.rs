@@ -11,8 +11,9 @@ use super::kernels::{
     gelu_bwd, gelu_fwd, layer_norm_bwd, layer_norm_fwd, layer_norm_output, linear_dw, linear_dx,
     linear_fwd,
 };
-use super::params::{BlockParams, LayerParams};
+use super::params::BlockParams;
 use crate::error::{Error, Result};
+use crate::model::recipe::{self, Step, Sublayer};
 
 /// The sizes of one pass.
 #[derive(Debug, Clone, Copy)]
@@ -132,60 +133,39 @@ pub(super) fn forward(
     keep: bool,
     logdet: &mut [f64],
 ) -> Result<()> {
-    let (m, n, dd, c) = (d.m(), d.n, d.d, d.c);
-    let xp = fit(&mut cache.xp, m * dd);
+    let (m, n, dd) = (d.m(), d.n, d.d);
+    let BlockCache {
+        xp,
+        y,
+        e,
+        h: kept_h,
+        layers,
+    } = cache;
+    let xp = fit(xp, m * dd);
     permute(x, xp, d, dd, flip);
-    let h = fit(&mut s.h, m * c);
-    linear_fwd(h, xp, w.proj_in_w, w.proj_in_b, m, false)?;
-    let mean = match w.class_embed {
-        Some(table) => {
-            let k = table.len() / c.max(1);
-            let mean = fit(&mut s.class_mean, c);
-            super::kernels::column_sums(mean, table);
-            mean.iter_mut().for_each(|v| *v /= k as f32);
-            Some(&*mean)
-        }
-        None => None,
-    };
-    for (bi, item) in h.chunks_exact_mut(n * c).enumerate() {
-        let class = match (w.class_embed, mean) {
-            (Some(table), Some(mean)) => Some(match classes.get(bi).copied().flatten() {
-                Some(k) => &table[k * c..(k + 1) * c],
-                None => mean,
-            }),
-            _ => None,
-        };
-        for (i, row) in item.chunks_exact_mut(c).enumerate() {
-            let pi = if flip { n - 1 - i } else { i };
-            row.iter_mut()
-                .zip(&w.pos_embed[pi * c..(pi + 1) * c])
-                .for_each(|(o, v)| *o += v);
-            if let Some(cls) = class {
-                row.iter_mut().zip(cls).for_each(|(o, v)| *o += v);
-            }
-        }
+    if layers.len() < w.layers.len() {
+        layers.resize_with(w.layers.len(), LayerCache::default);
     }
-    if cache.layers.len() < w.layers.len() {
-        cache
-            .layers
-            .resize_with(w.layers.len(), LayerCache::default);
-    }
-    for (lw, lc) in w.layers.iter().zip(cache.layers.iter_mut()) {
-        layer_forward(lw, d, lc, s, keep)?;
-    }
-    let h = &s.h[..m * c];
-    if keep {
-        fit(&mut cache.h, m * c).copy_from_slice(h);
-    }
-    let o = fit(&mut s.o, m * d.out);
-    linear_fwd(o, h, w.proj_out_w, w.proj_out_b, m, false)?;
-    let (y, e) = (fit(&mut cache.y, m * dd), fit(&mut cache.e, m * dd));
+    recipe::transformer(&mut Pass {
+        w,
+        d,
+        flip,
+        classes,
+        xp,
+        layers,
+        kept_h,
+        s,
+        keep,
+    })?;
+    let o = &s.o[..m * d.out];
+    let xp = &*xp;
+    let (y, e) = (fit(y, m * dd), fit(e, m * dd));
     let scale = 1.0 / (n * dd) as f64;
     for bi in 0..d.b {
         let mut alpha_sum = 0f64;
         for i in 0..n {
             let r = (bi * n + i) * dd;
-            let (yr, er, xr) = (&mut y[r..r + dd], &mut e[r..r + dd], &cache.xp[r..r + dd]);
+            let (yr, er, xr) = (&mut y[r..r + dd], &mut e[r..r + dd], &xp[r..r + dd]);
             if i == 0 {
                 // Token 0 gets the shifted-in zeros: alpha = mu = 0.
                 yr.copy_from_slice(xr);
@@ -211,35 +191,120 @@ pub(super) fn forward(
     Ok(())
 }
 
-/// Forward of one attention layer on the residual stream `s.h`.
-fn layer_forward(
-    w: &LayerParams<&[f32]>,
-    d: &Dims,
-    lc: &mut LayerCache,
-    s: &mut Scratch,
+/// The forward of a block's network on the host: the residual stream in `s.h`, what the
+/// backward reads in the layers' caches (and the weight-gradient inputs too when `keep`).
+struct Pass<'a, 'w> {
+    w: &'a BlockParams<&'w [f32]>,
+    d: &'a Dims,
+    flip: bool,
+    classes: &'a ClassRows,
+    /// The input in block order.
+    xp: &'a [f32],
+    layers: &'a mut [LayerCache],
+    /// Where proj_out's input is kept (when `keep`).
+    kept_h: &'a mut Vec<f32>,
+    s: &'a mut Scratch,
     keep: bool,
-) -> Result<()> {
-    let (m, c) = (d.m(), d.c);
-    let Scratch {
-        h, ln, attn, hid, ..
-    } = s;
-    let h = &mut h[..m * c];
-    let ln = fit(ln, m * c);
-    let (xhat1, rstd1) = (fit(&mut lc.xhat1, m * c), fit(&mut lc.rstd1, m));
-    layer_norm_fwd(h, w.attn_norm_w, w.attn_norm_b, ln, xhat1, rstd1);
-    let qkv = fit(&mut lc.qkv, m * 3 * c);
-    linear_fwd(qkv, ln, w.qkv_w, w.qkv_b, m, false)?;
-    let p = fit(&mut lc.p, d.b * d.heads * d.n * d.n);
-    let o = fit(if keep { &mut lc.o } else { attn }, m * c);
-    attention::forward(qkv, p, o, d.b, d.n, c);
-    linear_fwd(h, o, w.proj_w, w.proj_b, m, true)?;
-    let (xhat2, rstd2) = (fit(&mut lc.xhat2, m * c), fit(&mut lc.rstd2, m));
-    layer_norm_fwd(h, w.mlp_norm_w, w.mlp_norm_b, ln, xhat2, rstd2);
-    let f1 = fit(&mut lc.dgelu, m * d.hidden);
-    linear_fwd(f1, ln, w.fc1_w, w.fc1_b, m, false)?;
-    let g = fit(if keep { &mut lc.g } else { hid }, m * d.hidden);
-    gelu_fwd(f1, g);
-    linear_fwd(h, g, w.fc2_w, w.fc2_b, m, true)
+}
+
+impl recipe::Kernels for Pass<'_, '_> {
+    fn layers(&self) -> usize {
+        self.w.layers.len()
+    }
+
+    fn embed(&mut self) -> Result<()> {
+        let (w, d, s) = (self.w, self.d, &mut *self.s);
+        let (m, n, c) = (d.m(), d.n, d.c);
+        let h = fit(&mut s.h, m * c);
+        linear_fwd(h, self.xp, w.proj_in_w, w.proj_in_b, m, false)?;
+        let mean = match w.class_embed {
+            Some(table) => {
+                let k = table.len() / c.max(1);
+                let mean = fit(&mut s.class_mean, c);
+                super::kernels::column_sums(mean, table);
+                mean.iter_mut().for_each(|v| *v /= k as f32);
+                Some(&*mean)
+            }
+            None => None,
+        };
+        for (bi, item) in h.chunks_exact_mut(n * c).enumerate() {
+            let class = match (w.class_embed, mean) {
+                (Some(table), Some(mean)) => Some(match self.classes.get(bi).copied().flatten() {
+                    Some(k) => &table[k * c..(k + 1) * c],
+                    None => mean,
+                }),
+                _ => None,
+            };
+            for (i, row) in item.chunks_exact_mut(c).enumerate() {
+                let pi = if self.flip { n - 1 - i } else { i };
+                row.iter_mut()
+                    .zip(&w.pos_embed[pi * c..(pi + 1) * c])
+                    .for_each(|(o, v)| *o += v);
+                if let Some(cls) = class {
+                    row.iter_mut().zip(cls).for_each(|(o, v)| *o += v);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, l: usize, step: Step) -> Result<()> {
+        let (w, d, keep) = (&self.w.layers[l], self.d, self.keep);
+        let (m, c) = (d.m(), d.c);
+        let lc = &mut self.layers[l];
+        let Scratch {
+            h, ln, attn, hid, ..
+        } = &mut *self.s;
+        let h = &mut h[..m * c];
+        match step {
+            Step::Norm(Sublayer::Attention) => {
+                let (xhat, rstd) = (fit(&mut lc.xhat1, m * c), fit(&mut lc.rstd1, m));
+                layer_norm_fwd(h, w.attn_norm_w, w.attn_norm_b, fit(ln, m * c), xhat, rstd);
+            }
+            Step::Qkv => {
+                let qkv = fit(&mut lc.qkv, m * 3 * c);
+                linear_fwd(qkv, &ln[..m * c], w.qkv_w, w.qkv_b, m, false)?;
+            }
+            Step::Attend => {
+                let p = fit(&mut lc.p, d.b * d.heads * d.n * d.n);
+                let o = fit(if keep { &mut lc.o } else { attn }, m * c);
+                attention::forward(&lc.qkv[..m * 3 * c], p, o, d.b, d.n, c);
+            }
+            Step::AddProj => {
+                let o = if keep { &lc.o } else { attn };
+                linear_fwd(h, &o[..m * c], w.proj_w, w.proj_b, m, true)?;
+            }
+            Step::Norm(Sublayer::Mlp) => {
+                let (xhat, rstd) = (fit(&mut lc.xhat2, m * c), fit(&mut lc.rstd2, m));
+                layer_norm_fwd(h, w.mlp_norm_w, w.mlp_norm_b, fit(ln, m * c), xhat, rstd);
+            }
+            // fc1's output goes where GELU's derivative will be kept.
+            Step::Fc1 => {
+                let f = fit(&mut lc.dgelu, m * d.hidden);
+                linear_fwd(f, &ln[..m * c], w.fc1_w, w.fc1_b, m, false)?;
+            }
+            Step::Gelu => {
+                let g = fit(if keep { &mut lc.g } else { hid }, m * d.hidden);
+                gelu_fwd(&mut lc.dgelu[..m * d.hidden], g);
+            }
+            Step::AddFc2 => {
+                let g = if keep { &lc.g } else { hid };
+                linear_fwd(h, &g[..m * d.hidden], w.fc2_w, w.fc2_b, m, true)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn proj_out(&mut self) -> Result<()> {
+        let (w, d) = (self.w, self.d);
+        let m = d.m();
+        let h = &self.s.h[..m * d.c];
+        if self.keep {
+            fit(self.kept_h, m * d.c).copy_from_slice(h);
+        }
+        let o = fit(&mut self.s.o, m * d.out);
+        linear_fwd(o, h, w.proj_out_w, w.proj_out_b, m, false)
+    }
 }
 
 /// Backward of block `t`: from the gradient `dout` of its output (raster order), writes the
@@ -255,9 +320,9 @@ pub(super) fn backward(
     dx: Option<&mut [f32]>,
     cache: &BlockCache,
     s: &mut Scratch,
-    mut grads: Option<&mut BlockParams<Vec<f32>>>,
+    grads: Option<&mut BlockParams<Vec<f32>>>,
 ) -> Result<()> {
-    let (m, n, dd, c, b) = (d.m(), d.n, d.d, d.c, d.b);
+    let (m, n, dd, b) = (d.m(), d.n, d.d, d.b);
     let dxp = fit(&mut s.dxp, m * dd);
     let dpo = fit(&mut s.dout, m * d.out);
     // d loss / d alpha from the log-determinant: the loss holds +mean(alpha) over (B, N, D).
@@ -293,60 +358,16 @@ pub(super) fn backward(
             }
         }
     }
-    let dh = fit(&mut s.dh, m * c);
-    linear_dx(dh, dpo, w.proj_out_w, m, d.out, false)?;
-    if let Some(g) = grads.as_deref_mut() {
-        linear_dw(
-            &mut g.proj_out_w,
-            &mut g.proj_out_b,
-            dpo,
-            need(&cache.h)?,
-            m,
-        )?;
-    }
-    for (l, lw) in w.layers.iter().enumerate().rev() {
-        let lg = grads.as_deref_mut().map(|g| &mut g.layers[l]);
-        layer_backward(lw, d, &cache.layers[l], s, lg)?;
-    }
-    let dh = &s.dh[..m * c];
-    if let Some(g) = grads {
-        linear_dw(&mut g.proj_in_w, &mut g.proj_in_b, dh, &cache.xp, m)?;
-        g.pos_embed.fill(0.0);
-        for item in dh.chunks_exact(n * c) {
-            for (i, row) in item.chunks_exact(c).enumerate() {
-                let pi = if flip { n - 1 - i } else { i };
-                g.pos_embed[pi * c..(pi + 1) * c]
-                    .iter_mut()
-                    .zip(row)
-                    .for_each(|(o, v)| *o += v);
-            }
-        }
-        if let Some(gc) = g.class_embed.as_mut() {
-            gc.fill(0.0);
-            let k = gc.len() / c.max(1);
-            let mut sum = vec![0f32; c];
-            for (bi, item) in dh.chunks_exact(n * c).enumerate() {
-                super::kernels::column_sums(&mut sum, item);
-                match classes.get(bi).copied().flatten() {
-                    Some(row) => gc[row * c..(row + 1) * c]
-                        .iter_mut()
-                        .zip(&sum)
-                        .for_each(|(o, v)| *o += v),
-                    None => {
-                        for r in gc.chunks_exact_mut(c) {
-                            r.iter_mut().zip(&sum).for_each(|(o, v)| *o += v / k as f32);
-                        }
-                    }
-                }
-            }
-        }
-    }
-    if let Some(dx) = dx {
-        let dxp = &mut s.dxp[..m * dd];
-        linear_dx(dxp, dh, w.proj_in_w, m, c, true)?;
-        permute(dxp, dx, d, dd, flip);
-    }
-    Ok(())
+    recipe::transformer_backward(&mut GradPass {
+        w,
+        d,
+        flip,
+        classes,
+        cache,
+        s,
+        grads,
+        dx,
+    })
 }
 
 /// A kept buffer, or an error if the forward did not keep it.
@@ -362,71 +383,158 @@ fn need(v: &[f32]) -> Result<&[f32]> {
     }
 }
 
-/// Backward of one attention layer: `s.dh` holds the gradient of its output on entry and of its
-/// input on return.
-fn layer_backward(
-    w: &LayerParams<&[f32]>,
-    d: &Dims,
-    lc: &LayerCache,
-    s: &mut Scratch,
-    mut grads: Option<&mut LayerParams<Vec<f32>>>,
-) -> Result<()> {
-    let (m, c, hid) = (d.m(), d.c, d.hidden);
-    let Scratch {
-        ln,
-        dh,
-        dln,
-        dqkv,
-        dattn,
-        dhid,
-        ..
-    } = s;
-    let dh = &mut dh[..m * c];
-    let (ln, dln) = (fit(ln, m * c), fit(dln, m * c));
-    // MLP: h_out = h_mid + fc2(gelu(fc1(LN2(h_mid)))).
-    let dg = fit(dhid, m * hid);
-    linear_dx(dg, dh, w.fc2_w, m, c, false)?;
-    if let Some(g) = grads.as_deref_mut() {
-        linear_dw(&mut g.fc2_w, &mut g.fc2_b, dh, need(&lc.g)?, m)?;
+/// The backward of a block's network on the host: `s.dout` holds the gradient of proj_out's
+/// output on entry; `s.dh` carries the residual stream's gradient down the layers.
+struct GradPass<'a, 'w> {
+    w: &'a BlockParams<&'w [f32]>,
+    d: &'a Dims,
+    flip: bool,
+    classes: &'a ClassRows,
+    cache: &'a BlockCache,
+    s: &'a mut Scratch,
+    /// Where the parameters' gradients go, when wanted.
+    grads: Option<&'a mut BlockParams<Vec<f32>>>,
+    /// Where the input's gradient goes (raster order), when wanted.
+    dx: Option<&'a mut [f32]>,
+}
+
+impl recipe::GradKernels for GradPass<'_, '_> {
+    fn layers(&self) -> usize {
+        self.w.layers.len()
     }
-    gelu_bwd(&lc.dgelu[..m * hid], dg);
-    linear_dx(dln, dg, w.fc1_w, m, hid, false)?;
-    if let Some(g) = grads.as_deref_mut() {
-        layer_norm_output(&lc.xhat2[..m * c], w.mlp_norm_w, w.mlp_norm_b, ln);
-        linear_dw(&mut g.fc1_w, &mut g.fc1_b, dg, ln, m)?;
+
+    fn proj_out(&mut self) -> Result<()> {
+        let (w, d) = (self.w, self.d);
+        let m = d.m();
+        let dpo = &self.s.dout[..m * d.out];
+        linear_dx(
+            fit(&mut self.s.dh, m * d.c),
+            dpo,
+            w.proj_out_w,
+            m,
+            d.out,
+            false,
+        )?;
+        if let Some(g) = self.grads.as_deref_mut() {
+            let h = need(&self.cache.h)?;
+            linear_dw(&mut g.proj_out_w, &mut g.proj_out_b, dpo, h, m)?;
+        }
+        Ok(())
     }
-    let dwb = grads
-        .as_deref_mut()
-        .map(|g| (&mut g.mlp_norm_w[..], &mut g.mlp_norm_b[..]));
-    layer_norm_bwd(
-        dln,
-        &lc.xhat2[..m * c],
-        &lc.rstd2[..m],
-        w.mlp_norm_w,
-        dh,
-        dwb,
-    );
-    // Attention: h_mid = h_in + proj(attend(qkv(LN1(h_in)))).
-    let da = fit(dattn, m * c);
-    linear_dx(da, dh, w.proj_w, m, c, false)?;
-    if let Some(g) = grads.as_deref_mut() {
-        linear_dw(&mut g.proj_w, &mut g.proj_b, dh, need(&lc.o)?, m)?;
+
+    fn step(&mut self, l: usize, step: Step) -> Result<()> {
+        let (w, d, lc) = (&self.w.layers[l], self.d, &self.cache.layers[l]);
+        let (m, c, hid) = (d.m(), d.c, d.hidden);
+        let mut grads = self.grads.as_deref_mut().map(|g| &mut g.layers[l]);
+        let Scratch {
+            ln,
+            dh,
+            dln,
+            dqkv,
+            dattn,
+            dhid,
+            ..
+        } = &mut *self.s;
+        let dh = &mut dh[..m * c];
+        match step {
+            // h_out = h_mid + fc2(g): dg from dh, which passes through.
+            Step::AddFc2 => {
+                let dg = fit(dhid, m * hid);
+                linear_dx(dg, dh, w.fc2_w, m, c, false)?;
+                if let Some(g) = grads {
+                    linear_dw(&mut g.fc2_w, &mut g.fc2_b, dh, need(&lc.g)?, m)?;
+                }
+            }
+            Step::Gelu => gelu_bwd(&lc.dgelu[..m * hid], &mut dhid[..m * hid]),
+            // fc1's input (LN2's output) is recomputed from the kept xhat for its weights.
+            Step::Fc1 => {
+                let dg = &dhid[..m * hid];
+                linear_dx(fit(dln, m * c), dg, w.fc1_w, m, hid, false)?;
+                if let Some(g) = grads {
+                    let ln = fit(ln, m * c);
+                    layer_norm_output(&lc.xhat2[..m * c], w.mlp_norm_w, w.mlp_norm_b, ln);
+                    linear_dw(&mut g.fc1_w, &mut g.fc1_b, dg, ln, m)?;
+                }
+            }
+            Step::Norm(Sublayer::Mlp) => {
+                let dwb = grads
+                    .as_deref_mut()
+                    .map(|g| (&mut g.mlp_norm_w[..], &mut g.mlp_norm_b[..]));
+                let (xhat, rstd) = (&lc.xhat2[..m * c], &lc.rstd2[..m]);
+                layer_norm_bwd(&dln[..m * c], xhat, rstd, w.mlp_norm_w, dh, dwb);
+            }
+            // h_mid = h_in + proj(y): dy from dh, which passes through.
+            Step::AddProj => {
+                let da = fit(dattn, m * c);
+                linear_dx(da, dh, w.proj_w, m, c, false)?;
+                if let Some(g) = grads {
+                    linear_dw(&mut g.proj_w, &mut g.proj_b, dh, need(&lc.o)?, m)?;
+                }
+            }
+            Step::Attend => {
+                let dq = fit(dqkv, m * 3 * c);
+                attention::backward(&lc.qkv, &lc.p, &dattn[..m * c], dq, d.b, d.n, c);
+            }
+            // qkv's input (LN1's output) is recomputed from the kept xhat for its weights.
+            Step::Qkv => {
+                let dq = &dqkv[..m * 3 * c];
+                linear_dx(fit(dln, m * c), dq, w.qkv_w, m, 3 * c, false)?;
+                if let Some(g) = grads.as_deref_mut() {
+                    let ln = fit(ln, m * c);
+                    layer_norm_output(&lc.xhat1[..m * c], w.attn_norm_w, w.attn_norm_b, ln);
+                    linear_dw(&mut g.qkv_w, &mut g.qkv_b, dq, ln, m)?;
+                }
+            }
+            Step::Norm(Sublayer::Attention) => {
+                let dwb = grads.map(|g| (&mut g.attn_norm_w[..], &mut g.attn_norm_b[..]));
+                let (xhat, rstd) = (&lc.xhat1[..m * c], &lc.rstd1[..m]);
+                layer_norm_bwd(&dln[..m * c], xhat, rstd, w.attn_norm_w, dh, dwb);
+            }
+        }
+        Ok(())
     }
-    let dq = fit(dqkv, m * 3 * c);
-    attention::backward(&lc.qkv, &lc.p, da, dq, d.b, d.n, c);
-    linear_dx(dln, dq, w.qkv_w, m, 3 * c, false)?;
-    if let Some(g) = grads.as_deref_mut() {
-        layer_norm_output(&lc.xhat1[..m * c], w.attn_norm_w, w.attn_norm_b, ln);
-        linear_dw(&mut g.qkv_w, &mut g.qkv_b, dq, ln, m)?;
+
+    fn embed(&mut self) -> Result<()> {
+        let (w, d, flip) = (self.w, self.d, self.flip);
+        let (m, n, dd, c) = (d.m(), d.n, d.d, d.c);
+        let dh = &self.s.dh[..m * c];
+        if let Some(g) = self.grads.as_deref_mut() {
+            linear_dw(&mut g.proj_in_w, &mut g.proj_in_b, dh, &self.cache.xp, m)?;
+            g.pos_embed.fill(0.0);
+            for item in dh.chunks_exact(n * c) {
+                for (i, row) in item.chunks_exact(c).enumerate() {
+                    let pi = if flip { n - 1 - i } else { i };
+                    g.pos_embed[pi * c..(pi + 1) * c]
+                        .iter_mut()
+                        .zip(row)
+                        .for_each(|(o, v)| *o += v);
+                }
+            }
+            if let Some(gc) = g.class_embed.as_mut() {
+                gc.fill(0.0);
+                let k = gc.len() / c.max(1);
+                let mut sum = vec![0f32; c];
+                for (bi, item) in dh.chunks_exact(n * c).enumerate() {
+                    super::kernels::column_sums(&mut sum, item);
+                    match self.classes.get(bi).copied().flatten() {
+                        Some(row) => gc[row * c..(row + 1) * c]
+                            .iter_mut()
+                            .zip(&sum)
+                            .for_each(|(o, v)| *o += v),
+                        None => {
+                            for r in gc.chunks_exact_mut(c) {
+                                r.iter_mut().zip(&sum).for_each(|(o, v)| *o += v / k as f32);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        if let Some(dx) = self.dx.as_deref_mut() {
+            let dxp = &mut self.s.dxp[..m * dd];
+            linear_dx(dxp, dh, w.proj_in_w, m, c, true)?;
+            permute(dxp, dx, d, dd, flip);
+        }
+        Ok(())
     }
-    let dwb = grads.map(|g| (&mut g.attn_norm_w[..], &mut g.attn_norm_b[..]));
-    layer_norm_bwd(
-        dln,
-        &lc.xhat1[..m * c],
-        &lc.rstd1[..m],
-        w.attn_norm_w,
-        dh,
-        dwb,
-    );
-    Ok(())
 }

@@ -1,0 +1,193 @@
+//! The one description of a flow block's network: the order of its steps, written once and run
+//! by every backend that executes a block.
+//!
+//! A flow block predicts each token's affine transform from the tokens before it (DESIGN.md
+//! section 3). Its network is: [`embed`](Kernels::embed) the tokens (`proj_in`, position and
+//! class embeddings) into the residual stream `h`; for each attention layer, the eight
+//! [`LAYER`] steps (pre-norm attention, then pre-norm MLP, each added to `h`); and
+//! [`proj_out`](Kernels::proj_out). [`transformer`] runs that order forward on any [`Kernels`],
+//! [`transformer_backward`] runs the same list in reverse on any [`GradKernels`]. The backends:
+//!
+//! - candle tensors, full sequence under a causal mask (`model/meta_block.rs`): training by
+//!   autograd on any device, `Model::forward`, the guided encoder;
+//! - candle tensors with a KV cache (`sample/ops.rs`): sampling on CUDA/Metal;
+//! - fused host kernels with a KV cache (`sample/fused.rs`): sampling on the CPU;
+//! - host buffers with saved activations, forward and backward (`model/host_grad/block.rs`):
+//!   training and denoising on the CPU.
+//!
+//! A change to the network's structure is made here; a new kind of step is a new [`Step`]
+//! variant, and every backend's exhaustive `match` then fails to compile until it has the kernel
+//! (forward and, for the host pass, backward). The tests that hold the backends together:
+//! `tests/sampler_backends.rs` (every sampling backend and the forward pass on random models),
+//! `host_grad`'s property tests (the host pass against autograd), the golden suites (PyTorch).
+
+use crate::error::Result;
+
+/// Which half of an attention layer a LayerNorm belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sublayer {
+    /// The attention's pre-norm (`attention.norm`).
+    Attention,
+    /// The MLP's pre-norm (`mlp.norm`).
+    Mlp,
+}
+
+/// One step of an attention layer, on the residual stream `h` (tokens x C) and the layer's
+/// temporaries: `a` (normed, C), `qkv` (3C), `y` (attention output, C), `f` and `g` (MLP
+/// hidden, 4C).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// `a = LayerNorm(h)` (eps 1e-5, affine) with the sublayer's parameters.
+    Norm(Sublayer),
+    /// `qkv = a W^T + b` (`attention.qkv`): all query heads, then all key heads, then all value
+    /// heads, 64 values each.
+    Qkv,
+    /// `y = softmax(q k^T / 8 + causal mask) v` per head, heads merged; a sampler may scale the
+    /// queries further per row (guidance's attention temperature).
+    Attend,
+    /// `h += y W^T + b` (`attention.proj`).
+    AddProj,
+    /// `f = a W^T + b` (`mlp.main.0`, C to 4C).
+    Fc1,
+    /// `g = gelu(f)`, the erf form.
+    Gelu,
+    /// `h += g W^T + b` (`mlp.main.2`, 4C to C).
+    AddFc2,
+}
+
+/// The steps of one attention layer, in order: `h + Attn(LN(h))`, then `h + MLP(LN(h))`.
+pub(crate) const LAYER: [Step; 8] = [
+    Step::Norm(Sublayer::Attention),
+    Step::Qkv,
+    Step::Attend,
+    Step::AddProj,
+    Step::Norm(Sublayer::Mlp),
+    Step::Fc1,
+    Step::Gelu,
+    Step::AddFc2,
+];
+
+/// A backend's forward kernels for one pass of a block's network.
+pub(crate) trait Kernels {
+    /// Attention layers of the block.
+    fn layers(&self) -> usize;
+    /// `h = x W_in^T + b + pos + class`: the tokens into the residual stream (`proj_in`,
+    /// `pos_embed` in the block's order, the class row or the classes' mean).
+    fn embed(&mut self) -> Result<()>;
+    /// One step of layer `l`.
+    fn step(&mut self, l: usize, step: Step) -> Result<()>;
+    /// `o = h W_out^T + b` (`proj_out`): per token, the log-scale and shift (nvp) or the shift
+    /// of the *next* token.
+    fn proj_out(&mut self) -> Result<()>;
+}
+
+/// A backend's backward kernels, run in the reverse order of [`Kernels`]: each takes the
+/// gradient of its step's output and gives that of its input (and its parameters' gradients
+/// when asked); the residual steps pass `dh` through and add to it.
+pub(crate) trait GradKernels {
+    /// Attention layers of the block.
+    fn layers(&self) -> usize;
+    /// Backward of [`Kernels::proj_out`]: `dh` from `do`.
+    fn proj_out(&mut self) -> Result<()>;
+    /// Backward of one step of layer `l`.
+    fn step(&mut self, l: usize, step: Step) -> Result<()>;
+    /// Backward of [`Kernels::embed`]: the embeddings' and `proj_in`'s gradients, `dx`.
+    fn embed(&mut self) -> Result<()>;
+}
+
+/// The block's network forward: embed, every layer's [`LAYER`] steps, `proj_out`.
+pub(crate) fn transformer(k: &mut impl Kernels) -> Result<()> {
+    k.embed()?;
+    for l in 0..k.layers() {
+        for step in LAYER {
+            k.step(l, step)?;
+        }
+    }
+    k.proj_out()
+}
+
+/// The block's network backward: [`transformer`]'s steps in reverse.
+pub(crate) fn transformer_backward(k: &mut impl GradKernels) -> Result<()> {
+    k.proj_out()?;
+    for l in (0..k.layers()).rev() {
+        for step in LAYER.into_iter().rev() {
+            k.step(l, step)?;
+        }
+    }
+    k.embed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records the calls a pass makes.
+    #[derive(Default)]
+    struct Trace {
+        layers: usize,
+        calls: Vec<String>,
+    }
+
+    impl Kernels for Trace {
+        fn layers(&self) -> usize {
+            self.layers
+        }
+        fn embed(&mut self) -> Result<()> {
+            self.calls.push("embed".into());
+            Ok(())
+        }
+        fn step(&mut self, l: usize, step: Step) -> Result<()> {
+            self.calls.push(format!("{l}:{step:?}"));
+            Ok(())
+        }
+        fn proj_out(&mut self) -> Result<()> {
+            self.calls.push("proj_out".into());
+            Ok(())
+        }
+    }
+
+    impl GradKernels for Trace {
+        fn layers(&self) -> usize {
+            self.layers
+        }
+        fn proj_out(&mut self) -> Result<()> {
+            self.calls.push("proj_out".into());
+            Ok(())
+        }
+        fn step(&mut self, l: usize, step: Step) -> Result<()> {
+            self.calls.push(format!("{l}:{step:?}"));
+            Ok(())
+        }
+        fn embed(&mut self) -> Result<()> {
+            self.calls.push("embed".into());
+            Ok(())
+        }
+    }
+
+    /// The reference's order (`AttentionBlock.forward`: `x + attention(norm1(x))`, then
+    /// `x + mlp(norm2(x))`), and the backward visits exactly the forward's calls, reversed.
+    #[test]
+    fn the_backward_is_the_forward_reversed() {
+        let mut fwd = Trace {
+            layers: 2,
+            ..Trace::default()
+        };
+        transformer(&mut fwd).unwrap();
+        assert_eq!(fwd.calls.len(), 2 + 2 * LAYER.len());
+        assert_eq!(fwd.calls[0], "embed");
+        assert_eq!(fwd.calls[1], "0:Norm(Attention)");
+        assert_eq!(fwd.calls[4], "0:AddProj");
+        assert_eq!(fwd.calls[5], "0:Norm(Mlp)");
+        assert_eq!(fwd.calls[8], "0:AddFc2");
+        assert_eq!(fwd.calls[9], "1:Norm(Attention)");
+        assert_eq!(fwd.calls.last().map(String::as_str), Some("proj_out"));
+        let mut bwd = Trace {
+            layers: 2,
+            ..Trace::default()
+        };
+        transformer_backward(&mut bwd).unwrap();
+        let mut reversed = fwd.calls.clone();
+        reversed.reverse();
+        assert_eq!(bwd.calls, reversed);
+    }
+}
