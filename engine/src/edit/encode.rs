@@ -11,6 +11,7 @@
 use candle_core::{DType, Tensor};
 
 use crate::error::{Error, Result};
+use crate::model::recipe::coupling;
 use crate::model::{Exec, Model};
 use crate::sample::SampleOptions;
 
@@ -64,7 +65,7 @@ pub fn encode(
         };
         let alpha = guide(&ac, &au, opts.guide_what.alpha())?;
         let mu = guide(&mc, &mu_u, opts.guide_what.mu())?;
-        let y = (x - mu)?.mul(&alpha.neg()?.exp()?)?;
+        let y = coupling::forward_t(&x, &alpha, &mu)?;
         h = blk.permutation.apply(&y, 1)?;
     }
     Ok(h.broadcast_div(&std)?)

@@ -146,7 +146,7 @@ impl MetaBlock {
         let x = self.permutation.apply(x, 1)?;
         let o = self.predict(&x, labels, 1.0, exec)?;
         let (alpha, mu) = self.split_out(&o)?;
-        let y = (x - mu)?.mul(&alpha.neg()?.exp()?)?;
+        let y = recipe::coupling::forward_t(&x, &alpha, &mu)?;
         Ok((self.permutation.apply(&y, 1)?, alpha))
     }
 

@@ -117,6 +117,44 @@ pub(crate) fn transformer_backward(k: &mut impl GradKernels) -> Result<()> {
     k.embed()
 }
 
+/// The affine coupling a block applies to each value with its token's prediction `(alpha, mu)`:
+/// data to noise `z = (x - mu) exp(-alpha)`, whose log-determinant is `-alpha` per value, and
+/// noise to data `x = z exp(alpha) + mu`. Without `nvp` there is no `alpha` (a shift only).
+/// Written once here for the tensor paths (the forward pass, the guided encoder, the device
+/// sampler) and the host paths (the CPU sampler, the host pass); the host pass's backward
+/// (`host_grad/block.rs`) holds its derivative.
+pub(crate) mod coupling {
+    use candle_core::Tensor;
+
+    use crate::error::Result;
+
+    /// `exp(-alpha)`: what the forward multiplies `x - mu` by (its log is the log-determinant).
+    pub(crate) fn inv_scale(alpha: f32) -> f32 {
+        (-alpha).exp()
+    }
+
+    /// Noise to data for one value: `z exp(alpha) + mu`, or `z + mu` without `alpha`.
+    pub(crate) fn inverse(z: f32, alpha: Option<f32>, mu: f32) -> f32 {
+        match alpha {
+            Some(a) => z * a.exp() + mu,
+            None => z + mu,
+        }
+    }
+
+    /// Data to noise on tensors: `(x - mu) exp(-alpha)`.
+    pub(crate) fn forward_t(x: &Tensor, alpha: &Tensor, mu: &Tensor) -> Result<Tensor> {
+        Ok((x - mu)?.mul(&alpha.neg()?.exp()?)?)
+    }
+
+    /// Noise to data on tensors: `z exp(alpha) + mu`, or `z + mu` without `alpha`.
+    pub(crate) fn inverse_t(z: &Tensor, alpha: Option<&Tensor>, mu: &Tensor) -> Result<Tensor> {
+        Ok(match alpha {
+            Some(a) => z.mul(&a.exp()?)?.add(mu)?,
+            None => z.add(mu)?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

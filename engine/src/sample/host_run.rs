@@ -11,6 +11,7 @@ use candle_core::Tensor;
 use super::options::{JacobiOptions, SampleOptions};
 use super::run::{BlockCond, BlockStart, Dims, Reversal, check_token, no_step_left};
 use crate::error::{Error, Result};
+use crate::model::recipe::coupling;
 use crate::model::{MetaBlock, Model};
 
 /// A backend that runs a flow block's transformer on inputs given on the host: one
@@ -307,13 +308,9 @@ fn affine_update(
                     }
                 };
                 let z = base[(bi * t + j) * d + k];
-                out[(bi * t + j) * d + k] = if nvp {
-                    let alpha = pick(k, opts.guide_what.alpha());
-                    let mu = pick(d + k, opts.guide_what.mu());
-                    z * alpha.exp() + mu
-                } else {
-                    z + pick(k, opts.guide_what.mu())
-                };
+                let alpha = nvp.then(|| pick(k, opts.guide_what.alpha()));
+                let mu = pick(if nvp { d + k } else { k }, opts.guide_what.mu());
+                out[(bi * t + j) * d + k] = coupling::inverse(z, alpha, mu);
             }
         }
     }

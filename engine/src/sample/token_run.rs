@@ -14,6 +14,7 @@ use super::options::SampleOptions;
 use super::run::{BlockCond, BlockStart, Dims, Reversal, check_token, no_step_left};
 use crate::error::Result;
 use crate::model::Model;
+use crate::model::recipe::coupling;
 
 /// Where a [`TokenRun`] gets the keys and values of earlier tokens.
 pub(crate) enum TokenKv {
@@ -140,11 +141,7 @@ impl Reversal for TokenRun {
             mu = guide(&mu, opts.guide_what.mu())?;
         }
         let next = &self.tokens[i + 1];
-        let updated = if blk.nvp {
-            next.mul(&alpha.exp()?)?.add(&mu)?
-        } else {
-            next.add(&mu)?
-        };
+        let updated = coupling::inverse_t(next, blk.nvp.then_some(&alpha), &mu)?;
         self.tokens[i + 1] = updated.contiguous()?;
         self.steps_done += 1;
         self.passes += 1;

@@ -181,7 +181,7 @@ pub(super) fn forward(
             for j in 0..dd {
                 let a = alpha.map_or(0.0, |a| a[j]);
                 alpha_sum += f64::from(a);
-                er[j] = (-a).exp();
+                er[j] = recipe::coupling::inv_scale(a);
                 yr[j] = (xr[j] - mu[j]) * er[j];
             }
         }
@@ -325,6 +325,7 @@ pub(super) fn backward(
     let (m, n, dd, b) = (d.m(), d.n, d.d, d.b);
     let dxp = fit(&mut s.dxp, m * dd);
     let dpo = fit(&mut s.dout, m * d.out);
+    // The derivative of `recipe::coupling`: y = (x - mu) e, e = exp(-alpha), log-det -alpha.
     // d loss / d alpha from the log-determinant: the loss holds +mean(alpha) over (B, N, D).
     let ld = 1.0 / (b * n * dd) as f32;
     for bi in 0..b {
