@@ -49,6 +49,11 @@ pub struct ModelConfig {
     /// 0 means the model was trained with uniform dequantisation and is not denoised.
     #[serde(default)]
     pub noise_sigma: f32,
+    /// The patch orders of the flow blocks, cycled: block t reads its patches in
+    /// `orders[t % orders.len()]`, reversed for odd t (the reference's flip). Empty (the
+    /// reference's behaviour, and what older files hold) means raster order in every block.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub orders: Vec<Order>,
     /// Free-form notes on how the model was made (dataset, command, steps...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub provenance: BTreeMap<String, serde_json::Value>,
@@ -60,6 +65,55 @@ pub struct ModelConfig {
 
 fn default_true() -> bool {
     true
+}
+
+/// The order in which a flow block reads the grid of patches (before the odd blocks' reversal).
+///
+/// Any order is a permutation of the tokens, so the likelihood stays exact; what changes is
+/// which patches each prediction sees. Raster order alone draws horizontal streaks; a
+/// column-major block in between lets every row condition on the rows below and above it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Order {
+    /// Row by row, left to right (the reference's only order).
+    Raster,
+    /// Column by column, top to bottom: the transpose of raster order.
+    Column,
+}
+
+impl Order {
+    /// The name used in model files and on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Raster => "raster",
+            Self::Column => "column",
+        }
+    }
+
+    /// Parse a comma-separated list such as `raster,column`.
+    pub fn parse_list(s: &str) -> Result<Vec<Order>> {
+        s.split(',')
+            .map(|w| match w.trim() {
+                "raster" => Ok(Self::Raster),
+                "column" => Ok(Self::Column),
+                other => Err(Error::InvalidInput(format!(
+                    "unknown patch order `{other}` (expected raster or column, comma-separated)"
+                ))),
+            })
+            .collect()
+    }
+
+    /// `raster,column` for a list.
+    pub fn show_list(orders: &[Order]) -> String {
+        if orders.is_empty() {
+            return Self::Raster.name().into();
+        }
+        orders
+            .iter()
+            .map(|o| o.name())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
 }
 
 impl ModelConfig {
@@ -83,9 +137,21 @@ impl ModelConfig {
             num_classes: 0,
             class_names: Vec::new(),
             noise_sigma: 0.0,
+            orders: Vec::new(),
             provenance: BTreeMap::new(),
             palettes: None,
         }
+    }
+
+    /// The config with block orders `orders` ([`ModelConfig::orders`]); a list of raster
+    /// orders only is stored as the reference's empty list.
+    pub fn with_orders(mut self, orders: Vec<Order>) -> Self {
+        self.orders = if orders.iter().all(|&o| o == Order::Raster) {
+            Vec::new()
+        } else {
+            orders
+        };
+        self
     }
 
     /// Sequence length N: the number of patches per image.
@@ -97,6 +163,20 @@ impl ModelConfig {
     /// Token width D: values per patch (`in_channels * patch_size^2`).
     pub fn patch_dim(&self) -> usize {
         self.in_channels * self.patch_size * self.patch_size
+    }
+
+    /// The patch order of flow block `t` (before the odd blocks' reversal).
+    pub fn order_of_block(&self, t: usize) -> Order {
+        if self.orders.is_empty() {
+            Order::Raster
+        } else {
+            self.orders[t % self.orders.len()]
+        }
+    }
+
+    /// Whether every block reads its patches as the reference does (raster order).
+    pub fn reference_orders(&self) -> bool {
+        self.orders.iter().all(|&o| o == Order::Raster)
     }
 
     /// Attention heads per layer.

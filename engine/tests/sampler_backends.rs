@@ -11,21 +11,33 @@ mod common;
 
 use common::{device, max_abs_diff, tol};
 use proptest::prelude::*;
+use tarflow::config::Order;
 use tarflow::model::{InitOptions, init_weights};
 use tarflow::sample::{JacobiOptions, Labels, Method, SampleOptions, Sampler, prior_noise};
 use tarflow::{Model, ModelConfig};
 
+/// The block orders the properties run: the reference's, column only, and both mixed.
+fn orders_case(k: usize) -> Vec<Order> {
+    match k {
+        0 => vec![],
+        1 => vec![Order::Column],
+        2 => vec![Order::Raster, Order::Column],
+        _ => vec![Order::Column, Order::Raster],
+    }
+}
+
 /// A random 8x8 RGB model with patch 2 (16 tokens of 12 values), `width` channels, `blocks`
-/// flow blocks of `layers` layers, and a non-zero `proj_out` (a non-trivial flow).
+/// flow blocks of `layers` layers in `orders`, and a non-zero `proj_out` (a non-trivial flow).
 fn random_model(
     width: usize,
     blocks: usize,
     layers: usize,
     nvp: bool,
     classes: usize,
+    orders: Vec<Order>,
     seed: u64,
 ) -> Model {
-    let mut cfg = ModelConfig::new(3, 8, 2, width, blocks, layers);
+    let mut cfg = ModelConfig::new(3, 8, 2, width, blocks, layers).with_orders(orders);
     cfg.nvp = nvp;
     cfg.num_classes = classes;
     let init = InitOptions {
@@ -77,9 +89,10 @@ proptest! {
         classes in prop_oneof![Just(0usize), Just(3)],
         cfg in any::<bool>(),
         batch in 1usize..=3,
+        orders in 0usize..4,
         seed in 0u64..1000,
     ) {
-        let m = random_model(width, blocks, layers, nvp, classes, seed);
+        let m = random_model(width, blocks, layers, nvp, classes, orders_case(orders), seed);
         let sampler = Sampler::new(&m).unwrap();
         let labels = labels_for(classes, batch, seed);
         let z = prior_noise(m.config(), batch, seed, &device()).unwrap();

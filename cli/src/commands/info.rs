@@ -47,6 +47,10 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         c.num_heads(),
         if c.nvp { "affine" } else { "additive" }
     );
+    println!(
+        "orders:      {} (cycled over the blocks; odd blocks reversed)",
+        tarflow::config::Order::show_list(&c.orders)
+    );
     println!("parameters:  {}", c.parameter_count());
     if c.num_classes == 0 {
         println!("classes:     none (unconditional)");

@@ -9,6 +9,7 @@ use std::time::Instant;
 use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use tarflow::Model;
+use tarflow::config::Order;
 use tarflow::sample::{Labels, SampleOptions, SampleStream};
 use tarflow::train::{
     AugmentConfig, ChannelChoice, Conflict, Dataset, NoiseConfig, Progress, RunOptions, RunRequest,
@@ -67,6 +68,10 @@ pub struct TrainArgs {
     /// Attention layers per flow block [default: 2].
     #[arg(long)]
     pub layers: Option<usize>,
+    /// Patch orders of the flow blocks, cycled over them (`raster`, `column`; odd blocks read
+    /// theirs reversed), e.g. `raster,column` [default: raster, the reference's].
+    #[arg(long)]
+    pub orders: Option<String>,
     /// Training noise: a Gaussian sigma in the [-1, 1] scale (enables denoising), or `uniform`
     /// [default: 0.05].
     #[arg(long)]
@@ -256,6 +261,11 @@ fn request(args: &TrainArgs) -> anyhow::Result<RunRequest> {
         channels: args.channels,
         blocks: args.blocks,
         layers: args.layers,
+        orders: args
+            .orders
+            .as_deref()
+            .map(|s| Order::parse_list(s).map_err(|e| anyhow::anyhow!("--orders {s}: {e}")))
+            .transpose()?,
         img_size: args.img_size,
         image_channels: args.image_channels,
         size_policy: args.size_policy,
@@ -383,7 +393,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     let c = trainer.model_config().clone();
     println!(
-        "model: {}x{} px, {} ch, patch {}, width {}, {} blocks x {} layers, {} classes, {} parameters",
+        "model: {}x{} px, {} ch, patch {}, width {}, {} blocks x {} layers ({} order), {} classes, {} parameters",
         c.img_size,
         c.img_size,
         c.in_channels,
@@ -391,6 +401,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         c.channels,
         c.num_blocks,
         c.layers_per_block,
+        Order::show_list(&c.orders),
         c.num_classes,
         c.parameter_count()
     );

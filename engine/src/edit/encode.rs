@@ -66,7 +66,7 @@ pub fn encode(
         let alpha = guide(&ac, &au, opts.guide_what.alpha())?;
         let mu = guide(&mc, &mu_u, opts.guide_what.mu())?;
         let y = coupling::forward_t(&x, &alpha, &mu)?;
-        h = blk.permutation.apply(&y, 1)?;
+        h = blk.permutation.undo(&y, 1)?;
     }
     Ok(h.broadcast_div(&std)?)
 }

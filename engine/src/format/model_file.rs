@@ -162,7 +162,20 @@ pub fn save_model(model: &Model, path: &Path) -> Result<()> {
 
 /// Save weights in the reference's layout only (no config), loadable by PyTorch's
 /// `Model.load_state_dict(safetensors.torch.load_file(path))`.
+///
+/// A model whose blocks read their patches in another order than the reference's (raster,
+/// reversed in odd blocks) is refused: the reference would load its weights and compute
+/// something else.
 pub fn save_reference_safetensors(model: &Model, path: &Path) -> Result<()> {
+    let c = model.config();
+    if !c.reference_orders() {
+        return Err(Error::InvalidInput(format!(
+            "the model's blocks read their patches in the orders {}; the reference \
+             (apple/ml-tarflow) has raster order only and would compute another flow with \
+             these weights",
+            crate::config::Order::show_list(&c.orders)
+        )));
+    }
     let bytes = safetensors_bytes(&model.weights()?, HashMap::new())?;
     write_atomic(path, &bytes)
 }

@@ -89,7 +89,7 @@ impl Model {
                 class_embed,
                 layers,
                 proj_out: linear(&b.proj_out)?,
-                permutation: Permutation::for_block(t),
+                permutation: Permutation::for_block(&config, t),
                 nvp: config.nvp,
                 mask: mask.clone(),
             });

@@ -1,46 +1,114 @@
 //! [`MetaBlock`]: one autoregressive flow step (the reference's `MetaBlock`): a causal transformer
 //! predicting an affine transform of each patch from the patches before it.
 
+use std::sync::Arc;
+
 use candle_core::{DType, Device, Tensor};
 
 use super::attention::{Attention, AttentionBlock, attend_heads, split_qkv};
 use super::layers::{Exec, Linear, gelu_erf};
 use super::recipe::{self, Step, Sublayer};
+use crate::config::{ModelConfig, Order};
 use crate::error::{Error, Result};
 
-/// The sequence order a flow block works in.
+/// The sequence order a flow block works in: which patch (by raster index) sits at each
+/// position of the block's sequence. Built from [`Order`] and the reference's alternation
+/// (reversed in odd blocks); every such order is an involution on the square grid of patches,
+/// but [`apply`](Self::apply) and [`undo`](Self::undo) are kept apart so that none is assumed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Permutation {
+    kind: Kind,
+    /// `order[i]`: the raster index of the patch at position `i` of the block's sequence.
+    order: Arc<[usize]>,
+    /// `inverse[r]`: the block position of the patch at raster index `r`.
+    inverse: Arc<[usize]>,
+}
+
+/// The fast paths of [`Permutation`] (the reference's two orders) and the general one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Permutation {
-    /// Patches in raster order (even blocks).
+enum Kind {
     Identity,
-    /// Patches in reverse raster order (odd blocks).
     Flip,
+    Table,
 }
 
 impl Permutation {
-    /// The permutation of block `t`: identity for even t, flip for odd t.
-    pub fn for_block(t: usize) -> Self {
-        if t.is_multiple_of(2) {
-            Self::Identity
-        } else {
-            Self::Flip
+    /// The permutation of block `t` of a model whose grid is `side` x `side` patches:
+    /// `config`'s order for the block ([`ModelConfig::order_of_block`]), reversed for odd `t`.
+    pub fn for_block(config: &ModelConfig, t: usize) -> Self {
+        let side = config.img_size / config.patch_size.max(1);
+        Self::new(config.order_of_block(t), !t.is_multiple_of(2), side)
+    }
+
+    /// `order` over a `side` x `side` grid, reversed when `reversed`.
+    pub fn new(order: Order, reversed: bool, side: usize) -> Self {
+        let n = side * side;
+        let kind = match (order, reversed) {
+            (Order::Raster, false) => Kind::Identity,
+            (Order::Raster, true) => Kind::Flip,
+            (Order::Column, _) => Kind::Table,
+        };
+        let table: Vec<usize> = (0..n)
+            .map(|i| {
+                let i = if reversed { n - 1 - i } else { i };
+                match order {
+                    Order::Raster => i,
+                    // Position i walks down column i / side: row i % side.
+                    Order::Column => (i % side) * side + i / side,
+                }
+            })
+            .collect();
+        let mut inverse = vec![0; n];
+        for (i, &r) in table.iter().enumerate() {
+            inverse[r] = i;
+        }
+        Self {
+            kind,
+            order: table.into(),
+            inverse: inverse.into(),
         }
     }
 
-    /// Apply along `dim` (its own inverse).
-    pub fn apply(self, x: &Tensor, dim: usize) -> Result<Tensor> {
-        Ok(match self {
-            Self::Identity => x.clone(),
-            Self::Flip => x.flip(&[dim])?,
+    /// Whether this is the reference's odd-block order (raster, reversed).
+    pub fn is_flip(&self) -> bool {
+        self.kind == Kind::Flip
+    }
+
+    /// Tokens in the block's order: `order()[i]` is the raster index of position `i`.
+    pub fn order(&self) -> &[usize] {
+        &self.order
+    }
+
+    /// Reorder `x` along `dim` from raster order into the block's order.
+    pub fn apply(&self, x: &Tensor, dim: usize) -> Result<Tensor> {
+        self.gather(x, dim, &self.order)
+    }
+
+    /// Reorder `x` along `dim` from the block's order back into raster order.
+    pub fn undo(&self, x: &Tensor, dim: usize) -> Result<Tensor> {
+        self.gather(x, dim, &self.inverse)
+    }
+
+    fn gather(&self, x: &Tensor, dim: usize, table: &[usize]) -> Result<Tensor> {
+        Ok(match self.kind {
+            Kind::Identity => x.clone(),
+            Kind::Flip => x.flip(&[dim])?,
+            Kind::Table => {
+                let idx: Vec<u32> = table.iter().map(|&i| i as u32).collect();
+                let idx = Tensor::from_vec(idx, table.len(), x.device())?;
+                x.contiguous()?.index_select(&idx, dim)?
+            }
         })
     }
 
-    /// Position in the permuted sequence of the patch at raster position `i` (of `n`).
-    pub fn index(self, i: usize, n: usize) -> usize {
-        match self {
-            Self::Identity => i,
-            Self::Flip => n - 1 - i,
-        }
+    /// The raster index of the patch at position `pos` of the block's sequence.
+    pub fn raster_index(&self, pos: usize) -> usize {
+        self.order[pos]
+    }
+
+    /// The block position of the patch at raster index `r`.
+    pub fn block_position(&self, r: usize) -> usize {
+        self.inverse[r]
     }
 }
 
@@ -133,7 +201,7 @@ impl MetaBlock {
         exec: Exec,
     ) -> Result<(Tensor, Tensor)> {
         let (y, alpha) = self.forward_in_block_order(x, labels, exec)?;
-        Ok((y, self.permutation.apply(&alpha.contiguous()?, 1)?))
+        Ok((y, self.permutation.undo(&alpha.contiguous()?, 1)?))
     }
 
     /// The output in the input's order and alpha in the block's (permuted) order.
@@ -147,7 +215,7 @@ impl MetaBlock {
         let o = self.predict(&x, labels, 1.0, exec)?;
         let (alpha, mu) = self.split_out(&o)?;
         let y = recipe::coupling::forward_t(&x, &alpha, &mu)?;
-        Ok((self.permutation.apply(&y, 1)?, alpha))
+        Ok((self.permutation.undo(&y, 1)?, alpha))
     }
 
     /// The network's prediction for `x` (B, N, D) in the block's order, shifted by one token:
@@ -241,5 +309,83 @@ impl recipe::Kernels for TensorPass<'_> {
     fn proj_out(&mut self) -> Result<()> {
         self.t = self.blk.proj_out.forward(&self.h)?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn column_order_walks_down_the_columns() {
+        // A 3x3 grid: raster indices 0 1 2 / 3 4 5 / 6 7 8.
+        let p = Permutation::new(Order::Column, false, 3);
+        assert_eq!(p.order(), &[0, 3, 6, 1, 4, 7, 2, 5, 8]);
+        let r = Permutation::new(Order::Column, true, 3);
+        assert_eq!(r.order(), &[8, 5, 2, 7, 4, 1, 6, 3, 0]);
+        assert_eq!(
+            Permutation::new(Order::Raster, false, 3).order(),
+            &[0, 1, 2, 3, 4, 5, 6, 7, 8]
+        );
+        assert_eq!(
+            Permutation::new(Order::Raster, true, 2).order(),
+            &[3, 2, 1, 0]
+        );
+        for (pos, &raster) in p.order().iter().enumerate() {
+            assert_eq!(p.raster_index(pos), raster);
+            assert_eq!(p.block_position(raster), pos);
+        }
+    }
+
+    #[test]
+    fn tensors_follow_the_table_and_undo_restores_them() {
+        let dev = Device::Cpu;
+        let x = Tensor::arange(0f32, 18.0, &dev)
+            .unwrap()
+            .reshape((1, 9, 2))
+            .unwrap();
+        for (order, rev) in [
+            (Order::Raster, false),
+            (Order::Raster, true),
+            (Order::Column, false),
+            (Order::Column, true),
+        ] {
+            let p = Permutation::new(order, rev, 3);
+            let y = p.apply(&x, 1).unwrap();
+            let rows: Vec<Vec<f32>> = y.squeeze(0).unwrap().to_vec2().unwrap();
+            for (pos, row) in rows.iter().enumerate() {
+                let r = p.raster_index(pos) as f32;
+                assert_eq!(row, &vec![2.0 * r, 2.0 * r + 1.0], "{order:?} {rev}");
+            }
+            let back: Vec<f32> = p
+                .undo(&y, 1)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1()
+                .unwrap();
+            let want: Vec<f32> = x.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(back, want);
+        }
+    }
+
+    #[test]
+    fn blocks_cycle_the_configured_orders_and_reverse_odd_ones() {
+        let mut cfg = ModelConfig::new(3, 4, 2, 64, 4, 1);
+        // The reference: raster, reversed in odd blocks.
+        assert!(!Permutation::for_block(&cfg, 0).is_flip());
+        assert!(Permutation::for_block(&cfg, 1).is_flip());
+        cfg = cfg.with_orders(vec![Order::Raster, Order::Column]);
+        let table = |t| Permutation::for_block(&cfg, t).order().to_vec();
+        assert_eq!(table(0), vec![0, 1, 2, 3]);
+        assert_eq!(table(1), vec![3, 1, 2, 0]);
+        assert_eq!(table(2), vec![0, 1, 2, 3]);
+        assert_eq!(table(3), vec![3, 1, 2, 0]);
+        assert_eq!(
+            ModelConfig::new(3, 4, 2, 64, 4, 1)
+                .with_orders(vec![Order::Raster])
+                .orders,
+            vec![]
+        );
     }
 }

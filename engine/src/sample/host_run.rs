@@ -256,7 +256,7 @@ impl<B: HostBackend> Reversal for HostRun<B> {
     fn output(&self, model: &Model) -> Result<Tensor> {
         let Dims { batch, n, d, .. } = self.dims;
         let x = Tensor::from_vec(self.seq.clone(), (batch, n, d), model.device())?;
-        model.blocks[self.dims.block].permutation.apply(&x, 1)
+        model.blocks[self.dims.block].permutation.undo(&x, 1)
     }
 }
 

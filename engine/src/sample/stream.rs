@@ -226,8 +226,7 @@ impl SampleStream {
         let run = &self.run;
         let cfg = self.sampler.model().config();
         let blk = &self.sampler.model().blocks[run.block()];
-        let n = cfg.num_patches();
-        let index = blk.permutation.index(pos, n);
+        let index = blk.permutation.raster_index(pos);
         let p = cfg.patch_size;
         let grid = cfg.img_size / p;
         let values = run.token_values(pos)?;

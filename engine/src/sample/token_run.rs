@@ -170,6 +170,6 @@ impl Reversal for TokenRun {
 
     fn output(&self, model: &Model) -> Result<Tensor> {
         let x = Tensor::cat(&self.tokens, 1)?;
-        model.blocks[self.dims.block].permutation.apply(&x, 1)
+        model.blocks[self.dims.block].permutation.undo(&x, 1)
     }
 }

@@ -24,7 +24,7 @@ use super::trainer::Trainer;
 
 mod conflicts;
 
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, Order};
 use crate::error::{Error, Result};
 pub use conflicts::Conflict;
 
@@ -114,6 +114,8 @@ pub struct RunRequest {
     pub blocks: Option<usize>,
     /// Attention layers per block [default: 2].
     pub layers: Option<usize>,
+    /// [`ModelConfig::orders`] [default: raster in every block].
+    pub orders: Option<Vec<Order>>,
     /// [`DataConfig::img_size`].
     pub img_size: Option<usize>,
     /// [`DataConfig::channels`].
@@ -287,6 +289,7 @@ impl RunRequest {
             self.blocks.unwrap_or(4),
             self.layers.unwrap_or(2),
         )
+        .with_orders(self.orders.clone().unwrap_or_default())
     }
 
     /// Start the run `plan` says on the data folder `root` (a train/test split holds out

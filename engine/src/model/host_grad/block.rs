@@ -100,16 +100,25 @@ pub(super) struct Scratch {
     dxp: Vec<f32>,
 }
 
-/// Copy `src` to `dst` (both (b, n, width)), reversing each item's token order when `flip`.
-pub(super) fn permute(src: &[f32], dst: &mut [f32], d: &Dims, width: usize, flip: bool) {
+/// Copy `src` (raster order) to `dst` (block order), both (b, n, width): position `i` of
+/// each item gets the token at raster index `order[i]`.
+pub(super) fn permute(src: &[f32], dst: &mut [f32], d: &Dims, width: usize, order: &[usize]) {
     let item = d.n * width;
     for (s, t) in src.chunks_exact(item).zip(dst.chunks_exact_mut(item)) {
-        if flip {
-            for (sr, tr) in s.chunks_exact(width).rev().zip(t.chunks_exact_mut(width)) {
-                tr.copy_from_slice(sr);
-            }
-        } else {
-            t.copy_from_slice(s);
+        for (i, tr) in t.chunks_exact_mut(width).enumerate() {
+            let r = order[i] * width;
+            tr.copy_from_slice(&s[r..r + width]);
+        }
+    }
+}
+
+/// The inverse of [`permute`]: `src` in block order back to `dst` in raster order.
+pub(super) fn unpermute(src: &[f32], dst: &mut [f32], d: &Dims, width: usize, order: &[usize]) {
+    let item = d.n * width;
+    for (s, t) in src.chunks_exact(item).zip(dst.chunks_exact_mut(item)) {
+        for (i, sr) in s.chunks_exact(width).enumerate() {
+            let r = order[i] * width;
+            t[r..r + width].copy_from_slice(sr);
         }
     }
 }
@@ -117,13 +126,13 @@ pub(super) fn permute(src: &[f32], dst: &mut [f32], d: &Dims, width: usize, flip
 /// The class row added to each item: `Some(k)` for label k, `None` for the mean of the rows.
 pub(super) type ClassRows = [Option<usize>];
 
-/// Forward of block `t` (`flip` for odd blocks) on `x` (b, n, d) in raster order: writes the
+/// Forward of block `t` (its tokens in `order`: see [`permute`]) on `x` (b, n, d) in raster order: writes the
 /// output to `out` (raster order), adds the block's log-determinant per item to `logdet`, and
 /// fills `cache` (with the weight-gradient inputs too when `keep`).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn forward(
     w: &BlockParams<&[f32]>,
-    flip: bool,
+    order: &[usize],
     d: &Dims,
     classes: &ClassRows,
     x: &[f32],
@@ -142,14 +151,15 @@ pub(super) fn forward(
         layers,
     } = cache;
     let xp = fit(xp, m * dd);
-    permute(x, xp, d, dd, flip);
+    check_order(order, n)?;
+    permute(x, xp, d, dd, order);
     if layers.len() < w.layers.len() {
         layers.resize_with(w.layers.len(), LayerCache::default);
     }
     recipe::transformer(&mut Pass {
         w,
         d,
-        flip,
+        order,
         classes,
         xp,
         layers,
@@ -187,7 +197,7 @@ pub(super) fn forward(
         }
         logdet[bi] -= alpha_sum * scale;
     }
-    permute(y, out, d, dd, flip);
+    unpermute(y, out, d, dd, order);
     Ok(())
 }
 
@@ -196,7 +206,8 @@ pub(super) fn forward(
 struct Pass<'a, 'w> {
     w: &'a BlockParams<&'w [f32]>,
     d: &'a Dims,
-    flip: bool,
+    /// The block's token order (see [`permute`]).
+    order: &'a [usize],
     classes: &'a ClassRows,
     /// The input in block order.
     xp: &'a [f32],
@@ -236,7 +247,7 @@ impl recipe::Kernels for Pass<'_, '_> {
                 _ => None,
             };
             for (i, row) in item.chunks_exact_mut(c).enumerate() {
-                let pi = if self.flip { n - 1 - i } else { i };
+                let pi = self.order[i];
                 row.iter_mut()
                     .zip(&w.pos_embed[pi * c..(pi + 1) * c])
                     .for_each(|(o, v)| *o += v);
@@ -313,7 +324,7 @@ impl recipe::Kernels for Pass<'_, '_> {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn backward(
     w: &BlockParams<&[f32]>,
-    flip: bool,
+    order: &[usize],
     d: &Dims,
     classes: &ClassRows,
     dout: &[f32],
@@ -323,6 +334,7 @@ pub(super) fn backward(
     grads: Option<&mut BlockParams<Vec<f32>>>,
 ) -> Result<()> {
     let (m, n, dd, b) = (d.m(), d.n, d.d, d.b);
+    check_order(order, n)?;
     let dxp = fit(&mut s.dxp, m * dd);
     let dpo = fit(&mut s.dout, m * d.out);
     // The derivative of `recipe::coupling`: y = (x - mu) e, e = exp(-alpha), log-det -alpha.
@@ -332,7 +344,7 @@ pub(super) fn backward(
         dpo[(bi * n + n - 1) * d.out..(bi * n + n) * d.out].fill(0.0);
         for i in 0..n {
             let r = (bi * n + i) * dd;
-            let src = (bi * n + if flip { n - 1 - i } else { i }) * dd;
+            let src = (bi * n + order[i]) * dd;
             let (gy, er, yr) = (
                 &dout[src..src + dd],
                 &cache.e[r..r + dd],
@@ -362,13 +374,25 @@ pub(super) fn backward(
     recipe::transformer_backward(&mut GradPass {
         w,
         d,
-        flip,
+        order,
         classes,
         cache,
         s,
         grads,
         dx,
     })
+}
+
+/// An error unless `order` is a token order of length `n` (a permutation is checked where it
+/// is built; this guards the indexing).
+fn check_order(order: &[usize], n: usize) -> Result<()> {
+    if order.len() != n || order.iter().any(|&r| r >= n) {
+        return Err(Error::InvalidInput(format!(
+            "a token order of {} entries for {n} tokens (internal error)",
+            order.len()
+        )));
+    }
+    Ok(())
 }
 
 /// A kept buffer, or an error if the forward did not keep it.
@@ -389,7 +413,8 @@ fn need(v: &[f32]) -> Result<&[f32]> {
 struct GradPass<'a, 'w> {
     w: &'a BlockParams<&'w [f32]>,
     d: &'a Dims,
-    flip: bool,
+    /// The block's token order (see [`permute`]).
+    order: &'a [usize],
     classes: &'a ClassRows,
     cache: &'a BlockCache,
     s: &'a mut Scratch,
@@ -496,7 +521,7 @@ impl recipe::GradKernels for GradPass<'_, '_> {
     }
 
     fn embed(&mut self) -> Result<()> {
-        let (w, d, flip) = (self.w, self.d, self.flip);
+        let (w, d, order) = (self.w, self.d, self.order);
         let (m, n, dd, c) = (d.m(), d.n, d.d, d.c);
         let dh = &self.s.dh[..m * c];
         if let Some(g) = self.grads.as_deref_mut() {
@@ -504,7 +529,7 @@ impl recipe::GradKernels for GradPass<'_, '_> {
             g.pos_embed.fill(0.0);
             for item in dh.chunks_exact(n * c) {
                 for (i, row) in item.chunks_exact(c).enumerate() {
-                    let pi = if flip { n - 1 - i } else { i };
+                    let pi = order[i];
                     g.pos_embed[pi * c..(pi + 1) * c]
                         .iter_mut()
                         .zip(row)
@@ -534,7 +559,7 @@ impl recipe::GradKernels for GradPass<'_, '_> {
         if let Some(dx) = self.dx.as_deref_mut() {
             let dxp = &mut self.s.dxp[..m * dd];
             linear_dx(dxp, dh, w.proj_in_w, m, c, true)?;
-            permute(dxp, dx, d, dd, flip);
+            unpermute(dxp, dx, d, dd, order);
         }
         Ok(())
     }

@@ -173,6 +173,9 @@ impl HostGrad {
             nvp: cfg.nvp,
         };
         let blocks = cfg.num_blocks;
+        let perms: Vec<Permutation> = (0..blocks)
+            .map(|t| Permutation::for_block(cfg, t))
+            .collect();
         let shapes: BTreeMap<String, Vec<usize>> = cfg.tensor_shapes().into_iter().collect();
         let Self {
             params,
@@ -193,10 +196,9 @@ impl HostGrad {
             logdet.clear();
             logdet.resize(batch, 0.0);
             for (t, (bw, cache)) in w.iter().zip(caches.iter_mut()).enumerate() {
-                let flip = Permutation::for_block(t) == Permutation::Flip;
                 block::forward(
                     bw,
-                    flip,
+                    perms[t].order(),
                     &d,
                     &classes,
                     &cur[..m * d.d],
@@ -248,12 +250,11 @@ impl HostGrad {
                 None
             };
             for t in (0..blocks).rev() {
-                let flip = Permutation::for_block(t) == Permutation::Flip;
                 let dx = (t > 0 || wants.input).then_some(&mut next[..m * d.d]);
                 let has_dx = dx.is_some();
                 block::backward(
                     &w[t],
-                    flip,
+                    perms[t].order(),
                     &d,
                     &classes,
                     &cur[..m * d.d],

@@ -390,11 +390,16 @@ proptest! {
         four_channels in any::<bool>(),
         no_labels in any::<bool>(),
         label_seed in any::<u64>(),
+        order_case in 0usize..3,
         seed in 0u64..1000,
     ) {
         let channels = if wide { 128 } else { 64 };
         let in_ch = if four_channels { 4 } else { 3 };
-        let mut cfg = ModelConfig::new(in_ch, 4 * patch, patch, channels, blocks, layers);
+        use crate::config::Order;
+        // The reference's orders, column only, and both mixed.
+        let orders = [vec![], vec![Order::Column], vec![Order::Raster, Order::Column]];
+        let mut cfg = ModelConfig::new(in_ch, 4 * patch, patch, channels, blocks, layers)
+            .with_orders(orders[order_case].clone());
         cfg.nvp = nvp;
         cfg.num_classes = if conditional { 3 } else { 0 };
         // Labels in -1..3, sometimes none at all (the mean embedding for every item).

@@ -4,7 +4,7 @@
 use std::fmt;
 
 use super::RunRequest;
-use crate::config::ModelConfig;
+use crate::config::{ModelConfig, Order};
 use crate::train::augment::NoiseConfig;
 use crate::train::checkpoint::Checkpoint;
 use crate::train::dataset::SizePolicy;
@@ -85,6 +85,11 @@ impl RunRequest {
         c.check("channels", self.channels, m.channels);
         c.check("blocks", self.blocks, m.num_blocks);
         c.check("layers", self.layers, m.layers_per_block);
+        c.check(
+            "orders",
+            self.orders.as_deref().map(Order::show_list),
+            Order::show_list(&m.orders),
+        );
         c.check("patch-size", self.patch_size, m.patch_size);
         c.check("img-size", self.img_size, m.img_size);
         c.check(
