@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use tarflow::candle::{Device, Tensor};
-use tarflow::fidelity::{Classifier, ClassifierConfig, FidelityConfig, FidelityReport};
+use tarflow::fidelity::{
+    Classifier, ClassifierConfig, CriticConfig, FidelityConfig, FidelityReport,
+};
 use tarflow::sample::SampleOptions;
 use tarflow::train::{ChannelChoice, DataConfig, Dataset};
 use tarflow::{Model, Weights};
@@ -130,6 +132,13 @@ fn class_blind_copy_of_the_demo_model_is_recognised_less() {
         real.overall.generated,
         t.elapsed().as_secs_f64()
     );
+    let no_critic = FidelityConfig {
+        critic: CriticConfig {
+            folds: 0,
+            ..CriticConfig::default()
+        },
+        ..fc.clone()
+    };
     let blind = FidelityReport::from_model(
         &clf,
         &class_blind(&model),
@@ -137,7 +146,7 @@ fn class_blind_copy_of_the_demo_model_is_recognised_less() {
         &test,
         per_class,
         &opts,
-        &fc,
+        &no_critic,
         |_, _| {},
     )
     .unwrap();
@@ -171,6 +180,28 @@ fn class_blind_copy_of_the_demo_model_is_recognised_less() {
         assert!(c.copy.generated_median.unwrap() >= 0.0);
     }
     assert_eq!(real.closest.len(), fc.list);
+    // The streak measure and the critic are there, and the critic's floor (training reals
+    // against held-out reals) is below its verdict on the samples.
+    for s in [real.overall.streaks.generated, real.overall.streaks.real] {
+        assert!(
+            s.unwrap() > 0.2 && s.unwrap() < 5.0,
+            "{:?}",
+            real.overall.streaks
+        );
+    }
+    let critic = real.critic.as_ref().unwrap();
+    eprintln!("critic: {critic:?}");
+    assert!(critic.per_side > 0);
+    let (g, f) = (
+        critic.generated_vs_real.unwrap(),
+        critic.train_vs_test.unwrap(),
+    );
+    assert!((0.0..=1.0).contains(&g) && (0.0..=1.0).contains(&f));
+    assert!(
+        g > f,
+        "the critic tells samples apart ({g}) no better than reals ({f})"
+    );
+    assert!(blind.critic.is_none());
     assert!(
         real.closest
             .windows(2)

@@ -9,7 +9,7 @@ use clap::Args;
 use serde::Serialize;
 use tarflow::Model;
 use tarflow::fidelity::{
-    Classifier, ClassifierConfig, FidelityConfig, FidelityReport, NearCopyRule,
+    Classifier, ClassifierConfig, CriticConfig, FidelityConfig, FidelityReport, NearCopyRule,
 };
 use tarflow::train::{ChannelChoice, DataConfig, Dataset, evaluate_bpd};
 
@@ -46,6 +46,9 @@ pub struct EvalArgs {
     /// Optimiser steps of the classifier.
     #[arg(long, default_value_t = ClassifierConfig::default().steps)]
     pub classifier_steps: usize,
+    /// Folds of the real-vs-generated critic's cross-validation (0: no critic).
+    #[arg(long, default_value_t = CriticConfig::default().folds)]
+    pub critic_folds: usize,
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
@@ -151,6 +154,10 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             None => NearCopyRule::MaxDistance(args.near_copy_levels / 255.0),
         },
         batch: args.sampling.batch,
+        critic: CriticConfig {
+            folds: args.critic_folds,
+            ..CriticConfig::default()
+        },
         ..Default::default()
     };
     let sampled_classes = train.class_counts()[..train.num_classes()]
@@ -322,6 +329,11 @@ fn num(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.2}"))
 }
 
+/// A ratio with three decimals.
+fn ratio(v: Option<f64>) -> String {
+    v.map_or_else(|| "-".into(), |v| format!("{v:.3}"))
+}
+
 /// A [0, 1] distance in 8-bit levels.
 fn levels(v: Option<f64>) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{:.1}", 255.0 * v))
@@ -336,7 +348,7 @@ fn print_fidelity(report: &FidelityReport, train: &Path, test: &Path) {
         test.display()
     );
     println!(
-        "{:<12} {:>7} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>9} {:>11}",
+        "{:<12} {:>7} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>9} {:>11} {:>8} {:>8}",
         "class",
         "samples",
         "recog.",
@@ -346,15 +358,28 @@ fn print_fidelity(report: &FidelityReport, train: &Path, test: &Path) {
         "recall",
         "nearest",
         "nearest",
-        "near-copies"
+        "near-copies",
+        "streaks",
+        "streaks"
     );
     println!(
-        "{:<12} {:>7} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>9} {:>11}",
-        "", "", "samples", "reals", "samples", "reals", "", "samples", "reals", ""
+        "{:<12} {:>7} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>9} {:>11} {:>8} {:>8}",
+        "",
+        "",
+        "samples",
+        "reals",
+        "samples",
+        "reals",
+        "",
+        "samples",
+        "reals",
+        "",
+        "samples",
+        "reals"
     );
     for c in report.classes.iter().chain([&report.overall]) {
         println!(
-            "{:<12} {:>7} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>9} {:>11}",
+            "{:<12} {:>7} {:>8} {:>8} {:>9} {:>9} {:>7} {:>9} {:>9} {:>11} {:>8} {:>8}",
             c.class,
             c.generated,
             pct(c.recognised_generated),
@@ -365,6 +390,8 @@ fn print_fidelity(report: &FidelityReport, train: &Path, test: &Path) {
             levels(c.copy.generated_median),
             levels(c.copy.real_median),
             format!("{}/{}", c.copy.near_copies, c.generated),
+            ratio(c.streaks.generated),
+            ratio(c.streaks.real),
         );
     }
     let t = 255.0 * report.near_copy_threshold;
@@ -375,6 +402,25 @@ fn print_fidelity(report: &FidelityReport, train: &Path, test: &Path) {
          of training reals inside the samples' balls.",
         report.k
     );
+    println!(
+        "streaks: mean vertical over mean horizontal difference of neighbouring pixels (1: no \
+         direction; above the reals': horizontal streaks, below: vertical ones); samples {}, \
+         training reals {} overall.",
+        ratio(report.overall.streaks.generated),
+        ratio(report.overall.streaks.real)
+    );
+    if let Some(c) = &report.critic {
+        println!(
+            "critic: a small classifier cross-validated ({} folds) on {} images a side tells \
+             samples from held-out reals {} of the time, and training reals from held-out reals \
+             {} (the floor a model whose samples look like its training art would reach; 50% is \
+             chance).",
+            c.folds,
+            c.per_side,
+            pct(c.generated_vs_real),
+            pct(c.train_vs_test)
+        );
+    }
     println!();
     println!(
         "Copy check, for artists: each generated texture is compared with every training \

@@ -107,6 +107,19 @@ pub struct Classifier {
     params: Vec<Tensor>,
 }
 
+/// Labelled images a classifier is fitted to.
+struct Labelled<'a> {
+    /// Every image, `s x s x c` bytes.
+    pixels: &'a [Vec<u8>],
+    /// (image index, class id) of each training example.
+    labelled: &'a [(usize, u32)],
+    /// Image `i` mirrored left-right.
+    mirrored: &'a dyn Fn(usize) -> Vec<u8>,
+    class_names: &'a [String],
+    s: usize,
+    c: usize,
+}
+
 /// The `s x s` pixels (channels interleaved) of every item of `data`: the centre crop, as
 /// evaluation uses.
 pub fn dataset_pixels(data: &Dataset) -> Vec<Vec<u8>> {
@@ -238,7 +251,7 @@ impl Classifier {
     fn train_inner(
         data: &Dataset,
         config: &ClassifierConfig,
-        mut progress: impl FnMut(usize, usize),
+        progress: impl FnMut(usize, usize),
     ) -> Result<Self> {
         config.validate()?;
         let (s, c, k) = (data.img_size(), data.channels(), data.num_classes());
@@ -246,11 +259,6 @@ impl Classifier {
             return Err(Error::InvalidInput(format!(
                 "the classifier needs a dataset of at least 2 classes; {} has {k}",
                 data.root().display()
-            )));
-        }
-        if s < 4 {
-            return Err(Error::InvalidInput(format!(
-                "the classifier needs images of at least 4x4 pixels, not {s}x{s}"
             )));
         }
         let pixels = dataset_pixels(data);
@@ -264,6 +272,93 @@ impl Classifier {
             return Err(Error::InvalidInput(format!(
                 "{} has no labelled image to train the classifier on",
                 data.root().display()
+            )));
+        }
+        let mirrored = |i: usize| {
+            let item = &data.items()[i];
+            Placement {
+                hflip: true,
+                ..Placement::centre(item, s)
+            }
+            .apply(item, s, c)
+        };
+        let set = Labelled {
+            pixels: &pixels,
+            labelled: &labelled,
+            mirrored: &mirrored,
+            class_names: data.class_names(),
+            s,
+            c,
+        };
+        Self::fit(&set, config, progress)
+    }
+
+    /// Train on `images` (`s x s` pixels of `c` interleaved channels each) labelled with ids
+    /// of `class_names` (at least 2); mirrored copies, when the config asks for them, are
+    /// the images flipped left-right. Runs on one thread, as [`Classifier::train`].
+    pub fn train_on_images(
+        images: &[Vec<u8>],
+        labels: &[usize],
+        class_names: &[String],
+        s: usize,
+        c: usize,
+        config: &ClassifierConfig,
+    ) -> Result<Self> {
+        config.validate()?;
+        if class_names.len() < 2 {
+            return Err(Error::InvalidInput(format!(
+                "the classifier needs at least 2 classes, not {}",
+                class_names.len()
+            )));
+        }
+        if images.len() != labels.len() || images.is_empty() {
+            return Err(Error::InvalidInput(format!(
+                "{} images and {} labels to train a classifier on (need as many, at least one)",
+                images.len(),
+                labels.len()
+            )));
+        }
+        if let Some(bad) = images.iter().position(|p| p.len() != s * s * c) {
+            return Err(Error::InvalidInput(format!(
+                "image {bad} has {} bytes, expected {s}x{s}x{c}",
+                images[bad].len()
+            )));
+        }
+        if let Some(&bad) = labels.iter().find(|&&l| l >= class_names.len()) {
+            return Err(Error::InvalidInput(format!(
+                "label {bad} for {} classes",
+                class_names.len()
+            )));
+        }
+        let labelled: Vec<(usize, u32)> = labels
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i, l as u32))
+            .collect();
+        one_thread(|| {
+            let mirrored = |i: usize| super::metrics::hflip(&images[i], s, c);
+            let set = Labelled {
+                pixels: images,
+                labelled: &labelled,
+                mirrored: &mirrored,
+                class_names,
+                s,
+                c,
+            };
+            Self::fit(&set, config, |_, _| {})
+        })
+    }
+
+    fn fit(
+        set: &Labelled<'_>,
+        config: &ClassifierConfig,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<Self> {
+        let (s, c, k) = (set.s, set.c, set.class_names.len());
+        let (pixels, labelled) = (set.pixels, set.labelled);
+        if s < 4 {
+            return Err(Error::InvalidInput(format!(
+                "the classifier needs images of at least 4x4 pixels, not {s}x{s}"
             )));
         }
         let mut rng = ChaCha8Rng::seed_from_u64(config.seed);
@@ -290,13 +385,8 @@ impl Classifier {
                     order.shuffle(&mut rng);
                 }
                 let (i, y) = labelled[order.pop().unwrap_or(0)];
-                let item = &data.items()[i];
                 let px = if config.hflip && rng.random_bool(0.5) {
-                    Placement {
-                        hflip: true,
-                        ..Placement::centre(item, s)
-                    }
-                    .apply(item, s, c)
+                    (set.mirrored)(i)
                 } else {
                     pixels[i].clone()
                 };
@@ -321,7 +411,7 @@ impl Classifier {
         }
         Ok(Self {
             config: config.clone(),
-            class_names: data.class_names().to_vec(),
+            class_names: set.class_names.to_vec(),
             img_size: s,
             channels: c,
             params: vars.iter().map(|v| v.as_tensor().detach()).collect(),

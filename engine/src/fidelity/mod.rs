@@ -41,13 +41,17 @@
 //! ```
 
 pub mod classifier;
+pub mod critic;
 pub mod metrics;
+pub mod streaks;
 
 pub use classifier::{Classifier, ClassifierConfig, dataset_pixels};
+pub use critic::{Critic, CriticConfig};
 pub use metrics::{
     NearCopyRule, Nearest, NearestIndex, PrecisionRecall, knn_radii, pixel_distance,
     precision_recall,
 };
+pub use streaks::{Streaks, streak_ratio};
 
 use serde::{Deserialize, Serialize};
 
@@ -70,6 +74,8 @@ pub struct FidelityConfig {
     pub list: usize,
     /// Images sampled together by [`FidelityReport::from_model`] (bounds memory).
     pub batch: usize,
+    /// The real-vs-generated critic ([`Critic`]; `folds: 0` switches it off).
+    pub critic: CriticConfig,
 }
 
 impl Default for FidelityConfig {
@@ -80,6 +86,7 @@ impl Default for FidelityConfig {
             mirrors: true,
             list: 10,
             batch: 64,
+            critic: CriticConfig::default(),
         }
     }
 }
@@ -128,6 +135,9 @@ pub struct ClassFidelity {
     pub recall: Option<f64>,
     /// Nearest-training-image distances.
     pub copy: CopyCheck,
+    /// Vertical over horizontal neighbour differences, generated against the training reals.
+    #[serde(default)]
+    pub streaks: Streaks,
 }
 
 /// One generated image and its nearest training image.
@@ -163,6 +173,9 @@ pub struct FidelityReport {
     /// The generated images nearest to a training image, closest first
     /// ([`FidelityConfig::list`] of them).
     pub closest: Vec<CloseSample>,
+    /// The real-vs-generated critic and its real-vs-real floor (`None` when switched off).
+    #[serde(default)]
+    pub critic: Option<Critic>,
 }
 
 fn check_images(what: &str, images: &[Vec<u8>], s: usize, c: usize) -> Result<()> {
@@ -198,6 +211,11 @@ fn labels_by_name(data: &Dataset, names: &[String]) -> Result<Vec<Option<usize>>
             },
         })
         .collect()
+}
+
+/// The images of `set` at `idx`.
+fn refs<'a>(set: &'a [Vec<u8>], idx: &[usize]) -> Vec<&'a [u8]> {
+    idx.iter().map(|&i| set[i].as_slice()).collect()
 }
 
 fn share(hits: usize, n: usize) -> Option<f64> {
@@ -295,6 +313,10 @@ impl FidelityReport {
             let gd: Vec<f64> = g.iter().map(|&i| gen_near[i].distance).collect();
             let td: Vec<f64> = te.iter().map(|&i| test_d[i]).collect();
             let near = gd.iter().filter(|&&d| d < threshold).count();
+            let streaks = Streaks {
+                generated: streak_ratio(&refs(generated, &g), s, c),
+                real: streak_ratio(&refs(&train_px, &tr), s, c),
+            };
             ClassFidelity {
                 class: class.map_or_else(|| "all".to_string(), |c| names[c].clone()),
                 generated: g.len(),
@@ -314,6 +336,7 @@ impl FidelityReport {
                     near_copy_share: share(near, gd.len()),
                     real_near_copies: td.iter().filter(|&&d| d < threshold).count(),
                 },
+                streaks,
             }
         };
         let classes = (0..k)
@@ -344,7 +367,17 @@ impl FidelityReport {
                 }
             })
             .collect();
+        let critic = Critic::measure(
+            (generated, labels),
+            (&train_px, &train_y),
+            (&test_px, &test_y),
+            k,
+            s,
+            c,
+            &config.critic,
+        )?;
         Ok(Self {
+            critic,
             classes,
             overall,
             k: config.k,
