@@ -116,15 +116,20 @@ pub struct GenerateTexture {
     pub class: TextureClass,
     /// Seed of the prior noise: the same seed, model and options give the same texture.
     pub seed: u64,
-    /// Classifier-free guidance weight (0 = none).
-    pub guidance: f32,
+    /// Classifier-free guidance weight (0 = none); `None`: the model's recommended weight
+    /// (`tarflow info` shows it), else none.
+    pub guidance: Option<f32>,
     /// Prior temperature (1 = the model's distribution; lower is smoother).
     pub temperature: f32,
     /// Denoise the result with the model's training noise level (when it has one).
     pub denoise: bool,
     /// Pixel-art alpha: pixels less opaque than this (0-1) become transparent, the others opaque
-    /// (see `SampleOptions::alpha_cutoff`); `None` keeps the model's alpha.
+    /// (see `SampleOptions::alpha_cutoff`); `None`: the model's recommended cutoff, else the
+    /// model's alpha as it comes.
     pub alpha_cutoff: Option<f32>,
+    /// Use the model's recommended sampling settings (`ModelConfig::sampling`) for what the
+    /// request leaves unset (on by default).
+    pub recommended: bool,
     /// Seamless tiling: the finished image's wrap-around seams are repaired so that it tiles
     /// (see `SampleOptions::tileable`; the streamed patches are from before the repair).
     pub tileable: bool,
@@ -141,10 +146,11 @@ impl GenerateTexture {
             model,
             class: TextureClass::Unconditional,
             seed: d.seed,
-            guidance: d.guidance,
+            guidance: None,
             temperature: d.temperature,
             denoise: d.denoise,
-            alpha_cutoff: d.alpha_cutoff,
+            alpha_cutoff: None,
+            recommended: true,
             tileable: d.tileable,
             palette: d.palette,
         }
@@ -164,7 +170,7 @@ impl GenerateTexture {
 
     /// Use this guidance weight.
     pub fn with_guidance(mut self, guidance: f32) -> Self {
-        self.guidance = guidance;
+        self.guidance = Some(guidance);
         self
     }
 
@@ -199,24 +205,38 @@ impl GenerateTexture {
         self
     }
 
+    /// Ignore the model's recommended sampling settings: what the request leaves unset is the
+    /// engine's default.
+    pub fn without_recommended(mut self) -> Self {
+        self.recommended = false;
+        self
+    }
+
     /// Make the texture tile seamlessly (block faces, floors, walls).
     pub fn tileable(mut self) -> Self {
         self.tileable = true;
         self
     }
 
-    /// The engine's options for this request (the engine's defaults for everything else), as
-    /// `tarflow::sample::sample` would take them to make the same texture.
-    pub fn sample_options(&self) -> SampleOptions {
+    /// The engine's options for this request on a model of `config`: what the request sets,
+    /// the model's recommended settings where it sets none (guidance, the alpha cutoff, the
+    /// attention temperature; `denoise` is always the request's) (unless [`without_recommended`](Self::without_recommended)), the engine's defaults for
+    /// everything else; as `tarflow::sample::sample` would take them to make the same texture.
+    pub fn sample_options(&self, config: &tarflow::ModelConfig) -> SampleOptions {
+        let base = if self.recommended {
+            SampleOptions::recommended(config)
+        } else {
+            SampleOptions::default()
+        };
         SampleOptions {
             seed: self.seed,
-            guidance: self.guidance,
+            guidance: self.guidance.unwrap_or(base.guidance),
             temperature: self.temperature,
             denoise: self.denoise,
-            alpha_cutoff: self.alpha_cutoff,
+            alpha_cutoff: self.alpha_cutoff.or(base.alpha_cutoff),
             tileable: self.tileable,
             palette: self.palette.clone(),
-            ..Default::default()
+            ..base
         }
     }
 }
@@ -354,12 +374,13 @@ mod tests {
             .with_alpha_cutoff(0.5)
             .with_palette(8)
             .tileable();
-        let o = req.sample_options();
+        let plain = tarflow::ModelConfig::new(4, 16, 2, 128, 8, 1);
+        let o = req.sample_options(&plain);
         assert!(o.tileable);
         assert_eq!(o.palette, Some(tarflow::palette::PaletteChoice::Learned(8)));
         assert!(
             !GenerateTexture::new(Handle::default())
-                .sample_options()
+                .sample_options(&plain)
                 .tileable
         );
         assert_eq!(
@@ -367,5 +388,26 @@ mod tests {
             (9, 2.5, 0.8, false, Some(0.5))
         );
         assert_eq!(GenerateTexture::new(Handle::default()).alpha_cutoff, None);
+    }
+
+    /// A model's recommended settings fill what a request leaves unset, and only that.
+    #[test]
+    fn recommended_settings_fill_the_gaps() {
+        let mut cfg = tarflow::ModelConfig::new(4, 16, 2, 128, 8, 1);
+        cfg.sampling = Some(tarflow::config::RecommendedSampling {
+            guidance: Some(1.5),
+            alpha_cutoff: Some(0.5),
+            ..Default::default()
+        });
+        let req = GenerateTexture::new(Handle::default());
+        let o = req.sample_options(&cfg);
+        assert_eq!((o.guidance, o.alpha_cutoff), (1.5, Some(0.5)));
+        let o = req.clone().with_guidance(3.0).sample_options(&cfg);
+        assert_eq!((o.guidance, o.alpha_cutoff), (3.0, Some(0.5)));
+        let o = req.clone().without_recommended().sample_options(&cfg);
+        assert_eq!((o.guidance, o.alpha_cutoff), (0.0, None));
+        // The engine's own merge agrees.
+        let e = tarflow::sample::SampleOptions::recommended(&cfg);
+        assert_eq!((e.guidance, e.alpha_cutoff), (1.5, Some(0.5)));
     }
 }

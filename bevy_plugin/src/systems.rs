@@ -166,7 +166,7 @@ pub(crate) fn submit_requests(
                 continue;
             }
         };
-        let opts = request.sample_options();
+        let opts = request.sample_options(config);
         if let Err(e) = opts.validate() {
             fail(entity, &mut texture, e.to_string(), &mut failed);
             continue;

@@ -82,7 +82,8 @@ fn solo(sampler: &Sampler, request: &GenerateTexture, label: Option<i64>) -> Vec
         Some(l) => Labels::Classes(vec![l]),
         None => Labels::Unconditional(1),
     };
-    let mut s = sampler.sample(&labels, &request.sample_options()).unwrap();
+    let opts = request.sample_options(sampler.model().config());
+    let mut s = sampler.sample(&labels, &opts).unwrap();
     s.rgba.remove(0).pixels
 }
 

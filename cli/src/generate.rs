@@ -5,12 +5,12 @@ use std::path::Path;
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
-use tarflow::Model;
 use tarflow::candle::{Device, Tensor};
 use tarflow::sample::{
     GuideWhat, JacobiOptions, Method, RgbaImage, SampleOptions, Sampler, Samples, generate_batches,
 };
 use tarflow::sheet::SheetLayout;
+use tarflow::{Model, ModelConfig};
 
 use crate::images::GridPngWriter;
 
@@ -20,24 +20,33 @@ pub struct SamplingArgs {
     /// Seed of the prior noise: the same seed gives the same textures on every device.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Classifier-free guidance weight (0 = off); needs a class-conditional model.
-    #[arg(long, default_value_t = 0.0)]
-    pub guidance: f32,
+    /// Classifier-free guidance weight (0 = off); needs a class-conditional model [default:
+    /// the model's recommended weight (`tarflow info` shows it), else 0].
+    #[arg(long)]
+    pub guidance: Option<f32>,
     /// What guidance steers: a (scale), b (shift) or ab.
     #[arg(long, default_value = "ab")]
     pub guide_what: GuideWhat,
     /// Ramp guidance up along the sequence (w * (i+1)/(N-1)).
     #[arg(long)]
     pub annealed: bool,
-    /// Attention temperature of the unconditional branch of guidance.
-    #[arg(long, default_value_t = 1.0)]
-    pub attn_temp: f32,
+    /// Attention temperature of the unconditional branch of guidance [default: the model's
+    /// recommendation, else 1].
+    #[arg(long)]
+    pub attn_temp: Option<f32>,
     /// Prior temperature: noise ~ N(0, T^2); below 1 gives smoother, safer textures.
     #[arg(long, default_value_t = 1.0)]
     pub temperature: f32,
     /// Skip the score-based denoising step.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "denoise")]
     pub no_denoise: bool,
+    /// Denoise even where the model's recommended settings say not to.
+    #[arg(long)]
+    pub denoise: bool,
+    /// Ignore the sampling settings the model file recommends (`tarflow info` lists them):
+    /// every setting not given is the engine's default.
+    #[arg(long)]
+    pub no_recommended: bool,
     /// Images generated together (memory grows with it).
     #[arg(long, default_value_t = 64)]
     pub batch: usize,
@@ -61,7 +70,8 @@ pub struct SamplingArgs {
     #[arg(long)]
     pub jacobi_all_blocks: bool,
     /// Pixel-art alpha: pixels less opaque than this (0-1) become fully transparent, the others
-    /// fully opaque (crisp sprite edges, no see-through specks in opaque textures).
+    /// fully opaque (crisp sprite edges, no see-through specks in opaque textures) [default:
+    /// the model's recommendation, else off].
     #[arg(long)]
     pub alpha_cutoff: Option<f32>,
     /// Palette: N (the model's learned colours of each class, reduced to N; the model stores 48)
@@ -116,15 +126,35 @@ fn parse_method(s: &str) -> Result<Method, String> {
 }
 
 impl SamplingArgs {
-    /// The engine options these arguments ask for.
-    pub fn options(&self) -> SampleOptions {
+    /// The engine options these arguments ask for on `model`: its recommended settings
+    /// (unless `--no-recommended`) where no flag is given, else the engine's defaults.
+    pub fn options(&self, model: &ModelConfig) -> SampleOptions {
+        let base = if self.no_recommended {
+            SampleOptions::default()
+        } else {
+            SampleOptions::recommended(model)
+        };
+        self.options_over(base)
+    }
+
+    /// The engine options these arguments ask for, ignoring any model's recommendations (for
+    /// decoding given latents, which must give back what was encoded).
+    pub fn plain_options(&self) -> SampleOptions {
+        self.options_over(SampleOptions::default())
+    }
+
+    fn options_over(&self, base: SampleOptions) -> SampleOptions {
         SampleOptions {
-            guidance: self.guidance,
+            guidance: self.guidance.unwrap_or(base.guidance),
             guide_what: self.guide_what,
             annealed: self.annealed,
-            attn_temp: self.attn_temp,
+            attn_temp: self.attn_temp.unwrap_or(base.attn_temp),
             temperature: self.temperature,
-            denoise: !self.no_denoise,
+            denoise: if self.no_denoise {
+                false
+            } else {
+                self.denoise || base.denoise
+            },
             seed: self.seed,
             method: self.method,
             jacobi: JacobiOptions {
@@ -133,7 +163,7 @@ impl SamplingArgs {
                 threshold: self.jacobi_threshold,
                 sequential_first: !self.jacobi_all_blocks,
             },
-            alpha_cutoff: self.alpha_cutoff,
+            alpha_cutoff: self.alpha_cutoff.or(base.alpha_cutoff),
             palette: self.palette.clone(),
             palette_mode: self.palette_mode,
             tileable: self.tileable,
@@ -285,4 +315,49 @@ pub fn class_ids(model: &Model, names: &[String]) -> anyhow::Result<Vec<Option<i
             n => Ok(Some(model.config().class_id(n)? as i64)),
         })
         .collect()
+}
+
+/// Check that the model file `copy`, written from `original` with other metadata, holds the
+/// same weight tensors bit for bit; if not, remove the copy and fail. Returns the tensor count.
+pub fn check_same_weights(original: &Path, copy: &Path, device: &Device) -> anyhow::Result<usize> {
+    let a = tarflow::format::read_safetensors(original, device)?;
+    check_same_tensors(&a.tensors, original, copy, device, true)
+}
+
+/// [`check_same_weights`] against tensors read from `original` before `copy` was written
+/// (`copy` may be `original` itself); removes a differing copy only when `remove`.
+pub fn check_same_tensors(
+    a: &tarflow::Weights,
+    original: &Path,
+    copy: &Path,
+    device: &Device,
+    remove: bool,
+) -> anyhow::Result<usize> {
+    let b = tarflow::format::read_safetensors(copy, device)?;
+    let bits = |t: &Tensor| -> anyhow::Result<Vec<u32>> {
+        Ok(t.flatten_all()?
+            .to_dtype(tarflow::candle::DType::F32)?
+            .to_vec1::<f32>()?
+            .into_iter()
+            .map(f32::to_bits)
+            .collect())
+    };
+    let same = a.len() == b.tensors.len()
+        && a.iter().all(|(k, t)| {
+            b.tensors
+                .get(k)
+                .is_some_and(|u| t.dims() == u.dims() && bits(t).ok() == bits(u).ok())
+        });
+    if !same {
+        if remove {
+            let _ = std::fs::remove_file(copy);
+        }
+        anyhow::bail!(
+            "{}: the written weights differ from {}{}",
+            copy.display(),
+            original.display(),
+            if remove { "; removed the copy" } else { "" }
+        );
+    }
+    Ok(a.len())
 }

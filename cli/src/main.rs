@@ -35,6 +35,9 @@ enum Command {
     Inpaint(commands::inpaint::InpaintArgs),
     /// Learn per-class colour palettes from a data folder into a copy of a model file.
     Palette(commands::palette::PaletteArgs),
+    /// Record a model's recommended sampling settings (guidance, alpha cutoff...) in a copy of
+    /// its file; sampling uses them where no flag says otherwise.
+    Recommend(commands::recommend::RecommendArgs),
     /// Bits/dim of a model on a folder of images, per class, next to PNG's.
     Eval(commands::eval::EvalArgs),
     /// Show a model's config, classes, parameter count and provenance.
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Morph(a) => commands::morph::run(a),
         Command::Inpaint(a) => commands::inpaint::run(a),
         Command::Palette(a) => commands::palette::run(a),
+        Command::Recommend(a) => commands::recommend::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Info(a) => commands::info::run(a),
         Command::Import(a) => commands::import::run(a),

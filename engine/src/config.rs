@@ -54,6 +54,10 @@ pub struct ModelConfig {
     /// reference's behaviour, and what older files hold) means raster order in every block.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub orders: Vec<Order>,
+    /// The sampling settings recommended for this model, chosen on the finished model
+    /// (`tarflow recommend`); sampling uses them where the caller sets nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<RecommendedSampling>,
     /// Free-form notes on how the model was made (dataset, command, steps...).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub provenance: BTreeMap<String, serde_json::Value>,
@@ -65,6 +69,78 @@ pub struct ModelConfig {
 
 fn default_true() -> bool {
     true
+}
+
+/// Sampling settings recommended for a model and stored in its file: what its maker found
+/// best on the finished model. A setting left out is the engine's default. Readers accept
+/// unknown fields (a newer file's settings are skipped, not refused).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RecommendedSampling {
+    /// Classifier-free guidance weight.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guidance: Option<f32>,
+    /// Attention temperature of guidance's unconditional branch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attn_temp: Option<f32>,
+    /// Pixel-art alpha: pixels less opaque than this become transparent, the others opaque.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub alpha_cutoff: Option<f32>,
+    /// Score-based denoising of the result.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub denoise: Option<bool>,
+    /// How they were chosen (a measurement, a date), shown by `tarflow info`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+impl RecommendedSampling {
+    /// Check every value is usable; errors name the setting as `tarflow recommend`'s flag.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidConfig(m));
+        if let Some(g) = self.guidance
+            && !(g.is_finite() && g >= 0.0)
+        {
+            return bad(format!(
+                "recommended --guidance {g} must be finite and >= 0"
+            ));
+        }
+        if let Some(t) = self.attn_temp
+            && !(t.is_finite() && t > 0.0)
+        {
+            return bad(format!(
+                "recommended --attn-temp {t} must be finite and > 0"
+            ));
+        }
+        if let Some(a) = self.alpha_cutoff
+            && !(0.0..=1.0).contains(&a)
+        {
+            return bad(format!("recommended --alpha-cutoff {a} must be in [0, 1]"));
+        }
+        Ok(())
+    }
+
+    /// `guidance 1.5, alpha cutoff 0.5` (or `none`), for people.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(g) = self.guidance {
+            parts.push(format!("guidance {g}"));
+        }
+        if let Some(t) = self.attn_temp {
+            parts.push(format!("attention temperature {t}"));
+        }
+        if let Some(a) = self.alpha_cutoff {
+            parts.push(format!("alpha cutoff {a}"));
+        }
+        if let Some(d) = self.denoise {
+            parts.push(if d { "denoised" } else { "not denoised" }.to_string());
+        }
+        if parts.is_empty() {
+            "none".into()
+        } else {
+            parts.join(", ")
+        }
+    }
 }
 
 /// The order in which a flow block reads the grid of patches (before the odd blocks' reversal).
@@ -138,6 +214,7 @@ impl ModelConfig {
             class_names: Vec::new(),
             noise_sigma: 0.0,
             orders: Vec::new(),
+            sampling: None,
             provenance: BTreeMap::new(),
             palettes: None,
         }
@@ -250,6 +327,9 @@ impl ModelConfig {
     /// Check the config is consistent and would fit in memory; nothing is allocated before this.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidConfig(m));
+        if let Some(r) = &self.sampling {
+            r.validate()?;
+        }
         if self.in_channels == 0 || self.img_size == 0 || self.patch_size == 0 {
             return bad("in_channels, img_size and patch_size must be positive".into());
         }
@@ -331,6 +411,70 @@ mod tests {
 
     fn small() -> ModelConfig {
         ModelConfig::new(3, 8, 2, 128, 2, 2)
+    }
+
+    #[test]
+    fn recommended_sampling_round_trips_and_is_validated() {
+        let mut c = small();
+        c.num_classes = 2;
+        c.sampling = Some(RecommendedSampling {
+            guidance: Some(1.5),
+            alpha_cutoff: Some(0.5),
+            note: Some("chosen at 32 per class".into()),
+            ..Default::default()
+        });
+        let json = serde_json::to_string(&c).unwrap();
+        let back: ModelConfig = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, c);
+        // A newer file's unknown settings are skipped, not refused.
+        let newer = json.replace("\"guidance\":1.5", "\"guidance\":1.5,\"denoise_steps\":8");
+        assert_ne!(newer, json);
+        let back: ModelConfig = serde_json::from_str(&newer).unwrap();
+        assert_eq!(back.sampling, c.sampling);
+        // Files without recommendations say nothing about them.
+        assert!(
+            !serde_json::to_string(&small())
+                .unwrap()
+                .contains("sampling")
+        );
+        c.sampling.as_mut().unwrap().alpha_cutoff = Some(2.0);
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("--alpha-cutoff"), "{e}");
+        assert_eq!(
+            RecommendedSampling {
+                guidance: Some(2.0),
+                denoise: Some(false),
+                ..Default::default()
+            }
+            .describe(),
+            "guidance 2, not denoised"
+        );
+    }
+
+    #[test]
+    fn orders_parse_show_and_default_to_the_reference() {
+        assert_eq!(
+            Order::parse_list("raster, column").unwrap(),
+            vec![Order::Raster, Order::Column]
+        );
+        assert!(
+            Order::parse_list("diagonal")
+                .unwrap_err()
+                .to_string()
+                .contains("diagonal")
+        );
+        assert_eq!(Order::show_list(&[]), "raster");
+        let c = small().with_orders(vec![Order::Column, Order::Raster]);
+        assert_eq!(c.order_of_block(0), Order::Column);
+        assert_eq!(c.order_of_block(3), Order::Raster);
+        assert!(!c.reference_orders());
+        assert!(small().reference_orders());
+        let json = serde_json::to_string(&c).unwrap();
+        assert!(
+            json.contains("\"orders\":[\"column\",\"raster\"]"),
+            "{json}"
+        );
+        assert!(!serde_json::to_string(&small()).unwrap().contains("orders"));
     }
 
     #[test]

@@ -172,7 +172,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         &train,
         &test,
         per_class,
-        &args.sampling.options(),
+        &args.sampling.options(model.config()),
         &fid_cfg,
         |done, _| bar.set_position(done as u64),
     )
@@ -188,7 +188,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
             "train": train_dir,
             "test": test_dir,
             "samples_per_class": per_class,
-            "sampling": args.sampling.options(),
+            "sampling": args.sampling.options(model.config()),
             "classifier": {
                 "config": classifier.config(),
                 "train_seconds": classifier_seconds,

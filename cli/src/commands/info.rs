@@ -52,6 +52,17 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         tarflow::config::Order::show_list(&c.orders)
     );
     println!("parameters:  {}", c.parameter_count());
+    match &c.sampling {
+        Some(r) => println!(
+            "sampling:    recommended {}{}",
+            r.describe(),
+            r.note
+                .as_ref()
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default()
+        ),
+        None => println!("sampling:    no recommended settings (the engine's defaults)"),
+    }
     if c.num_classes == 0 {
         println!("classes:     none (unconditional)");
     } else {

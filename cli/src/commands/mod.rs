@@ -9,6 +9,7 @@ pub mod latent;
 pub mod lint;
 pub mod morph;
 pub mod palette;
+pub mod recommend;
 pub mod sample;
 pub mod sheet;
 pub mod train;

@@ -61,33 +61,7 @@ pub fn run(args: PaletteArgs) -> anyhow::Result<()> {
     let palettes = Palettes::from_dataset(&data, cfg.num_classes);
     model.config_mut().palettes = Some(palettes.clone());
     tarflow::format::save_model(&model, &args.out)?;
-    // The copy must load to the same weights, bit for bit.
-    let (a, b) = (
-        tarflow::format::read_safetensors(&args.model, &device)?,
-        tarflow::format::read_safetensors(&args.out, &device)?,
-    );
-    let bits = |t: &tarflow::candle::Tensor| -> anyhow::Result<Vec<u32>> {
-        Ok(t.flatten_all()?
-            .to_dtype(tarflow::candle::DType::F32)?
-            .to_vec1::<f32>()?
-            .into_iter()
-            .map(f32::to_bits)
-            .collect())
-    };
-    let same = a.tensors.len() == b.tensors.len()
-        && a.tensors.iter().all(|(k, t)| {
-            b.tensors
-                .get(k)
-                .is_some_and(|u| t.dims() == u.dims() && bits(t).ok() == bits(u).ok())
-        });
-    if !same {
-        let _ = std::fs::remove_file(&args.out);
-        bail!(
-            "{}: the copy's weights differ from {}; removed it",
-            args.out.display(),
-            args.model.display()
-        );
-    }
+    let tensors = crate::generate::check_same_weights(&args.model, &args.out, &device)?;
     let sizes: Vec<String> = palettes
         .per_class
         .iter()
@@ -106,7 +80,7 @@ pub fn run(args: PaletteArgs) -> anyhow::Result<()> {
         } else {
             sizes.join(", ")
         },
-        a.tensors.len(),
+        tensors,
         args.model.display()
     );
     Ok(())

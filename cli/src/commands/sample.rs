@@ -58,7 +58,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
         })
         .collect();
     let bar = progress_bar(args.count as u64, "sampling");
-    let opts = args.sampling.options();
+    let opts = args.sampling.options(model.config());
     let is_png = args
         .out
         .extension()

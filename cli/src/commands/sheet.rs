@@ -68,7 +68,7 @@ pub fn run(args: SheetArgs) -> anyhow::Result<()> {
             .collect();
         (labels, args.per_class)
     };
-    let opts = args.sampling.options();
+    let opts = args.sampling.options(model.config());
     let tile = cfg.img_size as u32;
     let layout = SheetLayout::new(labels.len(), cols, tile, tile, args.gap)
         .map_err(|e| anyhow::anyhow!("{e}").context("lower --per-class, --count or --gap"))?;

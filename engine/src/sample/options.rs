@@ -184,6 +184,32 @@ impl Default for SampleOptions {
 }
 
 impl SampleOptions {
+    /// The engine's defaults with `model`'s recommended settings
+    /// ([`ModelConfig::sampling`](crate::config::ModelConfig::sampling)) in place.
+    pub fn recommended(model: &crate::config::ModelConfig) -> Self {
+        let mut o = Self::default();
+        if let Some(r) = &model.sampling {
+            o.apply_recommended(r);
+        }
+        o
+    }
+
+    /// Replace the settings `rec` recommends.
+    pub fn apply_recommended(&mut self, rec: &crate::config::RecommendedSampling) {
+        if let Some(g) = rec.guidance {
+            self.guidance = g;
+        }
+        if let Some(t) = rec.attn_temp {
+            self.attn_temp = t;
+        }
+        if let Some(a) = rec.alpha_cutoff {
+            self.alpha_cutoff = Some(a);
+        }
+        if let Some(d) = rec.denoise {
+            self.denoise = d;
+        }
+    }
+
     /// Check every value is usable; errors name the field at fault.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidInput(m));

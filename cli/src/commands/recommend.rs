@@ -1,0 +1,94 @@
+//! `tarflow recommend --model M --guidance 1.5 --alpha-cutoff 0.5 --out M2`: write a copy of a
+//! model file that carries its recommended sampling settings (weights untouched, checked bit
+//! for bit). `sample`, `sheet`, `vary`, `eval --samples` and the Bevy plugin use them where
+//! nothing else is asked; `tarflow info` shows them.
+
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::Args;
+use tarflow::config::RecommendedSampling;
+
+use crate::generate::{check_same_tensors, load, open_device};
+
+/// Arguments of `tarflow recommend`.
+#[derive(Debug, Args)]
+pub struct RecommendArgs {
+    /// The model file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Recommended classifier-free guidance weight.
+    #[arg(long)]
+    pub guidance: Option<f32>,
+    /// Recommended attention temperature of guidance's unconditional branch.
+    #[arg(long)]
+    pub attn_temp: Option<f32>,
+    /// Recommended pixel-art alpha cutoff (0-1).
+    #[arg(long)]
+    pub alpha_cutoff: Option<f32>,
+    /// Recommend sampling without the denoising step.
+    #[arg(long)]
+    pub no_denoise: bool,
+    /// How the settings were chosen, shown by `tarflow info`.
+    #[arg(long)]
+    pub note: Option<String>,
+    /// Drop every recommendation instead (the engine's defaults apply again).
+    #[arg(long, conflicts_with_all = ["guidance", "attn_temp", "alpha_cutoff", "no_denoise", "note"])]
+    pub clear: bool,
+    /// The new model file.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace `--out` if it exists (it may then be `--model` itself).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Run `recommend`.
+pub fn run(args: RecommendArgs) -> anyhow::Result<()> {
+    if args.out.exists() && !args.force {
+        bail!(
+            "{} exists: give a new file for the model with recommended settings, or --force to \
+             replace it",
+            args.out.display()
+        );
+    }
+    let rec = RecommendedSampling {
+        guidance: args.guidance,
+        attn_temp: args.attn_temp,
+        alpha_cutoff: args.alpha_cutoff,
+        denoise: args.no_denoise.then_some(false),
+        note: args.note.clone(),
+    };
+    rec.validate()?;
+    if !args.clear && rec == RecommendedSampling::default() {
+        bail!(
+            "no setting given: pass --guidance, --attn-temp, --alpha-cutoff or --no-denoise (or \
+             --clear to drop the model's recommendations)"
+        );
+    }
+    let device = open_device("cpu")?;
+    let mut model = load(&args.model, &device)?;
+    if rec.guidance.is_some_and(|g| g > 0.0) && model.config().num_classes == 0 {
+        bail!(
+            "--guidance: {} is unconditional, and guidance needs a class-conditional model",
+            args.model.display()
+        );
+    }
+    model.config_mut().sampling = (!args.clear).then(|| rec.clone());
+    let before = tarflow::format::read_safetensors(&args.model, &device)?.tensors;
+    let in_place = std::fs::canonicalize(&args.out).ok() == std::fs::canonicalize(&args.model).ok();
+    // Written atomically (temp file, rename): a failure leaves `--out` as it was.
+    tarflow::format::save_model(&model, &args.out)?;
+    let tensors = check_same_tensors(&before, &args.model, &args.out, &device, !in_place)?;
+    println!(
+        "wrote {} recommending {}; its {tensors} weight tensors are bit-identical to {}",
+        args.out.display(),
+        if args.clear {
+            "nothing (the engine's defaults)".to_string()
+        } else {
+            rec.describe()
+        },
+        args.model.display()
+    );
+    Ok(())
+}
