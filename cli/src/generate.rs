@@ -27,6 +27,11 @@ pub struct SamplingArgs {
     /// What guidance steers: a (scale), b (shift) or ab.
     #[arg(long, default_value = "ab")]
     pub guide_what: GuideWhat,
+    /// How guidance combines its two predictions: linear (the reference's `c + w (c - u)`) or
+    /// gaussian (STARFlow's product of Gaussians: stable at high weights) [default: the model's
+    /// recommendation, else linear].
+    #[arg(long)]
+    pub guidance_rule: Option<tarflow::sample::guide::GuidanceRule>,
     /// Ramp guidance up along the sequence (w * (i+1)/(N-1)).
     #[arg(long)]
     pub annealed: bool,
@@ -147,6 +152,7 @@ impl SamplingArgs {
         SampleOptions {
             guidance: self.guidance.unwrap_or(base.guidance),
             guide_what: self.guide_what,
+            guidance_rule: self.guidance_rule.unwrap_or(base.guidance_rule),
             annealed: self.annealed,
             attn_temp: self.attn_temp.unwrap_or(base.attn_temp),
             temperature: self.temperature,

@@ -71,6 +71,47 @@ fn default_true() -> bool {
     true
 }
 
+/// How classifier-free guidance combines the conditional and unconditional predictions of a
+/// sampling step (`alpha` the log-scale, `mu` the shift of the step's Gaussian).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuidanceRule {
+    /// The reference's (ml-tarflow): `c + w (c - u)` on alpha and on mu (as `guide_what` says).
+    /// At high weights the guided scale can grow past both predictions.
+    #[default]
+    Linear,
+    /// STARFlow's (`MetaBlock.guidance`): the Gaussian proportional to `p_c^(1+w) / p_u^w`,
+    /// its precision kept positive by capping `s = min(sigma_c / sigma_u, 1)^2`:
+    /// `sigma = sigma_c / sqrt(1 + w - w s)`, `mu = ((1 + w) mu_c - w s mu_u) / (1 + w - w s)`.
+    /// The guided scale never exceeds the conditional one, so high weights stay stable. It
+    /// guides both halves (`guide_what` must be `ab`).
+    Gaussian,
+}
+
+impl GuidanceRule {
+    /// The name on the command line and in files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Linear => "linear",
+            Self::Gaussian => "gaussian",
+        }
+    }
+}
+
+impl std::str::FromStr for GuidanceRule {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "linear" => Ok(Self::Linear),
+            "gaussian" | "starflow" => Ok(Self::Gaussian),
+            other => Err(Error::InvalidInput(format!(
+                "guidance rule `{other}` is not one of linear, gaussian"
+            ))),
+        }
+    }
+}
+
 /// Sampling settings recommended for a model and stored in its file: what its maker found
 /// best on the finished model. A setting left out is the engine's default. Readers accept
 /// unknown fields (a newer file's settings are skipped, not refused).
@@ -80,6 +121,9 @@ pub struct RecommendedSampling {
     /// Classifier-free guidance weight.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub guidance: Option<f32>,
+    /// How guidance combines its two predictions.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guidance_rule: Option<GuidanceRule>,
     /// Attention temperature of guidance's unconditional branch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub attn_temp: Option<f32>,
@@ -125,6 +169,9 @@ impl RecommendedSampling {
         let mut parts = Vec::new();
         if let Some(g) = self.guidance {
             parts.push(format!("guidance {g}"));
+        }
+        if let Some(r) = self.guidance_rule {
+            parts.push(format!("{} guidance rule", r.name()));
         }
         if let Some(t) = self.attn_temp {
             parts.push(format!("attention temperature {t}"));

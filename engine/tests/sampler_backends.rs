@@ -88,6 +88,7 @@ proptest! {
         nvp in any::<bool>(),
         classes in prop_oneof![Just(0usize), Just(3)],
         cfg in any::<bool>(),
+        gaussian in any::<bool>(),
         batch in 1usize..=3,
         orders in 0usize..4,
         seed in 0u64..1000,
@@ -100,6 +101,11 @@ proptest! {
         let guided = cfg && classes > 0;
         let opts = SampleOptions {
             guidance: if guided { 2.0 } else { 0.0 },
+            guidance_rule: if gaussian {
+                tarflow::sample::guide::GuidanceRule::Gaussian
+            } else {
+                tarflow::sample::guide::GuidanceRule::Linear
+            },
             attn_temp: if guided { 0.8 } else { 1.0 },
             denoise: false,
             jacobi: tight_jacobi(),

@@ -20,6 +20,9 @@ pub struct RecommendArgs {
     /// Recommended classifier-free guidance weight.
     #[arg(long)]
     pub guidance: Option<f32>,
+    /// Recommended guidance rule (linear or gaussian).
+    #[arg(long)]
+    pub guidance_rule: Option<tarflow::sample::guide::GuidanceRule>,
     /// Recommended attention temperature of guidance's unconditional branch.
     #[arg(long)]
     pub attn_temp: Option<f32>,
@@ -33,7 +36,7 @@ pub struct RecommendArgs {
     #[arg(long)]
     pub note: Option<String>,
     /// Drop every recommendation instead (the engine's defaults apply again).
-    #[arg(long, conflicts_with_all = ["guidance", "attn_temp", "alpha_cutoff", "no_denoise", "note"])]
+    #[arg(long, conflicts_with_all = ["guidance", "guidance_rule", "attn_temp", "alpha_cutoff", "no_denoise", "note"])]
     pub clear: bool,
     /// The new model file.
     #[arg(long)]
@@ -54,6 +57,7 @@ pub fn run(args: RecommendArgs) -> anyhow::Result<()> {
     }
     let rec = RecommendedSampling {
         guidance: args.guidance,
+        guidance_rule: args.guidance_rule,
         attn_temp: args.attn_temp,
         alpha_cutoff: args.alpha_cutoff,
         denoise: args.no_denoise.then_some(false),
@@ -62,7 +66,7 @@ pub fn run(args: RecommendArgs) -> anyhow::Result<()> {
     rec.validate()?;
     if !args.clear && rec == RecommendedSampling::default() {
         bail!(
-            "no setting given: pass --guidance, --attn-temp, --alpha-cutoff or --no-denoise (or \
+            "no setting given: pass --guidance, --guidance-rule, --attn-temp, --alpha-cutoff or --no-denoise (or \
              --clear to drop the model's recommendations)"
         );
     }

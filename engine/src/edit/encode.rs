@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::model::recipe::coupling;
 use crate::model::{Exec, Model};
 use crate::sample::SampleOptions;
+use crate::sample::guide::guide_t;
 
 /// The latents (B, N, D) that the reverse pass with `opts` (guidance, guide_what, annealing,
 /// attention temperature; temperature 1) maps to `images` (B, C, H, W), as exactly as floats
@@ -56,15 +57,15 @@ pub fn encode(
         let branch = |labels, temp| blk.predict(&x, labels, temp, Exec::Fast);
         let (ac, mc) = blk.split_out(&branch(labels, 1.0)?)?;
         let (au, mu_u) = blk.split_out(&branch(None, f64::from(opts.attn_temp))?)?;
-        let guide = |c: &Tensor, u: &Tensor, on: bool| -> Result<Tensor> {
-            if on {
-                Ok((c + (c - u)?.broadcast_mul(&w)?)?)
-            } else {
-                Ok(c.clone())
-            }
-        };
-        let alpha = guide(&ac, &au, opts.guide_what.alpha())?;
-        let mu = guide(&mc, &mu_u, opts.guide_what.mu())?;
+        let nvp = blk.nvp;
+        let (alpha, mu) = guide_t(
+            opts.guidance_rule,
+            opts.guide_what,
+            &|x: &Tensor| Ok(x.broadcast_mul(&w)?),
+            (nvp.then_some(&ac), &mc),
+            (nvp.then_some(&au), &mu_u),
+        )?;
+        let alpha = alpha.unwrap_or(ac);
         let y = coupling::forward_t(&x, &alpha, &mu)?;
         h = blk.permutation.undo(&y, 1)?;
     }
@@ -107,9 +108,15 @@ mod tests {
         let sampler = Sampler::new(&model).unwrap();
         let labels = Labels::Classes(vec![0, 2]);
         let z0 = prior_noise(model.config(), 2, 4, &dev).unwrap();
-        for guidance in [0.0, 2.0] {
+        use crate::sample::guide::GuidanceRule;
+        for (guidance, guidance_rule) in [
+            (0.0, GuidanceRule::Linear),
+            (2.0, GuidanceRule::Linear),
+            (2.0, GuidanceRule::Gaussian),
+        ] {
             let opts = SampleOptions {
                 guidance,
+                guidance_rule,
                 annealed: guidance > 0.0,
                 attn_temp: 1.3,
                 denoise: false,

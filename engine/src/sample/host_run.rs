@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 
+use super::guide::guide;
 use super::options::{JacobiOptions, SampleOptions};
 use super::run::{BlockCond, BlockStart, Dims, Reversal, check_token, no_step_left};
 use crate::error::{Error, Result};
@@ -299,17 +300,20 @@ fn affine_update(
             let uncond = dims
                 .guided
                 .then(|| &o[((b + bi) * t + j) * ow..((b + bi) * t + j + 1) * ow]);
+            let mi = if nvp { d } else { 0 };
             for k in 0..d {
-                let pick = |idx: usize, on: bool| -> f32 {
-                    let c = cond[idx];
-                    match uncond {
-                        Some(u) if on => c + (c - u[idx]) * w,
-                        _ => c,
-                    }
+                let c = (nvp.then(|| cond[k]), cond[mi + k]);
+                let (alpha, mu) = match uncond {
+                    Some(u) => guide(
+                        opts.guidance_rule,
+                        opts.guide_what,
+                        w,
+                        c,
+                        (nvp.then(|| u[k]), u[mi + k]),
+                    ),
+                    None => c,
                 };
                 let z = base[(bi * t + j) * d + k];
-                let alpha = nvp.then(|| pick(k, opts.guide_what.alpha()));
-                let mu = pick(if nvp { d + k } else { k }, opts.guide_what.mu());
                 out[(bi * t + j) * d + k] = coupling::inverse(z, alpha, mu);
             }
         }

@@ -29,6 +29,7 @@ pub mod cache;
 pub mod denoise;
 pub mod events;
 mod fused;
+pub mod guide;
 mod host_run;
 pub mod image;
 pub mod noise;

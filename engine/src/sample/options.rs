@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::GuidanceRule;
 use crate::error::{Error, Result};
 
 /// Which half of the affine transform classifier-free guidance steers.
@@ -124,6 +125,8 @@ pub struct SampleOptions {
     pub guidance: f32,
     /// Which of alpha / mu guidance applies to.
     pub guide_what: GuideWhat,
+    /// How guidance combines the two predictions (the reference's linear rule by default).
+    pub guidance_rule: GuidanceRule,
     /// Annealed guidance: step `i` of a block (0-based, of `N-1`) uses `w * (i+1) / (N-1)`.
     pub annealed: bool,
     /// Attention temperature of the unconditional branch (> 0; 1 = none). Only used with guidance.
@@ -167,6 +170,7 @@ impl Default for SampleOptions {
         Self {
             guidance: 0.0,
             guide_what: GuideWhat::Ab,
+            guidance_rule: GuidanceRule::Linear,
             annealed: false,
             attn_temp: 1.0,
             temperature: 1.0,
@@ -202,6 +206,9 @@ impl SampleOptions {
         if let Some(t) = rec.attn_temp {
             self.attn_temp = t;
         }
+        if let Some(r) = rec.guidance_rule {
+            self.guidance_rule = r;
+        }
         if let Some(a) = rec.alpha_cutoff {
             self.alpha_cutoff = Some(a);
         }
@@ -217,6 +224,13 @@ impl SampleOptions {
             return bad(format!(
                 "guidance {} must be finite and >= 0",
                 self.guidance
+            ));
+        }
+        if self.guidance_rule == GuidanceRule::Gaussian && self.guide_what != GuideWhat::Ab {
+            return bad(format!(
+                "the gaussian guidance rule guides the scale and the shift together; guide_what \
+                 {} asks for one of them (use the linear rule)",
+                self.guide_what
             ));
         }
         if !(self.attn_temp.is_finite() && self.attn_temp > 0.0) {

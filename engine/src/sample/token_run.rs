@@ -8,6 +8,7 @@ use std::sync::Arc;
 use candle_core::Tensor;
 
 use super::cache::LayerCache;
+use super::guide::guide_t;
 use super::host_run::check_block;
 use super::ops::{Attend, FastBlock, layer_caches};
 use super::options::SampleOptions;
@@ -129,16 +130,18 @@ impl Reversal for TokenRun {
         if dims.guided {
             let b = dims.batch;
             let w = f64::from(opts.guidance_at(i, dims.n));
-            let guide = |t: &Tensor, on: bool| -> Result<Tensor> {
-                let c = t.narrow(0, 0, b)?;
-                if !on {
-                    return Ok(c);
-                }
-                let u = t.narrow(0, b, b)?;
-                Ok((&c + ((&c - &u)? * w)?)?)
-            };
-            alpha = guide(&alpha, opts.guide_what.alpha())?;
-            mu = guide(&mu, opts.guide_what.mu())?;
+            let (ac, au) = (alpha.narrow(0, 0, b)?, alpha.narrow(0, b, b)?);
+            let (mc, mu_u) = (mu.narrow(0, 0, b)?, mu.narrow(0, b, b)?);
+            let nvp = blk.nvp;
+            let (a, m) = guide_t(
+                opts.guidance_rule,
+                opts.guide_what,
+                &|x: &Tensor| Ok((x * w)?),
+                (nvp.then_some(&ac), &mc),
+                (nvp.then_some(&au), &mu_u),
+            )?;
+            alpha = a.unwrap_or(ac);
+            mu = m;
         }
         let next = &self.tokens[i + 1];
         let updated = coupling::inverse_t(next, blk.nvp.then_some(&alpha), &mu)?;
