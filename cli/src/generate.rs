@@ -79,6 +79,10 @@ pub struct SamplingArgs {
     /// the model's recommendation, else off].
     #[arg(long)]
     pub alpha_cutoff: Option<f32>,
+    /// Pixel-art clean-up: lone opaque pixels (no opaque neighbour) become transparent
+    /// [default: the model's recommendation, else off].
+    #[arg(long)]
+    pub despeckle: bool,
     /// Palette: N (the model's learned colours of each class, reduced to N; the model stores 48)
     /// or an image whose colours to use. Every pixel becomes a palette colour or fully transparent.
     #[arg(long, value_parser = parse_palette)]
@@ -170,6 +174,7 @@ impl SamplingArgs {
                 sequential_first: !self.jacobi_all_blocks,
             },
             alpha_cutoff: self.alpha_cutoff.or(base.alpha_cutoff),
+            despeckle: self.despeckle || base.despeckle,
             palette: self.palette.clone(),
             palette_mode: self.palette_mode,
             tileable: self.tileable,

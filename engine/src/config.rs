@@ -133,6 +133,9 @@ pub struct RecommendedSampling {
     /// Score-based denoising of the result.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub denoise: Option<bool>,
+    /// Pixel-art clean-up: lone opaque pixels removed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub despeckle: Option<bool>,
     /// How they were chosen (a measurement, a date), shown by `tarflow info`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub note: Option<String>,
@@ -181,6 +184,9 @@ impl RecommendedSampling {
         }
         if let Some(d) = self.denoise {
             parts.push(if d { "denoised" } else { "not denoised" }.to_string());
+        }
+        if self.despeckle == Some(true) {
+            parts.push("despeckled".to_string());
         }
         if parts.is_empty() {
             "none".into()

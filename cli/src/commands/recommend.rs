@@ -29,6 +29,9 @@ pub struct RecommendArgs {
     /// Recommended pixel-art alpha cutoff (0-1).
     #[arg(long)]
     pub alpha_cutoff: Option<f32>,
+    /// Recommend the pixel-art clean-up (lone opaque pixels removed).
+    #[arg(long)]
+    pub despeckle: bool,
     /// Recommend sampling without the denoising step.
     #[arg(long)]
     pub no_denoise: bool,
@@ -36,7 +39,7 @@ pub struct RecommendArgs {
     #[arg(long)]
     pub note: Option<String>,
     /// Drop every recommendation instead (the engine's defaults apply again).
-    #[arg(long, conflicts_with_all = ["guidance", "guidance_rule", "attn_temp", "alpha_cutoff", "no_denoise", "note"])]
+    #[arg(long, conflicts_with_all = ["guidance", "guidance_rule", "attn_temp", "alpha_cutoff", "despeckle", "no_denoise", "note"])]
     pub clear: bool,
     /// The new model file.
     #[arg(long)]
@@ -61,12 +64,13 @@ pub fn run(args: RecommendArgs) -> anyhow::Result<()> {
         attn_temp: args.attn_temp,
         alpha_cutoff: args.alpha_cutoff,
         denoise: args.no_denoise.then_some(false),
+        despeckle: args.despeckle.then_some(true),
         note: args.note.clone(),
     };
     rec.validate()?;
     if !args.clear && rec == RecommendedSampling::default() {
         bail!(
-            "no setting given: pass --guidance, --guidance-rule, --attn-temp, --alpha-cutoff or --no-denoise (or \
+            "no setting given: pass --guidance, --guidance-rule, --attn-temp, --alpha-cutoff, --despeckle or --no-denoise (or \
              --clear to drop the model's recommendations)"
         );
     }

@@ -75,6 +75,38 @@ pub fn snap_alpha(rgba: &mut [u8], threshold: u8) -> Result<()> {
     Ok(())
 }
 
+/// Pixel-art clean-up: every opaque pixel (alpha at least 128) none of whose eight neighbours
+/// is opaque becomes fully transparent (and black), as a pixel artist removes stray specks
+/// around a sprite. Opaque areas, outlines and details of two pixels or more are untouched.
+/// Returns the number of pixels removed.
+pub fn despeckle(img: &mut RgbaImage) -> Result<usize> {
+    let (w, h) = (img.width as usize, img.height as usize);
+    if img.pixels.len() != w * h * 4 {
+        return Err(Error::InvalidInput(format!(
+            "{} bytes for a {w}x{h} RGBA image",
+            img.pixels.len()
+        )));
+    }
+    let opaque: Vec<bool> = img.pixels.chunks_exact(4).map(|p| p[3] >= 128).collect();
+    let mut removed = 0;
+    for y in 0..h {
+        for x in 0..w {
+            if !opaque[y * w + x] {
+                continue;
+            }
+            let lonely = (y.saturating_sub(1)..=(y + 1).min(h - 1)).all(|ny| {
+                (x.saturating_sub(1)..=(x + 1).min(w - 1))
+                    .all(|nx| (nx, ny) == (x, y) || !opaque[ny * w + nx])
+            });
+            if lonely {
+                img.pixels[(y * w + x) * 4..(y * w + x + 1) * 4].fill(0);
+                removed += 1;
+            }
+        }
+    }
+    Ok(removed)
+}
+
 /// One value in [-1, 1] to a byte: `round((x + 1) / 2 * 255)`, clamped to 0..=255 (NaN gives 0).
 pub fn to_u8(x: f32) -> u8 {
     ((x.clamp(-1.0, 1.0) + 1.0) * 0.5 * 255.0).round() as u8
@@ -129,6 +161,36 @@ pub fn to_rgba8(images: &Tensor) -> Result<Vec<RgbaImage>> {
 mod tests {
     use super::*;
     use candle_core::{DType, Device};
+
+    #[test]
+    fn despeckle_removes_lone_pixels_only() {
+        // 5x5, transparent; a lone speck at (0, 0), a diagonal pair at (3, 3)-(4, 4), and a
+        // lone half-transparent pixel at (2, 0) that is not opaque (left alone).
+        let mut img = RgbaImage {
+            width: 5,
+            height: 5,
+            pixels: vec![0; 100],
+        };
+        let set = |img: &mut RgbaImage, x: usize, y: usize, a: u8| {
+            img.pixels[(y * 5 + x) * 4..(y * 5 + x + 1) * 4].copy_from_slice(&[200, 100, 50, a]);
+        };
+        set(&mut img, 0, 0, 255);
+        set(&mut img, 3, 3, 255);
+        set(&mut img, 4, 4, 200);
+        set(&mut img, 2, 0, 100);
+        let before = img.pixels.clone();
+        assert_eq!(despeckle(&mut img).unwrap(), 1);
+        assert_eq!(&img.pixels[0..4], &[0, 0, 0, 0]);
+        assert_eq!(&img.pixels[4..], &before[4..]);
+        // An opaque texture is untouched.
+        let mut full = RgbaImage {
+            width: 3,
+            height: 3,
+            pixels: vec![255; 36],
+        };
+        assert_eq!(despeckle(&mut full).unwrap(), 0);
+        assert!(full.pixels.iter().all(|&v| v == 255));
+    }
 
     #[test]
     fn rounding_clamping_and_channels() {

@@ -151,6 +151,9 @@ pub struct SampleOptions {
     /// images (`Samples::images`, `raw`) are left exact. `None` (the default) keeps the model's
     /// alpha as it is.
     pub alpha_cutoff: Option<f32>,
+    /// Pixel-art clean-up of the delivered images: opaque pixels with no opaque neighbour
+    /// become transparent ([`despeckle`](crate::sample::image::despeckle)).
+    pub despeckle: bool,
     /// Palette: every delivered pixel becomes a palette colour or fully transparent (see
     /// [`crate::palette`]): the model's learned palette of each item's class reduced to N
     /// colours, or given colours. `None` (the default): no palette.
@@ -180,6 +183,7 @@ impl Default for SampleOptions {
             method: Method::Cached,
             jacobi: JacobiOptions::default(),
             alpha_cutoff: None,
+            despeckle: false,
             palette: None,
             palette_mode: crate::palette::PaletteMode::Decoding,
             tileable: false,
@@ -211,6 +215,9 @@ impl SampleOptions {
         }
         if let Some(a) = rec.alpha_cutoff {
             self.alpha_cutoff = Some(a);
+        }
+        if let Some(d) = rec.despeckle {
+            self.despeckle = d;
         }
         if let Some(d) = rec.denoise {
             self.denoise = d;

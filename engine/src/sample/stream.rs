@@ -9,7 +9,7 @@ use candle_core::Tensor;
 
 use super::denoise::denoise;
 pub use super::events::{CancelToken, PatchEvent, SampleEvent, Samples};
-use super::image::{RgbaImage, alpha_threshold, planes_to_rgba, snap_alpha, to_rgba8};
+use super::image::{RgbaImage, alpha_threshold, despeckle, planes_to_rgba, snap_alpha, to_rgba8};
 use super::noise::prior_noise;
 use super::options::{Labels, SampleOptions};
 use super::run::{BlockStart, Reversal};
@@ -215,6 +215,11 @@ impl SampleStream {
         if let Some(p) = &self.palettes {
             for (img, p) in rgba.iter_mut().zip(p) {
                 p.snap_rgba(&mut img.pixels)?;
+            }
+        }
+        if self.opts.despeckle {
+            for img in &mut rgba {
+                despeckle(img)?;
             }
         }
         Ok(rgba)
