@@ -34,8 +34,15 @@ pub struct ModelConfig {
     pub channels: usize,
     /// Number of flow blocks.
     pub num_blocks: usize,
-    /// Attention blocks inside each flow block.
+    /// Attention blocks inside each flow block (the reference's single count; with
+    /// `block_layers` given, their largest count).
     pub layers_per_block: usize,
+    /// Attention blocks of each flow block, in block order (data to noise), as iTARFlow's and
+    /// STARFlow's `layers_per_block` lists: a deep-shallow stack such as `[1, 1, 1, 8]` puts most
+    /// of the capacity in the last block (the first one sampled). Empty (the reference's
+    /// behaviour, and older files): `layers_per_block` in every block.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub block_layers: Vec<usize>,
     /// Affine (true) or volume-preserving additive (false) coupling.
     #[serde(default = "default_true")]
     pub nvp: bool,
@@ -267,6 +274,7 @@ impl ModelConfig {
             class_names: Vec::new(),
             noise_sigma: 0.0,
             orders: Vec::new(),
+            block_layers: Vec::new(),
             sampling: None,
             provenance: BTreeMap::new(),
             palettes: None,
@@ -293,6 +301,51 @@ impl ModelConfig {
     /// Token width D: values per patch (`in_channels * patch_size^2`).
     pub fn patch_dim(&self) -> usize {
         self.in_channels * self.patch_size * self.patch_size
+    }
+
+    /// The config with `layers[t]` attention layers in flow block `t` (one entry per block, or
+    /// one for all); a list of one count is stored as the reference's `layers_per_block`.
+    pub fn with_block_layers(mut self, layers: Vec<usize>) -> Self {
+        if layers.len() == 1 || layers.windows(2).all(|w| w[0] == w[1]) {
+            if let Some(&l) = layers.first() {
+                self.layers_per_block = l;
+            }
+            self.block_layers = Vec::new();
+        } else {
+            self.layers_per_block = layers.iter().copied().max().unwrap_or(0);
+            self.block_layers = layers;
+        }
+        self
+    }
+
+    /// Attention layers of flow block `t`.
+    pub fn layers_of_block(&self, t: usize) -> usize {
+        self.block_layers
+            .get(t)
+            .copied()
+            .unwrap_or(self.layers_per_block)
+    }
+
+    /// The most attention layers of any flow block.
+    pub fn max_layers(&self) -> usize {
+        self.block_layers
+            .iter()
+            .copied()
+            .max()
+            .unwrap_or(self.layers_per_block)
+    }
+
+    /// `16 blocks x 1 layer` or `4 blocks of 1,1,1,8 layers`, for people.
+    pub fn describe_layers(&self) -> String {
+        if self.block_layers.is_empty() {
+            format!(
+                "{} flow blocks x {} layers",
+                self.num_blocks, self.layers_per_block
+            )
+        } else {
+            let l: Vec<String> = self.block_layers.iter().map(usize::to_string).collect();
+            format!("{} flow blocks of {} layers", self.num_blocks, l.join(","))
+        }
     }
 
     /// The patch order of flow block `t` (before the odd blocks' reversal).
@@ -388,6 +441,17 @@ impl ModelConfig {
         }
         if self.num_blocks == 0 || self.layers_per_block == 0 {
             return bad("num_blocks and layers_per_block must be positive".into());
+        }
+        if !self.block_layers.is_empty()
+            && (self.block_layers.len() != self.num_blocks
+                || self.block_layers.contains(&0)
+                || self.block_layers.iter().max() != Some(&self.layers_per_block))
+        {
+            return bad(format!(
+                "block_layers {:?} must give every one of the {} flow blocks at least one layer, \
+                 the largest count being layers_per_block ({})",
+                self.block_layers, self.num_blocks, self.layers_per_block
+            ));
         }
         if !self.img_size.is_multiple_of(self.patch_size) {
             return bad(format!(

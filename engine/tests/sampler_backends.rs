@@ -26,18 +26,20 @@ fn orders_case(k: usize) -> Vec<Order> {
     }
 }
 
-/// A random 8x8 RGB model with patch 2 (16 tokens of 12 values), `width` channels, `blocks`
-/// flow blocks of `layers` layers in `orders`, and a non-zero `proj_out` (a non-trivial flow).
+/// A random 8x8 RGB model with patch 2 (16 tokens of 12 values), `width` channels, one flow
+/// block per entry of `layers` with that many layers, in `orders`, and a non-zero `proj_out`
+/// (a non-trivial flow).
 fn random_model(
     width: usize,
-    blocks: usize,
-    layers: usize,
+    layers: Vec<usize>,
     nvp: bool,
     classes: usize,
     orders: Vec<Order>,
     seed: u64,
 ) -> Model {
-    let mut cfg = ModelConfig::new(3, 8, 2, width, blocks, layers).with_orders(orders);
+    let mut cfg = ModelConfig::new(3, 8, 2, width, layers.len(), layers[0])
+        .with_block_layers(layers)
+        .with_orders(orders);
     cfg.nvp = nvp;
     cfg.num_classes = classes;
     let init = InitOptions {
@@ -91,9 +93,14 @@ proptest! {
         gaussian in any::<bool>(),
         batch in 1usize..=3,
         orders in 0usize..4,
+        deep_last in any::<bool>(),
         seed in 0u64..1000,
     ) {
-        let m = random_model(width, blocks, layers, nvp, classes, orders_case(orders), seed);
+        // A deep-shallow stack: one more layer in the last block (the first one sampled).
+        let per_block: Vec<usize> = (0..blocks)
+            .map(|t| if deep_last && t + 1 == blocks { layers + 1 } else { layers })
+            .collect();
+        let m = random_model(width, per_block, nvp, classes, orders_case(orders), seed);
         let sampler = Sampler::new(&m).unwrap();
         let labels = labels_for(classes, batch, seed);
         let z = prior_noise(m.config(), batch, seed, &device()).unwrap();

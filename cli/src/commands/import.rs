@@ -73,15 +73,14 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
     save_model(&model, &args.out)?;
     let c = model.config();
     println!(
-        "imported {} -> {}: {}x{} px, {} channel(s), patch {}, {} blocks x {} layers, width {}, {} classes",
+        "imported {} -> {}: {}x{} px, {} channel(s), patch {}, {}, width {}, {} classes",
         args.reference.display(),
         args.out.display(),
         c.img_size,
         c.img_size,
         c.in_channels,
         c.patch_size,
-        c.num_blocks,
-        c.layers_per_block,
+        c.describe_layers(),
         c.channels,
         c.num_classes
     );

@@ -40,9 +40,8 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         c.patch_dim()
     );
     println!(
-        "network:     {} flow blocks x {} layers, width {} ({} heads), {} coupling",
-        c.num_blocks,
-        c.layers_per_block,
+        "network:     {}, width {} ({} heads), {} coupling",
+        c.describe_layers(),
         c.channels,
         c.num_heads(),
         if c.nvp { "affine" } else { "additive" }

@@ -68,6 +68,11 @@ pub struct TrainArgs {
     /// Attention layers per flow block [default: 2].
     #[arg(long)]
     pub layers: Option<usize>,
+    /// Attention layers of each flow block, comma-separated in block order (data to noise),
+    /// e.g. `1,1,1,8` for a deep-shallow stack whose last block (sampled first) is deep; sets
+    /// --blocks to the list's length.
+    #[arg(long, conflicts_with = "layers")]
+    pub layers_per_block: Option<String>,
     /// Patch orders of the flow blocks, cycled over them (`raster`, `column`; odd blocks read
     /// theirs reversed), e.g. `raster,column` [default: raster, the reference's].
     #[arg(long)]
@@ -261,6 +266,11 @@ fn request(args: &TrainArgs) -> anyhow::Result<RunRequest> {
         channels: args.channels,
         blocks: args.blocks,
         layers: args.layers,
+        block_layers: args
+            .layers_per_block
+            .as_deref()
+            .map(|s| parse_layer_list(s, args.blocks))
+            .transpose()?,
         orders: args
             .orders
             .as_deref()
@@ -393,14 +403,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     }
     let c = trainer.model_config().clone();
     println!(
-        "model: {}x{} px, {} ch, patch {}, width {}, {} blocks x {} layers ({} order), {} classes, {} parameters",
+        "model: {}x{} px, {} ch, patch {}, width {}, {} ({} order), {} classes, {} parameters",
         c.img_size,
         c.img_size,
         c.in_channels,
         c.patch_size,
         c.channels,
-        c.num_blocks,
-        c.layers_per_block,
+        c.describe_layers(),
         Order::show_list(&c.orders),
         c.num_classes,
         c.parameter_count()
@@ -589,6 +598,27 @@ fn export(
         bail!("internal: a conditional dataset produced an unconditional model");
     }
     Ok(())
+}
+
+/// `--layers-per-block 1,1,1,8`: one positive count per flow block, as many as `--blocks`
+/// when that is given too.
+fn parse_layer_list(s: &str, blocks: Option<usize>) -> anyhow::Result<Vec<usize>> {
+    let list: Vec<usize> = s
+        .split(',')
+        .map(|w| w.trim().parse::<usize>().ok().filter(|&l| l > 0))
+        .collect::<Option<_>>()
+        .ok_or_else(|| {
+            anyhow!("--layers-per-block {s}: expected positive counts, comma-separated")
+        })?;
+    if let Some(b) = blocks
+        && b != list.len()
+    {
+        bail!(
+            "--layers-per-block {s} gives {} flow blocks, --blocks {b}",
+            list.len()
+        );
+    }
+    Ok(list)
 }
 
 #[cfg(test)]

@@ -168,6 +168,13 @@ pub fn save_model(model: &Model, path: &Path) -> Result<()> {
 /// something else.
 pub fn save_reference_safetensors(model: &Model, path: &Path) -> Result<()> {
     let c = model.config();
+    if !c.block_layers.is_empty() {
+        return Err(Error::InvalidInput(format!(
+            "the model's flow blocks have different layer counts ({}); the reference \
+             (apple/ml-tarflow) takes one layers_per_block for every block",
+            c.describe_layers()
+        )));
+    }
     if !c.reference_orders() {
         return Err(Error::InvalidInput(format!(
             "the model's blocks read their patches in the orders {}; the reference \

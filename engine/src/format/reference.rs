@@ -336,6 +336,17 @@ pub fn infer_config(weights: &Weights, hints: ConfigHints) -> Result<ModelConfig
             )));
         }
     };
+    // Deep-shallow stacks (STARFlow, iTARFlow) hold another layer count per block.
+    let block_layers: Vec<usize> = (0..num_blocks)
+        .map(|t| {
+            let b = names.block(t);
+            weights
+                .keys()
+                .filter_map(|k| b.layer_index(k))
+                .collect::<BTreeSet<usize>>()
+                .len()
+        })
+        .collect();
     let mut config = ModelConfig::new(
         in_channels,
         grid * patch_size,
@@ -343,7 +354,8 @@ pub fn infer_config(weights: &Weights, hints: ConfigHints) -> Result<ModelConfig
         channels,
         num_blocks,
         layers.len(),
-    );
+    )
+    .with_block_layers(block_layers);
     config.nvp = nvp;
     config.num_classes = num_classes;
     Ok(config)

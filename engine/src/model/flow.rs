@@ -61,8 +61,8 @@ impl Model {
         let mut blocks = Vec::with_capacity(config.num_blocks);
         for t in 0..config.num_blocks {
             let b = names.block(t);
-            let mut layers = Vec::with_capacity(config.layers_per_block);
-            for l in 0..config.layers_per_block {
+            let mut layers = Vec::with_capacity(config.layers_of_block(t));
+            for l in 0..config.layers_of_block(t) {
                 let a = b.layer(l);
                 layers.push(AttentionBlock {
                     attention: Attention {
@@ -306,10 +306,9 @@ pub fn check_weights(config: &ModelConfig, weights: &Weights) -> Result<()> {
         return Err(Error::ConfigMismatch {
             source_name: None,
             reason: format!(
-                "{} tensor(s) that a model with {} blocks x {} layers{} does not have: {}{}",
+                "{} tensor(s) that a model with {}{} does not have: {}{}",
                 extra.len(),
-                config.num_blocks,
-                config.layers_per_block,
+                config.describe_layers(),
                 if config.num_classes > 0 {
                     format!(" and {} classes", config.num_classes)
                 } else {

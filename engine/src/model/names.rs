@@ -334,7 +334,7 @@ impl ModelNames {
             }
             push(&mut out, &b.attn_mask, vec![n, n], TensorKind::AttnMask);
             linear(&mut out, &b.proj_in, (c, d), false);
-            for l in 0..config.layers_per_block {
+            for l in 0..config.layers_of_block(t) {
                 let layer = b.layer(l);
                 norm(&mut out, &layer.attention.norm);
                 linear(&mut out, &layer.attention.qkv, (3 * c, c), false);

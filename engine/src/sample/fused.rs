@@ -430,7 +430,7 @@ impl HostBackend for CpuBlock {
     fn new_cache(model: &Model, rows: usize) -> Result<Self::Cache> {
         let c = model.config();
         Ok(CpuState::new(
-            c.layers_per_block,
+            c.max_layers(),
             rows,
             c.num_heads(),
             c.num_patches(),

@@ -121,7 +121,7 @@ impl FastBlock {
         last: usize,
     ) -> Result<Tensor> {
         if let Attend::Cache(caches, _) = &attend
-            && caches.len() != self.layers.len()
+            && caches.len() < self.layers.len()
         {
             return Err(Error::InvalidInput(format!(
                 "{} KV caches for {} layers",
@@ -232,7 +232,7 @@ pub(crate) fn prepare(model: &Model) -> Result<Vec<FastBlock>> {
 /// One KV cache per layer of a block, for `rows` rows of `model`.
 pub(crate) fn layer_caches(model: &Model, rows: usize) -> Result<Vec<LayerCache>> {
     let c = model.config();
-    (0..c.layers_per_block)
+    (0..c.max_layers())
         .map(|_| LayerCache::new(rows, c.num_heads(), c.num_patches(), model.device()))
         .collect()
 }

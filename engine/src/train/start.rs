@@ -114,6 +114,8 @@ pub struct RunRequest {
     pub blocks: Option<usize>,
     /// Attention layers per block [default: 2].
     pub layers: Option<usize>,
+    /// [`ModelConfig::block_layers`]: attention layers per flow block (sets the block count).
+    pub block_layers: Option<Vec<usize>>,
     /// [`ModelConfig::orders`] [default: raster in every block].
     pub orders: Option<Vec<Order>>,
     /// [`DataConfig::img_size`].
@@ -286,9 +288,14 @@ impl RunRequest {
             s,
             self.patch_size.unwrap_or(if s <= 32 { 2 } else { 4 }),
             self.channels.unwrap_or(128),
-            self.blocks.unwrap_or(4),
+            self.block_layers
+                .as_ref()
+                .map(Vec::len)
+                .or(self.blocks)
+                .unwrap_or(4),
             self.layers.unwrap_or(2),
         )
+        .with_block_layers(self.block_layers.clone().unwrap_or_default())
         .with_orders(self.orders.clone().unwrap_or_default())
     }
 

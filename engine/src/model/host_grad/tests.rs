@@ -391,6 +391,7 @@ proptest! {
         no_labels in any::<bool>(),
         label_seed in any::<u64>(),
         order_case in 0usize..3,
+        deep_last in any::<bool>(),
         seed in 0u64..1000,
     ) {
         let channels = if wide { 128 } else { 64 };
@@ -400,6 +401,12 @@ proptest! {
         let orders = [vec![], vec![Order::Column], vec![Order::Raster, Order::Column]];
         let mut cfg = ModelConfig::new(in_ch, 4 * patch, patch, channels, blocks, layers)
             .with_orders(orders[order_case].clone());
+        // A deep-shallow stack: one more layer in the last block.
+        if deep_last {
+            cfg = cfg.with_block_layers(
+                (0..blocks).map(|t| if t + 1 == blocks { layers + 1 } else { layers }).collect(),
+            );
+        }
         cfg.nvp = nvp;
         cfg.num_classes = if conditional { 3 } else { 0 };
         // Labels in -1..3, sometimes none at all (the mean embedding for every item).

@@ -85,6 +85,15 @@ impl RunRequest {
         c.check("channels", self.channels, m.channels);
         c.check("blocks", self.blocks, m.num_blocks);
         c.check("layers", self.layers, m.layers_per_block);
+        let show_layers = |l: &[usize]| -> String {
+            l.iter().map(usize::to_string).collect::<Vec<_>>().join(",")
+        };
+        let has: Vec<usize> = (0..m.num_blocks).map(|t| m.layers_of_block(t)).collect();
+        c.check(
+            "layers-per-block",
+            self.block_layers.as_deref().map(show_layers),
+            show_layers(&has),
+        );
         c.check(
             "orders",
             self.orders.as_deref().map(Order::show_list),
