@@ -256,7 +256,9 @@ pub fn generate_each(
                 say(
                     bar,
                     format!(
-                        "warning: denoising diverged for item(s) {}: they keep their image from                          before denoising (lower --guidance, or --no-denoise)",
+                        "warning: denoising diverged for item(s) {}: they keep their image from \
+                         before denoising (lower --guidance, try --guidance-rule gaussian, or \
+                         --no-denoise)",
                         items.join(", ")
                     ),
                 );

@@ -409,6 +409,13 @@ fn print_fidelity(report: &FidelityReport, train: &Path, test: &Path) {
         ratio(report.overall.streaks.generated),
         ratio(report.overall.streaks.real)
     );
+    if let Some(n) = report.denoise_diverged.filter(|&n| n > 0) {
+        println!(
+            "denoising diverged for {n} of {} samples (they keep their image from before \
+             denoising): lower --guidance, or try --guidance-rule gaussian",
+            report.overall.generated
+        );
+    }
     if let Some(c) = &report.critic {
         println!(
             "critic: a small classifier cross-validated ({} folds) on {} images a side tells \

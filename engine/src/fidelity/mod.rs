@@ -43,6 +43,7 @@
 pub mod classifier;
 pub mod critic;
 pub mod metrics;
+pub mod sampling;
 pub mod streaks;
 
 pub use classifier::{Classifier, ClassifierConfig, dataset_pixels};
@@ -51,13 +52,14 @@ pub use metrics::{
     NearCopyRule, Nearest, NearestIndex, PrecisionRecall, knn_radii, pixel_distance,
     precision_recall,
 };
+pub use sampling::{model_class_ids, sample_images, sample_images_and_divergences};
 pub use streaks::{Streaks, streak_ratio};
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::sample::{SampleOptions, Sampler, generate_batches};
+use crate::sample::SampleOptions;
 use crate::train::Dataset;
 
 /// Options of the metrics. Every field has a default (`{}` is valid JSON).
@@ -176,6 +178,10 @@ pub struct FidelityReport {
     /// The real-vs-generated critic and its real-vs-real floor (`None` when switched off).
     #[serde(default)]
     pub critic: Option<Critic>,
+    /// Sampled images whose denoising step diverged and which kept their image from before
+    /// it (`None` for images given to [`FidelityReport::from_images`]).
+    #[serde(default)]
+    pub denoise_diverged: Option<usize>,
 }
 
 fn check_images(what: &str, images: &[Vec<u8>], s: usize, c: usize) -> Result<()> {
@@ -378,6 +384,7 @@ impl FidelityReport {
         )?;
         Ok(Self {
             critic,
+            denoise_diverged: None,
             classes,
             overall,
             k: config.k,
@@ -414,87 +421,12 @@ impl FidelityReport {
             .iter()
             .flat_map(|&m| std::iter::repeat_n(m as i64, per_class))
             .collect();
-        let images = sample_images(model, &model_labels, opts, config.batch, progress)?;
-        Self::from_images(classifier, train, test, &images, &labels, config)
+        let (images, diverged) =
+            sample_images_and_divergences(model, &model_labels, opts, config.batch, progress)?;
+        let mut report = Self::from_images(classifier, train, test, &images, &labels, config)?;
+        report.denoise_diverged = Some(diverged);
+        Ok(report)
     }
-}
-
-/// The model's class id of each of `data`'s class ids in `classes`, matched by name; an error
-/// names any data class the model does not know.
-pub fn model_class_ids(model: &Model, data: &Dataset, classes: &[usize]) -> Result<Vec<usize>> {
-    let cfg = model.config();
-    if cfg.num_classes == 0 {
-        return Err(Error::InvalidInput(
-            "the model is unconditional: the fidelity report samples each class, so it needs a \
-             class-conditional model"
-                .into(),
-        ));
-    }
-    data.check_fits(cfg)?;
-    classes
-        .iter()
-        .map(|&id| {
-            let name = &data.class_names()[id];
-            cfg.class_names
-                .iter()
-                .position(|m| m == name)
-                .ok_or_else(|| {
-                    Error::InvalidInput(format!(
-                        "class `{name}` of the data at {} is unknown to the model (its classes: {})",
-                        data.root().display(),
-                        cfg.class_names.join(", ")
-                    ))
-                })
-        })
-        .collect()
-}
-
-/// Sample one image per model class id in `labels`, `batch` at a time, from the noise of
-/// `opts.seed` (image `i` always gets noise stream `i`, whatever the batch size); returns
-/// `S x S x C` bytes per image, channels interleaved. `progress(done, total)` after each batch.
-pub fn sample_images(
-    model: &Model,
-    labels: &[i64],
-    opts: &SampleOptions,
-    batch: usize,
-    mut progress: impl FnMut(usize, usize),
-) -> Result<Vec<Vec<u8>>> {
-    opts.validate()?;
-    let cfg = model.config();
-    let c = cfg.in_channels;
-    // Which of the delivered RGBA bytes are the model's channels (see `planes_to_rgba`).
-    let keep: &[usize] = match c {
-        1 => &[0],
-        2 => &[0, 3],
-        3 => &[0, 1, 2],
-        _ => &[0, 1, 2, 3],
-    };
-    let total = labels.len();
-    let sampler = Sampler::new(model)?;
-    let mut out = Vec::with_capacity(total);
-    let labels: Vec<Option<i64>> = labels.iter().map(|&l| (l >= 0).then_some(l)).collect();
-    generate_batches(
-        &sampler,
-        &labels,
-        None,
-        opts,
-        batch,
-        |_| {},
-        |_, samples| {
-            // The RGBA8 images the sampler delivers (alpha cutoff included), as a user gets them.
-            for img in &samples.rgba {
-                out.push(
-                    img.pixels
-                        .chunks_exact(4)
-                        .flat_map(|px| keep.iter().map(move |&i| px[i]))
-                        .collect(),
-                );
-            }
-            progress(out.len(), total);
-            Ok(())
-        },
-    )?;
-    Ok(out)
 }
 
 #[cfg(test)]
