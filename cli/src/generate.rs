@@ -374,3 +374,15 @@ pub fn check_same_tensors(
     }
     Ok(a.len())
 }
+
+/// The one policy for commands that write a model file: an existing `--out` is an error unless
+/// `--force` (nothing the user had is replaced unasked).
+pub fn refuse_existing(out: &Path, force: bool) -> anyhow::Result<()> {
+    if out.exists() && !force {
+        anyhow::bail!(
+            "--out {} exists: give a new file, or --force to replace it",
+            out.display()
+        );
+    }
+    Ok(())
+}

@@ -48,6 +48,36 @@ fn import_info_export_round_trip() {
     let exported = dir.path().join("ref.safetensors");
     let o = tarflow(&["export", model_s, "--out", exported.to_str().unwrap()]);
     assert!(o.status.success(), "{}", text(&o));
+    // Neither command writes over an existing file unasked (the bundled model included).
+    let before = std::fs::read(&model).unwrap();
+    let again = tarflow(&[
+        "import",
+        &golden("cond.pth"),
+        "--in-channels",
+        "4",
+        "--out",
+        model_s,
+    ]);
+    assert!(
+        !again.status.success() && text(&again).contains("--force"),
+        "{}",
+        text(&again)
+    );
+    assert_eq!(std::fs::read(&model).unwrap(), before);
+    let again = tarflow(&["export", model_s, "--out", exported.to_str().unwrap()]);
+    assert!(
+        !again.status.success() && text(&again).contains("--force"),
+        "{}",
+        text(&again)
+    );
+    let forced = tarflow(&[
+        "export",
+        model_s,
+        "--out",
+        exported.to_str().unwrap(),
+        "--force",
+    ]);
+    assert!(forced.status.success(), "{}", text(&forced));
     let dev = tarflow::candle::Device::Cpu;
     let ours = tarflow::candle::safetensors::load(&exported, &dev).unwrap();
     let theirs =

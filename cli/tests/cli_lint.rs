@@ -49,3 +49,39 @@ fn eval_heatmap_writes_a_heatmap_per_image_and_ranks_them() {
     assert_eq!(entries[0]["patches"]["bits"].as_array().unwrap().len(), 64);
     assert_eq!(json["report"]["ranking"].as_array().unwrap().len(), 3);
 }
+
+/// `--heatmap` inside the data folder would name heatmaps after the images, over them: refused
+/// before anything is written, and the art is untouched.
+#[test]
+fn heatmaps_are_never_written_over_the_art() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("art");
+    std::fs::create_dir_all(data.join("stone")).unwrap();
+    let file = data.join("stone/default_desert_stone.png");
+    std::fs::copy(
+        root.join("assets/textures/test/stone/default_desert_stone.png"),
+        &file,
+    )
+    .unwrap();
+    let before = std::fs::read(&file).unwrap();
+    for out in [
+        data.clone(),
+        data.join("lint"),
+        data.join("stone/../new/deeper"),
+    ] {
+        let o = Command::new(env!("CARGO_BIN_EXE_tarflow"))
+            .args(["eval", "--model"])
+            .arg(root.join("assets/models/textures16.safetensors"))
+            .arg(&data)
+            .arg("--heatmap")
+            .arg(&out)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&o.stderr).to_string();
+        assert!(!o.status.success(), "{} was accepted", out.display());
+        assert!(text.contains("inside the data folder"), "{text}");
+    }
+    assert_eq!(std::fs::read(&file).unwrap(), before);
+    assert!(!data.join("lint").exists() && !data.join("new").exists());
+}

@@ -10,13 +10,18 @@ use tarflow::format::{load_model, save_reference_safetensors};
 pub struct ExportArgs {
     /// The model file.
     pub model: PathBuf,
-    /// Where to write the state_dict (.safetensors), loadable with PyTorch's `Model.load_state_dict`.
+    /// Where to write the state_dict (.safetensors), loadable with PyTorch's `Model.load_state_dict`
+    /// (never over an existing file unless `--force`).
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace `--out` if it exists.
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Write the state_dict.
 pub fn run(args: ExportArgs) -> anyhow::Result<()> {
+    crate::generate::refuse_existing(&args.out, args.force)?;
     let model = load_model(&args.model, &tarflow::candle::Device::Cpu)?;
     save_reference_safetensors(&model, &args.out)?;
     let c = model.config();

@@ -11,9 +11,12 @@ use tarflow::format::{ConfigHints, infer_config, read_reference, save_model};
 pub struct ImportArgs {
     /// The reference checkpoint: a `torch.save(model.state_dict())` .pth, or a safetensors state_dict.
     pub reference: PathBuf,
-    /// Where to write the model file.
+    /// Where to write the model file (never over an existing file unless `--force`).
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace `--out` if it exists.
+    #[arg(long)]
+    pub force: bool,
     /// Image channels, when the shapes do not determine them.
     #[arg(long)]
     pub in_channels: Option<usize>,
@@ -36,6 +39,7 @@ pub struct ImportArgs {
 
 /// Convert the checkpoint.
 pub fn run(args: ImportArgs) -> anyhow::Result<()> {
+    crate::generate::refuse_existing(&args.out, args.force)?;
     let device = tarflow::candle::Device::Cpu;
     let weights = read_reference(&args.reference, args.key.as_deref(), &device)?;
     let hints = ConfigHints {

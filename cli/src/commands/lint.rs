@@ -55,8 +55,47 @@ fn item_image(model: &Model, data: &Dataset, i: usize) -> anyhow::Result<RgbaIma
     })
 }
 
+/// An error when `out` is the data folder `data` or inside it: the heatmaps are named after the
+/// images (`OUT/stone/a.png` for `DATA/stone/a.png`), so they would be written over the art.
+pub fn refuse_output_inside_data(out: &Path, data: &Path) -> anyhow::Result<()> {
+    // The nearest existing ancestor of `out` (it may not exist yet), resolved.
+    let mut probe = out.to_path_buf();
+    let mut rest = Vec::new();
+    let resolved = loop {
+        if let Ok(p) = std::fs::canonicalize(&probe) {
+            break rest
+                .iter()
+                .rev()
+                .fold(p, |acc: std::path::PathBuf, c| acc.join(c));
+        }
+        match (probe.file_name().map(|n| n.to_owned()), probe.parent()) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                probe = if parent.as_os_str().is_empty() {
+                    Path::new(".").to_path_buf()
+                } else {
+                    parent.to_path_buf()
+                };
+            }
+            _ => break std::path::absolute(out)?,
+        }
+    };
+    let data = std::fs::canonicalize(data)
+        .with_context(|| format!("cannot read the data folder {}", data.display()))?;
+    if resolved.starts_with(&data) {
+        anyhow::bail!(
+            "--heatmap {}: the heatmaps would be written inside the data folder {} (named after \
+             its images, over them); give a folder outside it",
+            out.display(),
+            data.display()
+        );
+    }
+    Ok(())
+}
+
 /// Lint `data`, write the heatmaps and `lint.json` into `out`, print the ranking.
 pub fn run(model: &Model, data: &Dataset, out: &Path, opts: &LintOptions) -> anyhow::Result<()> {
+    refuse_output_inside_data(out, data.root())?;
     let bar = progress_bar(data.len() as u64, "linting");
     let report = lint(model, data, opts.batch, opts.seed, |done, _| {
         bar.set_position(done as u64)

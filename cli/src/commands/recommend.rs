@@ -51,13 +51,7 @@ pub struct RecommendArgs {
 
 /// Run `recommend`.
 pub fn run(args: RecommendArgs) -> anyhow::Result<()> {
-    if args.out.exists() && !args.force {
-        bail!(
-            "{} exists: give a new file for the model with recommended settings, or --force to \
-             replace it",
-            args.out.display()
-        );
-    }
+    crate::generate::refuse_existing(&args.out, args.force)?;
     let rec = RecommendedSampling {
         guidance: args.guidance,
         guidance_rule: args.guidance_rule,
