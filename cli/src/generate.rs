@@ -386,3 +386,19 @@ pub fn refuse_existing(out: &Path, force: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// The most images one `sample` or `sheet` run makes (its label list is held in memory: 16 bytes
+/// an image); more is an error naming the flag, not an allocation failure.
+pub const MAX_IMAGES: usize = 10_000_000;
+
+/// An error unless `n` images (asked with `flag`) are at most [`MAX_IMAGES`].
+pub fn check_image_count(n: Option<usize>, flag: &str) -> anyhow::Result<usize> {
+    match n {
+        Some(n) if n <= MAX_IMAGES => Ok(n),
+        Some(n) => anyhow::bail!(
+            "{flag} asks for {n} images; one run makes at most {MAX_IMAGES} (run again with \
+             another --seed for more)"
+        ),
+        None => anyhow::bail!("{flag} asks for more images than fit in a number"),
+    }
+}

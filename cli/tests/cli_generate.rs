@@ -468,6 +468,19 @@ fn bad_requests_explain_themselves() {
     if !cfg!(feature = "cuda") {
         assert!(!o.status.success() && msg.contains("cuda:0"), "{msg}");
     }
+    // Absurd counts are errors naming the flag, not allocation failures.
+    let out = dir.path().join("n.png");
+    for (cmd, flag, n) in [
+        ("sample", "--count", "10000000000"),
+        ("sheet", "--per-class", "18446744073709551615"),
+    ] {
+        let o = tarflow(&[cmd, "--model", &m, flag, n, "--out", s(&out)]);
+        let msg = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && msg.contains(flag) && msg.contains(n),
+            "{msg}"
+        );
+    }
 }
 
 /// Guidance on a model without classes would double the work and change nothing: an error,

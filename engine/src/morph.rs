@@ -45,7 +45,7 @@ pub enum Spacing {
 
 /// Options of a morph.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct MorphOptions {
     /// Frames, both ends included (>= 2).
     pub frames: usize,

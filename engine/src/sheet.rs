@@ -357,6 +357,17 @@ mod tests {
         let back = Atlas::from_json(&json, Path::new("s.atlas.json")).unwrap();
         assert_eq!(back, atlas);
         assert_eq!(back.index_of("wood_1"), Some(4));
+        // A newer writer's fields (in the atlas and in its sampling options) are skipped, so an
+        // older game reads a newer CLI's atlas.
+        let mut v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        v["a_future_field"] = serde_json::json!(1);
+        v["options"]["a_future_option"] = serde_json::json!("x");
+        let newer = serde_json::to_vec(&v).unwrap();
+        assert_ne!(newer, json);
+        assert_eq!(
+            Atlas::from_json(&newer, Path::new("s.atlas.json")).unwrap(),
+            atlas
+        );
     }
 
     #[test]

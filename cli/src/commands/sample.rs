@@ -43,6 +43,7 @@ pub fn run(args: SampleArgs) -> anyhow::Result<()> {
     if args.count == 0 {
         bail!("--count must be at least 1");
     }
+    crate::generate::check_image_count(Some(args.count), &format!("--count {}", args.count))?;
     let device = args.sampling.open_device()?;
     let model = load(&args.model, &device)?;
     let k = model.config().num_classes;

@@ -6,7 +6,9 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tarflow::sheet::{Atlas, SheetLayout};
 
-use crate::generate::{SamplingArgs, class_ids, generate_grid_png, load, progress_bar};
+use crate::generate::{
+    SamplingArgs, check_image_count, class_ids, generate_grid_png, load, progress_bar,
+};
 
 /// Arguments of `tarflow sheet`.
 #[derive(Debug, Args)]
@@ -59,9 +61,19 @@ pub fn run(args: SheetArgs) -> anyhow::Result<()> {
         class_ids(&model, &args.classes)?
     };
     let (labels, cols) = if cfg.num_classes == 0 {
-        let n = args.count.unwrap_or(args.per_class * 8);
+        let n = match args.count {
+            Some(n) => check_image_count(Some(n), &format!("--count {n}"))?,
+            None => check_image_count(
+                args.per_class.checked_mul(8),
+                &format!("--per-class {} (x 8 frames)", args.per_class),
+            )?,
+        };
         (vec![None; n], args.per_class.max(1))
     } else {
+        check_image_count(
+            args.per_class.checked_mul(rows.len()),
+            &format!("--per-class {} (x {} classes)", args.per_class, rows.len()),
+        )?;
         let labels: Vec<Option<i64>> = rows
             .iter()
             .flat_map(|&r| std::iter::repeat_n(r, args.per_class))

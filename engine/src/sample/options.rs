@@ -90,7 +90,7 @@ pub enum Method {
 /// Parameters of [`Method::Jacobi`] (Gauss-Seidel-Jacobi iteration, arXiv 2505.12849, with the
 /// option of keeping the first reversed block sequential, arXiv 2505.24791).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct JacobiOptions {
     /// Segments per block (>= 1): the N - 1 steps of a block are cut into this many runs of
     /// consecutive steps, each iterated to its fixed point before the next starts.
@@ -119,7 +119,7 @@ impl Default for JacobiOptions {
 /// Options of a sampling run. Every field has a default, so `{}` is a valid JSON value and any
 /// subset of fields can be given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[serde(default)]
 pub struct SampleOptions {
     /// Classifier-free guidance weight `w` (>= 0); 0 disables guidance and the unconditional branch.
     pub guidance: f32,

@@ -44,11 +44,18 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     y.iter_mut().zip(x).for_each(|(o, v)| *o += a * v);
 }
 
-/// The instruction sets the per-item kernels are compiled for; the fastest the CPU has is picked
-/// at run time. Every path computes bit-identical results: the sums are written out in a fixed
-/// order (16 lanes, then a tree), which the compiler vectorises without reassociating.
+/// The instruction set the per-item kernels run on, the fastest the CPU has, picked at run time.
+/// Every path computes bit-identical results: the sums are written out in a fixed order (16
+/// lanes, then a tree), which the compiler vectorises without reassociating.
+///
+/// A token of a detected feature: its field is private to this module, so the only values are
+/// those [`Isa::detect`] (or the tests' [`Isa::available`]) hand out after checking the CPU, and
+/// no other code can ask for AVX-512 kernels on a CPU without them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Isa {
+pub(super) struct Isa(Kind);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
     /// x86-64 with AVX-512F.
     Avx512,
     /// x86-64 with AVX2 and FMA.
@@ -65,31 +72,31 @@ impl Isa {
             #[cfg(target_arch = "x86_64")]
             {
                 if std::arch::is_x86_feature_detected!("avx512f") {
-                    return Isa::Avx512;
+                    return Isa(Kind::Avx512);
                 }
                 if std::arch::is_x86_feature_detected!("avx2")
                     && std::arch::is_x86_feature_detected!("fma")
                 {
-                    return Isa::Avx2;
+                    return Isa(Kind::Avx2);
                 }
             }
-            Isa::Portable
+            Isa(Kind::Portable)
         })
     }
 
     /// The paths this CPU can run (for tests).
     #[cfg(test)]
     pub(super) fn available() -> Vec<Self> {
-        let mut v = vec![Isa::Portable];
+        let mut v = vec![Isa(Kind::Portable)];
         #[cfg(target_arch = "x86_64")]
         {
             if std::arch::is_x86_feature_detected!("avx2")
                 && std::arch::is_x86_feature_detected!("fma")
             {
-                v.push(Isa::Avx2);
+                v.push(Isa(Kind::Avx2));
             }
             if std::arch::is_x86_feature_detected!("avx512f") {
-                v.push(Isa::Avx512);
+                v.push(Isa(Kind::Avx512));
             }
         }
         v
@@ -111,13 +118,13 @@ macro_rules! multiversion {
                 fn avx2($($arg: $ty),*) {
                     $body($($arg),*)
                 }
-                match isa {
-                    // SAFETY: `Isa::detect` (or the tests' `available`) found the feature on
-                    // this CPU before handing out the variant.
-                    Isa::Avx512 => return unsafe { avx512($($arg),*) },
+                match isa.0 {
+                    // SAFETY: an `Isa` exists only from `Isa::detect` (or the tests'
+                    // `available`), which found the feature on this CPU: its field is private.
+                    Kind::Avx512 => return unsafe { avx512($($arg),*) },
                     // SAFETY: as above.
-                    Isa::Avx2 => return unsafe { avx2($($arg),*) },
-                    Isa::Portable => {}
+                    Kind::Avx2 => return unsafe { avx2($($arg),*) },
+                    Kind::Portable => {}
                 }
             }
             let _ = isa;
