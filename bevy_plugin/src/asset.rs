@@ -58,7 +58,7 @@ impl AssetLoader for TarflowModelLoader {
             Err(_) => {
                 return Err(tarflow::Error::BadFile {
                     path,
-                    reason: "the model loader panicked on this file".into(),
+                    reason: "not a valid model file: the model loader panicked on it".into(),
                 });
             }
         };

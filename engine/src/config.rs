@@ -484,7 +484,7 @@ impl ModelConfig {
         let attn = n * n * 4.0;
         if attn > MAX_ATTENTION_BYTES as f64 {
             return Err(Error::TooLarge {
-                what: format!("the {n}x{n} attention map of one head"),
+                what: format!("model config refused: the {n}x{n} attention map of one head"),
                 bytes: attn as u128,
                 limit: MAX_ATTENTION_BYTES,
             });
@@ -502,7 +502,7 @@ impl ModelConfig {
         let bytes = 4.0 * (n * d + f(self.num_blocks) * per_block);
         if bytes > MAX_WEIGHT_BYTES as f64 {
             return Err(Error::TooLarge {
-                what: "the weights".into(),
+                what: "model config refused: the weights".into(),
                 bytes: bytes as u128,
                 limit: MAX_WEIGHT_BYTES,
             });

@@ -17,8 +17,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
-    /// A file is not a valid model file (truncated, bad header, wrong encoding...).
-    #[error("{}: not a valid model file: {reason}", path.display())]
+    /// A file cannot be used as what it was given for (a model file, a checkpoint, an atlas:
+    /// truncated, bad header, wrong encoding...); `reason` says which and why.
+    #[error("{}: {reason}", path.display())]
     BadFile {
         /// The file concerned.
         path: PathBuf,
@@ -65,9 +66,7 @@ pub enum Error {
     #[error("invalid model config: {0}")]
     InvalidConfig(String),
     /// A model configuration would need more memory than the engine allows.
-    #[error(
-        "model config refused: {what} would need {bytes} bytes, over the limit of {limit} bytes"
-    )]
+    #[error("{what} would need {bytes} bytes, over the limit of {limit} bytes")]
     TooLarge {
         /// Which allocation is too large.
         what: String,

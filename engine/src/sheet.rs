@@ -392,5 +392,6 @@ mod tests {
         assert!(e.to_string().contains("rectangle 1"), "{e}");
         let e = Atlas::from_json(b"{}", Path::new("x.json")).unwrap_err();
         assert!(e.to_string().contains("not a tarflow atlas"), "{e}");
+        assert!(!e.to_string().contains("model file"), "{e}");
     }
 }

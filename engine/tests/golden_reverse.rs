@@ -588,7 +588,7 @@ mod props {
         assert!(
             err(SampleStream::new(&m, &Labels::Unconditional(1), &bad))
                 .unwrap()
-                .contains("attn_temp")
+                .contains("--attn-temp")
         );
         let z = Tensor::zeros((1, 3, 12), candle_core::DType::F32, &device()).unwrap();
         assert!(

@@ -233,6 +233,8 @@ fn config_inconsistent_with_weights_is_explained() {
     write(&path, &w, &c);
     let msg = load_model(&path, &Device::Cpu).unwrap_err().to_string();
     assert!(msg.contains("not a multiple of patch_size"), "{msg}");
+    // The error names the file.
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
 }
 
 #[test]
@@ -254,6 +256,10 @@ fn absurd_config_is_refused_before_allocating() {
         let start = std::time::Instant::now();
         let err = load_model(&path, &Device::Cpu).unwrap_err();
         assert!(matches!(err, Error::TooLarge { .. }), "{field}: {err}");
+        assert!(
+            err.to_string().contains("huge.safetensors"),
+            "{field}: {err}"
+        );
         assert!(
             start.elapsed().as_secs() < 5,
             "{field}: refusing took too long"

@@ -36,7 +36,7 @@ pub struct SafetensorsContents {
 fn bad(path: &Path, reason: impl Into<String>) -> Error {
     Error::BadFile {
         path: path.to_path_buf(),
-        reason: reason.into(),
+        reason: format!("not a valid model file: {}", reason.into()),
     }
 }
 
@@ -119,7 +119,14 @@ pub fn model_from_bytes(bytes: &[u8], path: &Path, device: &Device) -> Result<Mo
             )
         })?;
     let config = ModelConfig::from_json(json).map_err(|e| bad(path, e.to_string()))?;
-    config.validate()?;
+    config.validate().map_err(|e| match e {
+        Error::TooLarge { what, bytes, limit } => Error::TooLarge {
+            what: format!("{}: {what}", path.display()),
+            bytes,
+            limit,
+        },
+        e => bad(path, e.to_string()),
+    })?;
     let contents = parse_safetensors(bytes, path, device)?;
     Model::from_weights(config, &contents.tensors, device).map_err(|e| e.in_file(path))
 }

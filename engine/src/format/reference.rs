@@ -228,9 +228,9 @@ fn read_pth(path: &Path, bytes: &[u8], key: Option<&str>, device: &Device) -> Re
     }
     Err(Error::BadFile {
         path: path.to_path_buf(),
-        reason:
-            "no tensors found at its top level nor under the keys model, state_dict, ema, module"
-                .into(),
+        reason: "not a PyTorch TarFlow checkpoint: no tensors found at its top level nor under \
+                 the keys model, state_dict, ema, module"
+            .into(),
     })
 }
 

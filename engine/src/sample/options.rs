@@ -224,49 +224,51 @@ impl SampleOptions {
         }
     }
 
-    /// Check every value is usable; errors name the field at fault.
+    /// Check every value is usable; errors name the setting at fault with its CLI flag.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidInput(m));
         if !(self.guidance.is_finite() && self.guidance >= 0.0) {
             return bad(format!(
-                "guidance {} must be finite and >= 0",
+                "guidance {} (--guidance) must be finite and >= 0",
                 self.guidance
             ));
         }
         if self.guidance_rule == GuidanceRule::Gaussian && self.guide_what != GuideWhat::Ab {
             return bad(format!(
-                "the gaussian guidance rule guides the scale and the shift together; guide_what \
-                 {} asks for one of them (use the linear rule)",
+                "the gaussian guidance rule guides the scale and the shift together; --guide-what \
+                 {} asks for one of them (use --guidance-rule linear)",
                 self.guide_what
             ));
         }
         if !(self.attn_temp.is_finite() && self.attn_temp > 0.0) {
             return bad(format!(
-                "attn_temp {} must be finite and > 0",
+                "attention temperature {} (--attn-temp) must be finite and > 0",
                 self.attn_temp
             ));
         }
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
             return bad(format!(
-                "temperature {} must be finite and >= 0",
+                "prior temperature {} (--temperature) must be finite and >= 0",
                 self.temperature
             ));
         }
         if let Some(a) = self.alpha_cutoff
             && !(a.is_finite() && (0.0..=1.0).contains(&a))
         {
-            return bad(format!("alpha cutoff {a} must be in [0, 1]"));
+            return bad(format!(
+                "alpha cutoff {a} (--alpha-cutoff) must be in [0, 1]"
+            ));
         }
         let j = &self.jacobi;
         if j.segments == 0 || j.max_iters == 0 {
             return bad(format!(
-                "jacobi segments ({}) and max_iters ({}) must be >= 1",
+                "Jacobi segments ({}, --jacobi-segments) and iterations ({}, --jacobi-iters) must be >= 1",
                 j.segments, j.max_iters
             ));
         }
         if !(j.threshold.is_finite() && j.threshold >= 0.0) {
             return bad(format!(
-                "jacobi threshold {} must be finite and >= 0",
+                "Jacobi threshold {} (--jacobi-threshold) must be finite and >= 0",
                 j.threshold
             ));
         }
