@@ -56,6 +56,10 @@ pub struct ModelConfig {
     /// 0 means the model was trained with uniform dequantisation and is not denoised.
     #[serde(default)]
     pub noise_sigma: f32,
+    /// STARFlow's soft clip of `proj_out`'s output, `c tanh(o / c)` (4 in its configs); 0 (the
+    /// reference's behaviour, and older files) is off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub soft_clip: f32,
     /// The patch orders of the flow blocks, cycled: block t reads its patches in
     /// `orders[t % orders.len()]`, reversed for odd t (the reference's flip). Empty (the
     /// reference's behaviour, and what older files hold) means raster order in every block.
@@ -76,6 +80,10 @@ pub struct ModelConfig {
 
 fn default_true() -> bool {
     true
+}
+
+fn is_zero(v: &f32) -> bool {
+    *v == 0.0
 }
 
 /// How classifier-free guidance combines the conditional and unconditional predictions of a
@@ -274,6 +282,7 @@ impl ModelConfig {
             class_names: Vec::new(),
             noise_sigma: 0.0,
             orders: Vec::new(),
+            soft_clip: 0.0,
             block_layers: Vec::new(),
             sampling: None,
             provenance: BTreeMap::new(),
@@ -315,6 +324,12 @@ impl ModelConfig {
             self.layers_per_block = layers.iter().copied().max().unwrap_or(0);
             self.block_layers = layers;
         }
+        self
+    }
+
+    /// The config with `proj_out` soft-clipped at `c` ([`ModelConfig::soft_clip`]; 0 is off).
+    pub fn with_soft_clip(mut self, c: f32) -> Self {
+        self.soft_clip = c;
         self
     }
 
@@ -470,6 +485,12 @@ impl ModelConfig {
                 "{} class names given for {} classes",
                 self.class_names.len(),
                 self.num_classes
+            ));
+        }
+        if !(self.soft_clip.is_finite() && self.soft_clip >= 0.0) {
+            return bad(format!(
+                "soft_clip {} must be finite and >= 0 (0 is off)",
+                self.soft_clip
             ));
         }
         if !(self.noise_sigma.is_finite() && self.noise_sigma >= 0.0) {

@@ -35,11 +35,13 @@ fn random_model(
     nvp: bool,
     classes: usize,
     orders: Vec<Order>,
+    clip: bool,
     seed: u64,
 ) -> Model {
     let mut cfg = ModelConfig::new(3, 8, 2, width, layers.len(), layers[0])
         .with_block_layers(layers)
-        .with_orders(orders);
+        .with_orders(orders)
+        .with_soft_clip(if clip { 0.05 } else { 0.0 });
     cfg.nvp = nvp;
     cfg.num_classes = classes;
     let init = InitOptions {
@@ -94,13 +96,14 @@ proptest! {
         batch in 1usize..=3,
         orders in 0usize..4,
         deep_last in any::<bool>(),
+        clip in any::<bool>(),
         seed in 0u64..1000,
     ) {
         // A deep-shallow stack: one more layer in the last block (the first one sampled).
         let per_block: Vec<usize> = (0..blocks)
             .map(|t| if deep_last && t + 1 == blocks { layers + 1 } else { layers })
             .collect();
-        let m = random_model(width, per_block, nvp, classes, orders_case(orders), seed);
+        let m = random_model(width, per_block, nvp, classes, orders_case(orders), clip, seed);
         let sampler = Sampler::new(&m).unwrap();
         let labels = labels_for(classes, batch, seed);
         let z = prior_noise(m.config(), batch, seed, &device()).unwrap();

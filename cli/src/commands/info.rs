@@ -46,6 +46,12 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         c.num_heads(),
         if c.nvp { "affine" } else { "additive" }
     );
+    if c.soft_clip > 0.0 {
+        println!(
+            "soft clip:   {} (predictions c tanh(o / c), STARFlow's)",
+            c.soft_clip
+        );
+    }
     println!(
         "orders:      {} (cycled over the blocks; odd blocks reversed)",
         tarflow::config::Order::show_list(&c.orders)

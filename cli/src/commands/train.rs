@@ -73,6 +73,10 @@ pub struct TrainArgs {
     /// --blocks to the list's length.
     #[arg(long, conflicts_with = "layers")]
     pub layers_per_block: Option<String>,
+    /// STARFlow's soft clip of each block's predictions, `c tanh(o / c)` (e.g. 4; bounds the
+    /// log-scales) [default: 0, off, as the reference].
+    #[arg(long)]
+    pub soft_clip: Option<f32>,
     /// Patch orders of the flow blocks, cycled over them (`raster`, `column`; odd blocks read
     /// theirs reversed), e.g. `raster,column` [default: raster, the reference's].
     #[arg(long)]
@@ -266,6 +270,7 @@ fn request(args: &TrainArgs) -> anyhow::Result<RunRequest> {
         channels: args.channels,
         blocks: args.blocks,
         layers: args.layers,
+        soft_clip: args.soft_clip,
         block_layers: args
             .layers_per_block
             .as_deref()

@@ -182,6 +182,13 @@ pub fn save_reference_safetensors(model: &Model, path: &Path) -> Result<()> {
             c.describe_layers()
         )));
     }
+    if c.soft_clip > 0.0 {
+        return Err(Error::InvalidInput(format!(
+            "the model soft-clips proj_out at {} (STARFlow's soft_clip); the reference \
+             (apple/ml-tarflow) has no such clip and would compute another flow with these weights",
+            c.soft_clip
+        )));
+    }
     if !c.reference_orders() {
         return Err(Error::InvalidInput(format!(
             "the model's blocks read their patches in the orders {}; the reference \

@@ -91,6 +91,7 @@ impl Model {
                 proj_out: linear(&b.proj_out)?,
                 permutation: Permutation::for_block(&config, t),
                 nvp: config.nvp,
+                soft_clip: config.soft_clip,
                 mask: mask.clone(),
             });
         }

@@ -122,6 +122,8 @@ pub struct MetaBlock {
     pub(crate) proj_out: Linear,
     pub(crate) permutation: Permutation,
     pub(crate) nvp: bool,
+    /// Soft clip of `proj_out` (0: off; [`ModelConfig::soft_clip`]).
+    pub(crate) soft_clip: f32,
     /// Additive causal mask (N, N): 0 on and below the diagonal, -inf above.
     pub(crate) mask: Tensor,
 }
@@ -307,7 +309,8 @@ impl recipe::Kernels for TensorPass<'_> {
     }
 
     fn proj_out(&mut self) -> Result<()> {
-        self.t = self.blk.proj_out.forward(&self.h)?;
+        self.t =
+            recipe::soft_clip::apply_t(self.blk.proj_out.forward(&self.h)?, self.blk.soft_clip)?;
         Ok(())
     }
 }

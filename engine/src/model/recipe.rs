@@ -155,9 +155,60 @@ pub(crate) mod coupling {
     }
 }
 
+/// STARFlow's soft clip of `proj_out`'s output, `c tanh(o / c)` (`MetaBlock.get_proj_out`),
+/// on every value (log-scales and shifts) before the one-token shift; `c = 0` is off (the
+/// reference). It bounds the predicted log-scales, so no step can blow a value up. Written once
+/// for the tensor paths and the host paths; the host pass's backward reads [`derivative`].
+pub(crate) mod soft_clip {
+    use candle_core::Tensor;
+
+    use crate::error::Result;
+
+    /// In place on host values.
+    pub(crate) fn apply(o: &mut [f32], c: f32) {
+        if c > 0.0 {
+            o.iter_mut().for_each(|v| *v = c * (*v / c).tanh());
+        }
+    }
+
+    /// On a tensor.
+    pub(crate) fn apply_t(o: Tensor, c: f32) -> Result<Tensor> {
+        if c > 0.0 {
+            Ok(((o / f64::from(c))?.tanh()? * f64::from(c))?)
+        } else {
+            Ok(o)
+        }
+    }
+
+    /// `d clipped / d o` from the clipped value `y = c tanh(o / c)`: `1 - (y / c)^2`.
+    pub(crate) fn derivative(y: f32, c: f32) -> f32 {
+        let t = y / c;
+        1.0 - t * t
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn soft_clip_bounds_and_its_derivative_matches_finite_differences() {
+        let c = 4.0f32;
+        let mut v = vec![-100.0f32, -3.0, 0.0, 0.5, 3.0, 100.0];
+        let raw = v.clone();
+        soft_clip::apply(&mut v, c);
+        assert!(v.iter().all(|x| x.abs() <= c));
+        assert_eq!(v[2], 0.0);
+        for (&o, &y) in raw.iter().zip(&v).filter(|(o, _)| o.abs() < 10.0) {
+            let h = 1e-3f32;
+            let f = |x: f32| c * (x / c).tanh();
+            let fd = (f(o + h) - f(o - h)) / (2.0 * h);
+            assert!((fd - soft_clip::derivative(y, c)).abs() < 1e-3, "{o}: {fd}");
+        }
+        let mut off = raw.clone();
+        soft_clip::apply(&mut off, 0.0);
+        assert_eq!(off, raw);
+    }
 
     /// Records the calls a pass makes.
     #[derive(Default)]

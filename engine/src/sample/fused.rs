@@ -65,6 +65,7 @@ pub(crate) struct CpuBlock {
     proj_in: PackedLinear,
     layers: Vec<HostLayer>,
     proj_out: PackedLinear,
+    soft_clip: f32,
     /// Transformer width.
     width: usize,
     heads: usize,
@@ -100,6 +101,7 @@ impl CpuBlock {
             proj_in,
             layers,
             proj_out: PackedLinear::new(&blk.proj_out)?,
+            soft_clip: blk.soft_clip,
             width,
             heads: width / HEAD_DIM,
         })
@@ -256,7 +258,9 @@ impl recipe::Kernels for FusedPass<'_> {
         let m = self.m();
         let out = &mut self.state.out;
         out.resize(m * self.blk.proj_out.out_dim(), 0.0);
-        self.blk.proj_out.forward(&self.state.h, m, out)
+        self.blk.proj_out.forward(&self.state.h, m, out)?;
+        recipe::soft_clip::apply(out, self.blk.soft_clip);
+        Ok(())
     }
 }
 

@@ -72,6 +72,7 @@ pub(crate) struct FastBlock {
     proj_in: FastLinear,
     layers: Vec<FastLayer>,
     proj_out: FastLinear,
+    soft_clip: f32,
 }
 
 /// How a transformer pass gets the keys and values of earlier tokens.
@@ -107,6 +108,7 @@ impl FastBlock {
             proj_in: FastLinear::new(&blk.proj_in)?,
             layers,
             proj_out: FastLinear::new(&blk.proj_out)?,
+            soft_clip: blk.soft_clip,
         })
     }
 
@@ -219,7 +221,7 @@ impl recipe::Kernels for OpsPass<'_, '_> {
         } else {
             self.h.clone()
         };
-        self.t = self.blk.proj_out.forward(&h)?;
+        self.t = recipe::soft_clip::apply_t(self.blk.proj_out.forward(&h)?, self.blk.soft_clip)?;
         Ok(())
     }
 }

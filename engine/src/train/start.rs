@@ -116,6 +116,8 @@ pub struct RunRequest {
     pub layers: Option<usize>,
     /// [`ModelConfig::block_layers`]: attention layers per flow block (sets the block count).
     pub block_layers: Option<Vec<usize>>,
+    /// [`ModelConfig::soft_clip`] [default: 0, off].
+    pub soft_clip: Option<f32>,
     /// [`ModelConfig::orders`] [default: raster in every block].
     pub orders: Option<Vec<Order>>,
     /// [`DataConfig::img_size`].
@@ -296,6 +298,7 @@ impl RunRequest {
             self.layers.unwrap_or(2),
         )
         .with_block_layers(self.block_layers.clone().unwrap_or_default())
+        .with_soft_clip(self.soft_clip.unwrap_or(0.0))
         .with_orders(self.orders.clone().unwrap_or_default())
     }
 

@@ -34,6 +34,8 @@ pub(super) struct Dims {
     pub(super) out: usize,
     /// Whether proj_out predicts a log-scale as well as a shift.
     pub(super) nvp: bool,
+    /// Soft clip of proj_out's output (0: off).
+    pub(super) soft_clip: f32,
 }
 
 impl Dims {
@@ -79,6 +81,8 @@ pub(super) struct BlockCache {
     e: Vec<f32>,
     /// The last layer's output, proj_out's input (kept only for weight gradients).
     h: Vec<f32>,
+    /// The soft clip's derivative at proj_out's output (only with a soft clip).
+    clip_d: Vec<f32>,
     layers: Vec<LayerCache>,
 }
 
@@ -148,6 +152,7 @@ pub(super) fn forward(
         y,
         e,
         h: kept_h,
+        clip_d,
         layers,
     } = cache;
     let xp = fit(xp, m * dd);
@@ -164,6 +169,7 @@ pub(super) fn forward(
         xp,
         layers,
         kept_h,
+        clip_d,
         s,
         keep,
     })?;
@@ -214,6 +220,8 @@ struct Pass<'a, 'w> {
     layers: &'a mut [LayerCache],
     /// Where proj_out's input is kept (when `keep`).
     kept_h: &'a mut Vec<f32>,
+    /// Where the soft clip's derivative is kept (with a soft clip).
+    clip_d: &'a mut Vec<f32>,
     s: &'a mut Scratch,
     keep: bool,
 }
@@ -314,7 +322,15 @@ impl recipe::Kernels for Pass<'_, '_> {
             fit(self.kept_h, m * d.c).copy_from_slice(h);
         }
         let o = fit(&mut self.s.o, m * d.out);
-        linear_fwd(o, h, w.proj_out_w, w.proj_out_b, m, false)
+        linear_fwd(o, h, w.proj_out_w, w.proj_out_b, m, false)?;
+        if d.soft_clip > 0.0 {
+            recipe::soft_clip::apply(o, d.soft_clip);
+            let dc = fit(self.clip_d, m * d.out);
+            for (g, &y) in dc.iter_mut().zip(o.iter()) {
+                *g = recipe::soft_clip::derivative(y, d.soft_clip);
+            }
+        }
+        Ok(())
     }
 }
 
@@ -432,6 +448,13 @@ impl recipe::GradKernels for GradPass<'_, '_> {
     fn proj_out(&mut self) -> Result<()> {
         let (w, d) = (self.w, self.d);
         let m = d.m();
+        if d.soft_clip > 0.0 {
+            let dc = &self.cache.clip_d[..m * d.out];
+            self.s.dout[..m * d.out]
+                .iter_mut()
+                .zip(dc)
+                .for_each(|(g, &k)| *g *= k);
+        }
         let dpo = &self.s.dout[..m * d.out];
         linear_dx(
             fit(&mut self.s.dh, m * d.c),

@@ -171,6 +171,7 @@ impl HostGrad {
             hidden: MLP_EXPANSION * cfg.channels,
             out: cfg.proj_out_dim(),
             nvp: cfg.nvp,
+            soft_clip: cfg.soft_clip,
         };
         let blocks = cfg.num_blocks;
         let perms: Vec<Permutation> = (0..blocks)

@@ -94,6 +94,7 @@ impl RunRequest {
             self.block_layers.as_deref().map(show_layers),
             show_layers(&has),
         );
+        c.check("soft-clip", self.soft_clip, m.soft_clip);
         c.check(
             "orders",
             self.orders.as_deref().map(Order::show_list),
