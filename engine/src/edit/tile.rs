@@ -42,6 +42,18 @@ pub fn make_tileable(
     band: usize,
     opts: &InpaintOptions,
 ) -> Result<Tensor> {
+    make_tileable_items(sampler, images, labels, band, opts, 0)
+}
+
+/// [`make_tileable`] for items `first..first + B` of a longer run (their noise streams).
+pub(crate) fn make_tileable_items(
+    sampler: &Sampler,
+    images: &Tensor,
+    labels: &Labels,
+    band: usize,
+    opts: &InpaintOptions,
+    first: usize,
+) -> Result<Tensor> {
     let s = sampler.model().config().img_size;
     if band == 0 || 2 * band > s {
         return Err(Error::InvalidInput(format!(
@@ -58,7 +70,7 @@ pub fn make_tileable(
         std::slice::from_ref(&mask),
         labels,
         opts,
-        0,
+        first,
     )?;
     Ok(done.roll(-shift, 2)?.roll(-shift, 3)?)
 }

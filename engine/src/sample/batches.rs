@@ -51,7 +51,10 @@ pub fn generate_batches(
             None => prior_noise_range(model.config(), first, n, opts.seed, model.device())?,
         };
         let mut result = None;
-        for event in sampler.stream_from_noise(&noise, &labels, opts)? {
+        for event in sampler
+            .stream_from_noise(&noise, &labels, opts)?
+            .with_first_item(first)
+        {
             match event? {
                 SampleEvent::Progress { done, total } => {
                     progress(first as f64 + n as f64 * done as f64 / total.max(1) as f64)

@@ -53,6 +53,9 @@ pub struct SampleStream {
     raw: Option<Tensor>,
     images: Option<Tensor>,
     batch: usize,
+    /// The run's index of this stream's first item: where the noise of its later random steps
+    /// (the tiling repair) starts, so results do not depend on how a run is cut into batches.
+    first_item: usize,
     done: usize,
     total: usize,
     /// The palette of each item, when the options ask for one.
@@ -62,6 +65,15 @@ pub struct SampleStream {
 }
 
 impl SampleStream {
+    /// Mark this stream's items as items `first..` of a longer run whose noise was drawn from
+    /// stream `first` on (as [`generate_batches`](crate::sample::generate_batches) does): the
+    /// random steps after the reverse pass (the `tileable` repair) then draw their noise from the
+    /// same streams, and item `first + k` is the same texture whatever the batch size.
+    pub fn with_first_item(mut self, first: usize) -> Self {
+        self.first_item = first;
+        self
+    }
+
     /// Sample `labels.len()` images from seeded noise (`opts.seed`, `opts.temperature`).
     ///
     /// Prepares the model first ([`Sampler::new`]); to run many samples, make one [`Sampler`]
@@ -143,6 +155,7 @@ impl SampleStream {
             raw: None,
             images: None,
             batch: b,
+            first_item: 0,
             done: 0,
             total,
             palettes,
@@ -382,7 +395,14 @@ impl SampleStream {
                     ..Default::default()
                 };
                 let band = crate::edit::default_band(cfg.img_size, cfg.patch_size);
-                let images = crate::edit::make_tileable(&sampler, &images, &labels, band, &opts)?;
+                let images = crate::edit::make_tileable_items(
+                    &sampler,
+                    &images,
+                    &labels,
+                    band,
+                    &opts,
+                    self.first_item,
+                )?;
                 self.progress();
                 self.images = Some(images);
                 self.state = State::Finish;
