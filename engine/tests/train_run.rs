@@ -39,6 +39,10 @@ fn training_lowers_heldout_bpd_and_samples_follow_the_class() {
     let dev = Device::Cpu;
     let mut t = Trainer::new(small_model(), quick_config(steps), data, &dev).unwrap();
     assert_eq!(t.holdout_data().len(), 8);
+    // The palettes are learned once per run, not at every checkpoint's export.
+    let palettes: *const _ = t.palettes();
+    assert!(std::ptr::eq(palettes, t.palettes()));
+    assert_eq!(t.palettes().per_class.len(), 2);
     let before = t.evaluate_holdout().unwrap().unwrap().bits_per_dim;
     let t0 = std::time::Instant::now();
     let mut last = None;

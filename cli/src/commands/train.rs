@@ -597,11 +597,12 @@ fn export(
         "this_run_steps".into(),
         (trainer.step_count() - start_step).into(),
     );
-    model.config_mut().palettes = Some(trainer.palettes());
-    tarflow::format::save_model(&model, &args.out)?;
+    model.config_mut().palettes = Some(trainer.palettes().clone());
+    // Checked before anything is written: a wrong model never replaces the user's file.
     if model.config().num_classes == 0 && trainer.train_data().is_conditional() {
         bail!("internal: a conditional dataset produced an unconditional model");
     }
+    tarflow::format::save_model(&model, &args.out)?;
     Ok(())
 }
 

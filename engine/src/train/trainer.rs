@@ -88,6 +88,8 @@ pub struct Trainer {
     /// Gradients through candle's autograd even where the host pass applies
     /// ([`Trainer::force_autograd`]).
     pub(super) autograd: bool,
+    /// The training data's palettes, learned once per run (a k-means over every image).
+    pub(super) palettes: std::sync::OnceLock<crate::palette::Palettes>,
 }
 
 impl std::fmt::Debug for Trainer {
@@ -228,6 +230,7 @@ impl Trainer {
             progress: None,
             host_grad: None,
             autograd: false,
+            palettes: std::sync::OnceLock::new(),
         };
         // The first epoch starts lazily, at the first batch: assembling draws nothing.
         Ok(t)
@@ -381,13 +384,17 @@ impl Trainer {
     /// Save the EMA model in our model format (atomically).
     pub fn export(&self, path: &Path) -> Result<()> {
         let mut model = self.ema_model()?;
-        model.config_mut().palettes = Some(self.palettes());
+        model.config_mut().palettes = Some(self.palettes().clone());
         save_model(&model, path)
     }
 
-    /// Per-class colour palettes of the training data (stored in exported model files).
-    pub fn palettes(&self) -> crate::palette::Palettes {
-        crate::palette::Palettes::from_dataset(&self.train, self.model.config().num_classes)
+    /// Per-class colour palettes of the training data (stored in exported model files),
+    /// learned at the first call and kept for the run: the training data does not change
+    /// within one.
+    pub fn palettes(&self) -> &crate::palette::Palettes {
+        self.palettes.get_or_init(|| {
+            crate::palette::Palettes::from_dataset(&self.train, self.model.config().num_classes)
+        })
     }
 }
 
