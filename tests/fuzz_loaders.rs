@@ -955,6 +955,32 @@ fn regression_pth_forged_string_length_is_refused_before_allocating() {
     );
 }
 
+/// Issue 26: a 524-byte pickle that memoises a list and then, forty times over, stores a tuple
+/// of two copies of it back over it, doubled candle's reader's memory each round (it copies memo
+/// entries on every read: "memory allocation failed", exit 134); a million nested lists
+/// overflowed the stack when dropped. Both are refused by the pre-scan, naming the file.
+#[test]
+fn regression_pth_memo_bomb_and_deep_nesting_are_refused() {
+    let mut bomb = vec![0x80, 2, b']', b'q', 0];
+    for _ in 0..40 {
+        bomb.extend_from_slice(&[b'h', 0, b'h', 0, 0x86, b'q', 0]);
+    }
+    bomb.push(b'.');
+    let mut deep = vec![0x80, 2];
+    deep.extend(std::iter::repeat_n(b']', 1_000_000));
+    deep.extend(std::iter::repeat_n(b'a', 999_999));
+    deep.push(b'.');
+    let dir = tempfile::tempdir().unwrap();
+    for (what, pickle, says) in [("memo bomb", bomb, "objects"), ("nesting", deep, "nested")] {
+        let bytes = pth_with_pickle(|p| *p = pickle);
+        let err = load_pth_file(dir.path(), &bytes).unwrap().expect("refused");
+        assert!(
+            err.contains("fuzzed.pth") && err.contains(says),
+            "{what}: {err}"
+        );
+    }
+}
+
 /// Found by reading the checkpoint loader for `fuzz_checkpoint`: its config was used (every
 /// tensor name listed) before being validated, so `num_blocks: 2^50` ran out of memory instead
 /// of being refused.

@@ -2,6 +2,7 @@
 
 pub mod atomic;
 pub mod model_file;
+mod pickle_scan;
 pub mod reference;
 
 pub use atomic::write_atomic;

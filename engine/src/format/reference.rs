@@ -85,87 +85,12 @@ fn check_pth(path: &Path, bytes: &[u8]) -> Result<std::collections::HashMap<Stri
                 .take(bytes.len() as u64)
                 .read_to_end(&mut pickle)
                 .map_err(|e| bad_pth(path, format!("`{name}`: {e}")))?;
-            scan_pickle(&pickle).map_err(|e| bad_pth(path, format!("`{name}`: {e}")))?;
+            super::pickle_scan::scan_pickle(&pickle)
+                .map_err(|e| bad_pth(path, format!("`{name}`: {e}")))?;
         }
         sizes.insert(name, entry.size());
     }
     Ok(sizes)
-}
-
-/// Walk the opcodes of a pickle (every opcode of protocols 0 to 5, as Python's `pickletools`
-/// lists them) and check that every argument, length-prefixed ones included, lies within it. An
-/// unknown opcode is an error: skipping it would desynchronise the walk.
-fn scan_pickle(p: &[u8]) -> std::result::Result<(), String> {
-    /// How an opcode's argument is laid out.
-    enum Arg {
-        Fixed(usize),
-        /// A little-endian length of this many bytes, then that many bytes.
-        Counted(usize),
-        /// This many newline-terminated lines.
-        Lines(usize),
-    }
-    let mut i = 0usize;
-    while i < p.len() {
-        let (op, at) = (p[i], i);
-        i += 1;
-        let rest = p.len() - i;
-        let past = |n: u128| {
-            format!("opcode {op:#04x} at byte {at} claims {n} bytes, past the end of the pickle")
-        };
-        let arg = match op {
-            b'.' => return Ok(()),
-            // No argument.
-            b'(' | b'0' | b'1' | b'2' | b'N' | b'a' | b'e' | b'b' | b'd' | b'}' | b']' | b')'
-            | b'l' | b't' | b's' | b'u' | b'R' | b'o' | b'Q' | 0x81 | 0x85 | 0x86 | 0x87 | 0x88
-            | 0x89 | 0x8f | 0x90 | 0x91 | 0x92 | 0x93 | 0x94 | 0x97 | 0x98 => Arg::Fixed(0),
-            // PROTO, BININT1, BINGET, BINPUT, EXT1; BININT2, EXT2; BININT, LONG_BINGET,
-            // LONG_BINPUT, EXT4; BINFLOAT; FRAME (its 8-byte length: the frame's opcodes follow).
-            0x80 | b'K' | b'h' | b'q' | 0x82 => Arg::Fixed(1),
-            b'M' | 0x83 => Arg::Fixed(2),
-            b'J' | b'j' | b'r' | 0x84 => Arg::Fixed(4),
-            b'G' | 0x95 => Arg::Fixed(8),
-            // SHORT_BINSTRING, SHORT_BINBYTES, SHORT_BINUNICODE, LONG1.
-            b'U' | b'C' | 0x8c | 0x8a => Arg::Counted(1),
-            // BINSTRING, BINUNICODE, BINBYTES, LONG4.
-            b'T' | b'X' | b'B' | 0x8b => Arg::Counted(4),
-            // BINUNICODE8, BINBYTES8, BYTEARRAY8.
-            0x8d | 0x8e | 0x96 => Arg::Counted(8),
-            // INT, LONG, FLOAT, STRING, UNICODE, PERSID, GET, PUT: one line.
-            b'I' | b'L' | b'F' | b'S' | b'V' | b'P' | b'g' | b'p' => Arg::Lines(1),
-            // GLOBAL, INST: module and name.
-            b'c' | b'i' => Arg::Lines(2),
-            _ => return Err(format!("unknown pickle opcode {op:#04x} at byte {at}")),
-        };
-        let n = match arg {
-            Arg::Fixed(n) => n,
-            Arg::Counted(w) => {
-                let head = p.get(i..i + w).ok_or_else(|| past(w as u128))?;
-                let mut len = [0u8; 8];
-                len[..w].copy_from_slice(head);
-                let len = u64::from_le_bytes(len) as u128;
-                if w as u128 + len > rest as u128 {
-                    return Err(past(w as u128 + len));
-                }
-                w + len as usize
-            }
-            Arg::Lines(k) => {
-                let mut n = 0;
-                for _ in 0..k {
-                    let line = p[i + n..]
-                        .iter()
-                        .position(|&b| b == b'\n')
-                        .ok_or_else(|| past((rest - n + 1) as u128))?;
-                    n += line + 1;
-                }
-                n
-            }
-        };
-        if n > rest {
-            return Err(past(n as u128));
-        }
-        i += n;
-    }
-    Ok(())
 }
 
 fn read_pth(path: &Path, bytes: &[u8], key: Option<&str>, device: &Device) -> Result<Weights> {
@@ -380,65 +305,4 @@ pub fn load_reference(
         })?,
     };
     Model::from_weights(config, &weights, device).map_err(|e| e.in_file(path))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::scan_pickle;
-
-    /// `pickle.dumps({'weight': 'X\xff\xff\xff\xff.', 'n': [1, 2.5, b'ab']}, protocol=4)`, as
-    /// Python 3.11 writes it: FRAME, MEMOIZE, SHORT_BINUNICODE (whose text holds the bytes of
-    /// BINUNICODE and STOP), SHORT_BINBYTES, BINFLOAT.
-    const PROTOCOL_4: &[u8] = &[
-        128, 4, 149, 51, 0, 0, 0, 0, 0, 0, 0, 125, 148, 40, 140, 6, 119, 101, 105, 103, 104, 116,
-        148, 140, 10, 88, 195, 191, 195, 191, 195, 191, 195, 191, 46, 148, 140, 1, 110, 148, 93,
-        148, 40, 75, 1, 71, 64, 4, 0, 0, 0, 0, 0, 0, 67, 2, 97, 98, 148, 101, 117, 46,
-    ];
-
-    #[test]
-    fn protocol_4_pickles_scan_whole_and_truncations_are_caught() {
-        scan_pickle(PROTOCOL_4).unwrap();
-        // The string's length byte raised past the end.
-        let mut long = PROTOCOL_4.to_vec();
-        long[24] = 200;
-        let e = scan_pickle(&long).unwrap_err();
-        assert!(e.contains("0x8c") && e.contains("past the end"), "{e}");
-        // Cut inside the string.
-        let e = scan_pickle(&PROTOCOL_4[..30]).unwrap_err();
-        assert!(e.contains("past the end"), "{e}");
-        // An opcode no protocol defines.
-        let e = scan_pickle(&[0x80, 2, 0xff, b'.']).unwrap_err();
-        assert!(e.contains("unknown pickle opcode 0xff"), "{e}");
-        // Text-protocol opcodes read up to their newlines.
-        scan_pickle(b"(lp0\nI1\naF2.5\naS'X\\xff'\np1\na.").unwrap();
-        assert!(scan_pickle(b"cmodule\nname").is_err());
-    }
-
-    /// Every protocol Python's `pickle` writes (0 to 5) scans whole, when python3 is present.
-    #[test]
-    fn pickles_python_writes_at_every_protocol_scan_whole() {
-        let code = "import pickle,sys\n\
-            v={'w':[1,-5,2**70,2.5,'X\\xff.',b'ab'*40,bytearray(b'z'),(1,2,3),{1,2},frozenset([3]),None,True],'t':'\\u20ac'*300}\n\
-            for p in range(6): sys.stdout.buffer.write(len(pickle.dumps(v,protocol=p)).to_bytes(4,'little')+pickle.dumps(v,protocol=p))";
-        let Ok(out) = std::process::Command::new("python3")
-            .args(["-c", code])
-            .output()
-        else {
-            eprintln!("python3 not found: skipped");
-            return;
-        };
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let (mut b, mut n) = (out.stdout.as_slice(), 0);
-        while b.len() >= 4 {
-            let len = u32::from_le_bytes(b[..4].try_into().unwrap()) as usize;
-            scan_pickle(&b[4..4 + len]).unwrap_or_else(|e| panic!("protocol {n}: {e}"));
-            b = &b[4 + len..];
-            n += 1;
-        }
-        assert_eq!(n, 6);
-    }
 }
