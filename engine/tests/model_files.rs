@@ -99,6 +99,67 @@ fn truncated_file_is_refused_with_its_name() {
     assert!(msg.contains("truncated"), "{msg}");
 }
 
+/// The header is checked against the model its config describes before any tensor data is
+/// read: a tensor the model does not have (here one claiming 2^40 floats), a wrong shape, or
+/// a file longer than its tensors are refused, naming the file; the tensors stay unread.
+#[test]
+fn header_is_checked_before_tensor_data_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("forged.safetensors");
+    save_model(&reference("small"), &path).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let write = |h: &serde_json::Value, data: &[u8]| {
+        let text = serde_json::to_vec(h).unwrap();
+        let mut out = (text.len() as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&text);
+        out.extend_from_slice(data);
+        std::fs::write(&path, out).unwrap();
+    };
+    // A tensor whose shape claims 4 TiB over 4 bytes of data.
+    let mut huge = header.clone();
+    huge["huge"] =
+        serde_json::json!({"dtype": "F32", "shape": [1u64 << 40], "data_offsets": [0, 4]});
+    write(&huge, data);
+    let e = load_model(&path, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("forged.safetensors"), "{e}");
+    // A well-formed tensor the model does not have.
+    let mut extra = header.clone();
+    let end = data.len();
+    extra["extra"] =
+        serde_json::json!({"dtype": "F32", "shape": [1], "data_offsets": [end, end + 4]});
+    let mut more = data.to_vec();
+    more.extend_from_slice(&[0; 4]);
+    write(&extra, &more);
+    let e = load_model(&path, &Device::Cpu).unwrap_err().to_string();
+    assert!(
+        e.contains("forged.safetensors") && e.contains("extra"),
+        "{e}"
+    );
+    // A shape the model does not have (the same element count, so the header is well formed).
+    let mut shape = header.clone();
+    let dims: Vec<u64> = serde_json::from_value(shape["var"]["shape"].clone()).unwrap();
+    shape["var"]["shape"] = serde_json::json!([dims[1], dims[0]]);
+    assert_ne!(dims[0], dims[1]);
+    write(&shape, data);
+    let e = load_model(&path, &Device::Cpu).unwrap_err().to_string();
+    assert!(
+        e.contains("forged.safetensors") && e.contains("`var`"),
+        "{e}"
+    );
+    // Trailing bytes.
+    let mut longer = data.to_vec();
+    longer.extend_from_slice(&[0; 16]);
+    write(&header, &longer);
+    let e = load_model(&path, &Device::Cpu).unwrap_err().to_string();
+    assert!(e.contains("bytes follow the tensor data"), "{e}");
+    // The untouched file still loads.
+    write(&header, data);
+    load_model(&path, &Device::Cpu).unwrap();
+}
+
 #[test]
 fn missing_file_and_foreign_file_are_refused() {
     let dir = tempfile::tempdir().unwrap();

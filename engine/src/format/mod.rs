@@ -7,6 +7,7 @@ pub mod reference;
 
 pub use atomic::write_atomic;
 pub use model_file::{
-    load_model, model_from_bytes, read_safetensors, save_model, save_reference_safetensors,
+    MAX_HEADER_BYTES, check_model_header, load_model, model_from_bytes, read_safetensors,
+    save_model, save_reference_safetensors,
 };
 pub use reference::{ConfigHints, infer_config, load_reference, read_reference};

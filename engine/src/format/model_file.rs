@@ -96,17 +96,28 @@ pub fn parse_safetensors(
     Ok(SafetensorsContents { tensors, metadata })
 }
 
-/// Load a model saved in our format (config in the metadata).
-pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
-    model_from_bytes(&read_bounded(path)?, path, device)
-}
+/// Most bytes a model file's header may take (the tensors' JSON index and the config).
+pub const MAX_HEADER_BYTES: u64 = 64 << 20;
 
-/// Load a model in our format from bytes already in memory (e.g. from an asset reader);
-/// `path` names the source in errors.
-pub fn model_from_bytes(bytes: &[u8], path: &Path, device: &Device) -> Result<Model> {
-    // The config first, from the header alone: a file whose config is absurd or inconsistent is
-    // refused before any tensor is read.
-    let (_, meta) = SafeTensors::read_metadata(bytes).map_err(|e| bad(path, explain(e)))?;
+/// The config of a model file and the bytes of its tensor data, from its first 8 bytes
+/// (`prefix`, the header's length) and its header, checked before any tensor data is read: the
+/// config must be valid and the header must list exactly the tensors of the model it describes
+/// ([`ModelNames::state_dict`](crate::model::ModelNames::state_dict)), each of its shape and of
+/// a float type. What a loader reads then is bounded by what the model needs.
+pub fn check_model_header(
+    prefix: &[u8; 8],
+    header: &[u8],
+    path: &Path,
+) -> Result<(ModelConfig, u64)> {
+    let n = u64::from_le_bytes(*prefix);
+    if n != header.len() as u64 {
+        return Err(bad(
+            path,
+            format!("{} header bytes read, {n} announced", header.len()),
+        ));
+    }
+    let meta: safetensors::tensor::Metadata = serde_json::from_slice(header)
+        .map_err(|e| bad(path, format!("its header is not a safetensors header: {e}")))?;
     let json = meta
         .metadata()
         .as_ref()
@@ -119,6 +130,82 @@ pub fn model_from_bytes(bytes: &[u8], path: &Path, device: &Device) -> Result<Mo
             )
         })?;
     let config = ModelConfig::from_json(json).map_err(|e| bad(path, e.to_string()))?;
+    validate_in_file(&config, path)?;
+    let expected: HashMap<String, Vec<usize>> = crate::model::ModelNames::default()
+        .state_dict(&config)
+        .into_iter()
+        .map(|s| (s.name, s.shape))
+        .collect();
+    let found = meta.tensors();
+    let source_name = Some(path.to_path_buf());
+    let mut names: Vec<&String> = expected.keys().collect();
+    names.sort();
+    for name in names {
+        let shape = &expected[name];
+        match found.get(name) {
+            None => {
+                return Err(Error::MissingTensor {
+                    source_name,
+                    name: name.clone(),
+                    expected: shape.clone(),
+                });
+            }
+            Some(info) if &info.shape != shape => {
+                return Err(Error::ShapeMismatch {
+                    source_name,
+                    name: name.clone(),
+                    expected: shape.clone(),
+                    found: info.shape.clone(),
+                });
+            }
+            Some(info)
+                if !matches!(
+                    info.dtype,
+                    Dtype::F32 | Dtype::F16 | Dtype::BF16 | Dtype::F64
+                ) =>
+            {
+                return Err(bad(
+                    path,
+                    format!(
+                        "tensor `{name}` is of type {:?}, not a float type",
+                        info.dtype
+                    ),
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let mut extra: Vec<&String> = found
+        .keys()
+        .filter(|k| !expected.contains_key(*k))
+        .collect();
+    if !extra.is_empty() {
+        extra.sort();
+        return Err(Error::ConfigMismatch {
+            source_name,
+            reason: format!(
+                "{} tensor(s) that a model with {} does not have: {}",
+                extra.len(),
+                config.describe_layers(),
+                extra
+                    .iter()
+                    .take(5)
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        });
+    }
+    let data = found
+        .values()
+        .map(|i| i.data_offsets.1 as u64)
+        .max()
+        .unwrap_or(0);
+    Ok((config, data))
+}
+
+/// `config.validate()`, the error naming the file.
+fn validate_in_file(config: &ModelConfig, path: &Path) -> Result<()> {
     config.validate().map_err(|e| match e {
         Error::TooLarge { what, bytes, limit } => Error::TooLarge {
             what: format!("{}: {what}", path.display()),
@@ -126,7 +213,64 @@ pub fn model_from_bytes(bytes: &[u8], path: &Path, device: &Device) -> Result<Mo
             limit,
         },
         e => bad(path, e.to_string()),
-    })?;
+    })
+}
+
+/// Load a model saved in our format (config in the metadata). The header is read and checked
+/// against the config first ([`check_model_header`]); the tensor data is read only when the
+/// file's size is what that model needs.
+pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
+    use std::io::Read;
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = std::fs::File::open(path).map_err(io)?;
+    let len = file.metadata().map_err(io)?.len();
+    let mut prefix = [0u8; 8];
+    file.read_exact(&mut prefix)
+        .map_err(|_| bad(path, "the file is too short to hold a safetensors header"))?;
+    let n = u64::from_le_bytes(prefix);
+    if n > MAX_HEADER_BYTES || n > len - 8 {
+        return Err(bad(
+            path,
+            format!("a header of {n} bytes announced in a file of {len} bytes"),
+        ));
+    }
+    let mut header = vec![0u8; n as usize];
+    file.read_exact(&mut header).map_err(io)?;
+    let (_, data) = check_model_header(&prefix, &header, path)?;
+    let held = len - 8 - n;
+    if held != data {
+        return Err(bad(
+            path,
+            format!(
+                "{}: its header describes {data} bytes of tensor data, the file holds {held}",
+                if held < data {
+                    "the file is truncated"
+                } else {
+                    "bytes follow the tensor data"
+                }
+            ),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(len as usize);
+    bytes.extend_from_slice(&prefix);
+    bytes.extend_from_slice(&header);
+    file.read_to_end(&mut bytes).map_err(io)?;
+    model_from_bytes(&bytes, path, device)
+}
+
+/// Load a model in our format from bytes already in memory (e.g. from an asset reader);
+/// `path` names the source in errors.
+pub fn model_from_bytes(bytes: &[u8], path: &Path, device: &Device) -> Result<Model> {
+    // The config first, from the header alone: a file whose config is absurd or inconsistent is
+    // refused before any tensor is read.
+    SafeTensors::read_metadata(bytes).map_err(|e| bad(path, explain(e)))?;
+    let n = u64::from_le_bytes(bytes[..8].try_into().map_err(|_| bad(path, "too short"))?);
+    let header = &bytes[8..8 + n as usize];
+    let prefix: [u8; 8] = bytes[..8].try_into().map_err(|_| bad(path, "too short"))?;
+    let (config, _) = check_model_header(&prefix, header, path)?;
     let contents = parse_safetensors(bytes, path, device)?;
     Model::from_weights(config, &contents.tensors, device).map_err(|e| e.in_file(path))
 }
