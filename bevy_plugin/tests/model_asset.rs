@@ -54,6 +54,16 @@ fn model_file_loads_as_an_asset() {
     .unwrap();
     save_model(&model, &dir.path().join("cond.safetensors")).unwrap();
     std::fs::write(dir.path().join("broken.safetensors"), b"not a model").unwrap();
+    // The loader reads the header first and then exactly the data it describes.
+    let bytes = std::fs::read(dir.path().join("cond.safetensors")).unwrap();
+    std::fs::write(
+        dir.path().join("cut.safetensors"),
+        &bytes[..bytes.len() - 100],
+    )
+    .unwrap();
+    let mut longer = bytes.clone();
+    longer.extend_from_slice(&[0; 64]);
+    std::fs::write(dir.path().join("long.safetensors"), &longer).unwrap();
 
     let mut app = app(dir.path());
     let good: Handle<TarflowModel> = app
@@ -74,5 +84,18 @@ fn model_file_loads_as_an_asset() {
             assert!(msg.contains("broken.safetensors"), "{msg}");
         }
         other => panic!("a broken file should fail to load, got {other:?}"),
+    }
+    for (file, says) in [
+        ("cut.safetensors", "truncated"),
+        ("long.safetensors", "bytes follow"),
+    ] {
+        let h: Handle<TarflowModel> = app.world().resource::<AssetServer>().load(file);
+        match wait(&mut app, &h) {
+            LoadState::Failed(err) => {
+                let msg = err.to_string();
+                assert!(msg.contains(file) && msg.contains(says), "{msg}");
+            }
+            other => panic!("{file} should fail to load, got {other:?}"),
+        }
     }
 }
