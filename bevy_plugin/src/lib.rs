@@ -127,7 +127,10 @@ impl Plugin for TarflowPlugin {
             )
             .add_systems(
                 PostUpdate,
-                systems::submit_requests.in_set(TarflowSystems::Submit),
+                (
+                    systems::submit_requests.in_set(TarflowSystems::Submit),
+                    systems::prune_samplers.after(TarflowSystems::Submit),
+                ),
             );
     }
 

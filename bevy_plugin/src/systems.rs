@@ -387,6 +387,20 @@ pub(crate) fn apply_results(
     }
 }
 
+/// Drops the workers' prepared samplers of model assets that were removed, so an unloaded
+/// model's weights are freed at once rather than at the next request.
+pub(crate) fn prune_samplers(
+    mut events: MessageReader<AssetEvent<TarflowModel>>,
+    workers: Option<Res<TarflowWorkers>>,
+) {
+    let removed = events
+        .read()
+        .any(|e| matches!(e, AssetEvent::Removed { .. } | AssetEvent::Unused { .. }));
+    if let (true, Some(w)) = (removed, workers) {
+        w.prune_samplers();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::blit;

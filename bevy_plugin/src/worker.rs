@@ -206,6 +206,9 @@ pub struct WorkerStats {
     pub largest_batch: usize,
     /// Models prepared for sampling (once per model, shared by all workers and requests).
     pub models_prepared: usize,
+    /// Prepared samplers held now (those of unloaded models are dropped when the plugin sees
+    /// the model asset go: [`TarflowWorkers::prune_samplers`]).
+    pub models_cached: usize,
 }
 
 /// A cheap, cloneable view of the workers' counters that outlives the pool (to check, for
@@ -229,6 +232,12 @@ impl WorkerMonitor {
             batches: get(&s.batches),
             largest_batch: get(&s.largest_batch),
             models_prepared: get(&s.samplers.prepared),
+            models_cached: s
+                .samplers
+                .entries
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .len(),
         }
     }
 }
@@ -303,6 +312,12 @@ impl TarflowWorkers {
     /// A view of the workers' counters.
     pub fn monitor(&self) -> WorkerMonitor {
         WorkerMonitor(self.shared.clone())
+    }
+
+    /// Drop the prepared samplers of models nobody holds any more (the plugin calls this when
+    /// a model asset is removed); returns how many samplers are left.
+    pub fn prune_samplers(&self) -> usize {
+        self.shared.samplers.prune()
     }
 
     /// Number of worker threads started.
@@ -424,6 +439,13 @@ struct SamplerCache {
 }
 
 impl SamplerCache {
+    /// Drop the samplers whose source model is gone; returns how many are left.
+    fn prune(&self) -> usize {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        entries.retain(|(w, _)| w.strong_count() > 0);
+        entries.len()
+    }
+
     fn find(&self, model: &Arc<Model>) -> Option<Sampler> {
         let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
         entries.retain(|(w, _)| w.strong_count() > 0);
