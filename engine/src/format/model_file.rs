@@ -239,7 +239,7 @@ pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
     }
     let mut header = vec![0u8; n as usize];
     file.read_exact(&mut header).map_err(io)?;
-    let (_, data) = check_model_header(&prefix, &header, path)?;
+    let (config, data) = check_model_header(&prefix, &header, path)?;
     let held = len - 8 - n;
     if held != data {
         return Err(bad(
@@ -258,7 +258,7 @@ pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
     bytes.extend_from_slice(&prefix);
     bytes.extend_from_slice(&header);
     file.read_to_end(&mut bytes).map_err(io)?;
-    model_from_bytes(&bytes, path, device)
+    checked_model(&bytes, config, path, device)
 }
 
 /// Load a model in our format from bytes already in memory (e.g. from an asset reader);
@@ -266,11 +266,16 @@ pub fn load_model(path: &Path, device: &Device) -> Result<Model> {
 pub fn model_from_bytes(bytes: &[u8], path: &Path, device: &Device) -> Result<Model> {
     // The config first, from the header alone: a file whose config is absurd or inconsistent is
     // refused before any tensor is read.
+    // `read_metadata` checks that the header and the data it describes fit in `bytes`.
     SafeTensors::read_metadata(bytes).map_err(|e| bad(path, explain(e)))?;
-    let n = u64::from_le_bytes(bytes[..8].try_into().map_err(|_| bad(path, "too short"))?);
-    let header = &bytes[8..8 + n as usize];
     let prefix: [u8; 8] = bytes[..8].try_into().map_err(|_| bad(path, "too short"))?;
-    let (config, _) = check_model_header(&prefix, header, path)?;
+    let n = u64::from_le_bytes(prefix) as usize;
+    let (config, _) = check_model_header(&prefix, &bytes[8..8 + n], path)?;
+    checked_model(bytes, config, path, device)
+}
+
+/// The model of `config` from the file's `bytes`, whose header [`check_model_header`] passed.
+fn checked_model(bytes: &[u8], config: ModelConfig, path: &Path, device: &Device) -> Result<Model> {
     let contents = parse_safetensors(bytes, path, device)?;
     Model::from_weights(config, &contents.tensors, device).map_err(|e| e.in_file(path))
 }
