@@ -48,6 +48,10 @@ pub struct SamplingArgs {
     /// Denoise even where the model's recommended settings say not to.
     #[arg(long)]
     pub denoise: bool,
+    /// Steps of a noise-conditional model's iterative denoising, from its sampling level down
+    /// to its smallest [default: the model's recommendation, else t1 / 0.01 as iTARFlow].
+    #[arg(long)]
+    pub denoise_steps: Option<usize>,
     /// Ignore the sampling settings the model file recommends (`tarflow info` lists them):
     /// every setting not given is the engine's default.
     #[arg(long)]
@@ -165,6 +169,7 @@ impl SamplingArgs {
             } else {
                 self.denoise || base.denoise
             },
+            denoise_steps: self.denoise_steps.or(base.denoise_steps),
             seed: self.seed,
             method: self.method,
             jacobi: JacobiOptions {

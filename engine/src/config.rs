@@ -6,10 +6,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+mod noise;
 mod order;
 mod sampling;
 
 use crate::model::ModelNames;
+pub use noise::NoiseRange;
 pub use order::Order;
 pub use sampling::{GuidanceRule, RecommendedSampling};
 
@@ -60,8 +62,14 @@ pub struct ModelConfig {
     pub class_names: Vec<String>,
     /// Gaussian noise sigma used in training (in the [-1, 1] image scale); denoising uses it.
     /// 0 means the model was trained with uniform dequantisation and is not denoised.
+    /// For a noise-conditional model, `noise_range.t1`: the level samples are drawn at.
     #[serde(default)]
     pub noise_sigma: f32,
+    /// iTARFlow's noise-conditional training: the range of per-image training noise levels,
+    /// each flow block conditioned on `log(sigma)` through its `time_embed`. `None` (the
+    /// reference's behaviour, and older files): one fixed sigma, no time embedding.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub noise_range: Option<NoiseRange>,
     /// STARFlow's soft clip of `proj_out`'s output, `c tanh(o / c)` (4 in its configs); 0 (the
     /// reference's behaviour, and older files) is off.
     #[serde(default, skip_serializing_if = "is_zero")]
@@ -113,6 +121,7 @@ impl ModelConfig {
             num_classes: 0,
             class_names: Vec::new(),
             noise_sigma: 0.0,
+            noise_range: None,
             orders: Vec::new(),
             soft_clip: 0.0,
             block_layers: Vec::new(),
@@ -163,6 +172,22 @@ impl ModelConfig {
     pub fn with_soft_clip(mut self, c: f32) -> Self {
         self.soft_clip = c;
         self
+    }
+
+    /// The config conditioned on noise levels in `range` ([`ModelConfig::noise_range`]); its
+    /// `noise_sigma` becomes `range.t1`, the sampling level.
+    pub fn with_noise_range(mut self, range: Option<NoiseRange>) -> Self {
+        self.noise_range = range;
+        if let Some(r) = range {
+            self.noise_sigma = r.t1;
+        }
+        self
+    }
+
+    /// The noise level a noise-conditional model is run at when none is given: `t1`, where
+    /// samples are drawn (so that encoding and decoding agree). `None` for other models.
+    pub fn default_level(&self) -> Option<f32> {
+        self.noise_range.map(|r| r.t1)
     }
 
     /// Attention layers of flow block `t`.
@@ -325,6 +350,9 @@ impl ModelConfig {
                 self.soft_clip
             ));
         }
+        if let Some(r) = &self.noise_range {
+            r.validate()?;
+        }
         if !(self.noise_sigma.is_finite() && self.noise_sigma >= 0.0) {
             return bad(format!(
                 "noise_sigma {} must be finite and >= 0",
@@ -351,7 +379,12 @@ impl ModelConfig {
             + d * c
             + c
             + f(self.layers_per_block) * per_layer
-            + (c + 1.0) * 2.0 * d;
+            + (c + 1.0) * 2.0 * d
+            + if self.noise_range.is_some() {
+                8.0 * c * c + 5.0 * c
+            } else {
+                0.0
+            };
         let bytes = 4.0 * (n * d + f(self.num_blocks) * per_block);
         if bytes > MAX_WEIGHT_BYTES as f64 {
             return Err(Error::TooLarge {

@@ -48,7 +48,7 @@ pub fn patch_bits(model: &Model, x: &Tensor, labels: Option<&[i64]>) -> Result<V
     let mut h = model.patchify(&x.to_dtype(candle_core::DType::F32)?)?;
     let mut alphas: Option<Tensor> = None;
     for blk in model.blocks() {
-        let (y, alpha) = blk.forward_with_alpha(&h, labels, Exec::Fast)?;
+        let (y, alpha) = blk.forward_with_alpha(&h, labels, None, Exec::Fast)?;
         let a = alpha.mean(2)?;
         alphas = Some(match alphas {
             None => a,

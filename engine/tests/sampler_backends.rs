@@ -26,22 +26,35 @@ fn orders_case(k: usize) -> Vec<Order> {
     }
 }
 
+/// The recipe options the properties vary beyond the sizes.
+struct Recipe {
+    orders: Vec<Order>,
+    /// STARFlow's soft clip (tight enough to bend the predictions).
+    clip: bool,
+    /// iTARFlow's time embedding in every block.
+    noise_conditional: bool,
+}
+
 /// A random 8x8 RGB model with patch 2 (16 tokens of 12 values), `width` channels, one flow
-/// block per entry of `layers` with that many layers, in `orders`, and a non-zero `proj_out`
-/// (a non-trivial flow).
+/// block per entry of `layers` with that many layers, the `recipe`'s options, and a non-zero
+/// `proj_out` (a non-trivial flow).
 fn random_model(
     width: usize,
     layers: Vec<usize>,
     nvp: bool,
     classes: usize,
-    orders: Vec<Order>,
-    clip: bool,
+    recipe: Recipe,
     seed: u64,
 ) -> Model {
     let mut cfg = ModelConfig::new(3, 8, 2, width, layers.len(), layers[0])
         .with_block_layers(layers)
-        .with_orders(orders)
-        .with_soft_clip(if clip { 0.05 } else { 0.0 });
+        .with_orders(recipe.orders)
+        .with_soft_clip(if recipe.clip { 0.05 } else { 0.0 })
+        .with_noise_range(
+            recipe
+                .noise_conditional
+                .then_some(tarflow::config::NoiseRange { t0: 0.02, t1: 0.3 }),
+        );
     cfg.nvp = nvp;
     cfg.num_classes = classes;
     let init = InitOptions {
@@ -97,13 +110,15 @@ proptest! {
         orders in 0usize..4,
         deep_last in any::<bool>(),
         clip in any::<bool>(),
+        noise_conditional in any::<bool>(),
         seed in 0u64..1000,
     ) {
         // A deep-shallow stack: one more layer in the last block (the first one sampled).
         let per_block: Vec<usize> = (0..blocks)
             .map(|t| if deep_last && t + 1 == blocks { layers + 1 } else { layers })
             .collect();
-        let m = random_model(width, per_block, nvp, classes, orders_case(orders), clip, seed);
+        let recipe = Recipe { orders: orders_case(orders), clip, noise_conditional };
+        let m = random_model(width, per_block, nvp, classes, recipe, seed);
         let sampler = Sampler::new(&m).unwrap();
         let labels = labels_for(classes, batch, seed);
         let z = prior_noise(m.config(), batch, seed, &device()).unwrap();

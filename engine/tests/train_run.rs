@@ -385,3 +385,64 @@ fn a_split_test_part_is_the_held_out_set() {
     let msg = t.set_holdout(wrong).unwrap_err().to_string();
     assert!(msg.contains("16x16") && msg.contains("8x8"), "{msg}");
 }
+
+#[test]
+fn noise_conditional_training_draws_a_level_per_image_and_exports_the_time_embedding() {
+    use tarflow::config::NoiseRange;
+    use tarflow::train::NoiseConfig;
+    let dir = tempfile::tempdir().unwrap();
+    let data = two_class_data(dir.path(), 12);
+    let dev = Device::Cpu;
+    let noise = NoiseConfig::Range {
+        t0: 0.01,
+        t1: 0.3,
+        reweight: true,
+    };
+    let config = TrainConfig {
+        noise,
+        ..quick_config(40)
+    };
+    // A model that is told the level needs a noise range, and only such a model takes one.
+    let conditional = small_model().with_noise_range(Some(NoiseRange::new(0.01, 0.3).unwrap()));
+    let e = Trainer::new(conditional, quick_config(40), data.clone(), &dev).unwrap_err();
+    assert!(e.to_string().contains("noise-conditional"), "{e}");
+    let mut t = Trainer::new(small_model(), config, data, &dev).unwrap();
+    let cfg = t.model().config().clone();
+    assert_eq!(cfg.noise_range, Some(NoiseRange { t0: 0.01, t1: 0.3 }));
+    assert_eq!(cfg.noise_sigma, 0.3);
+    let batch = t.next_batch();
+    assert_eq!(batch.levels.len(), batch.len());
+    assert!(batch.levels.iter().all(|l| (0.01..=0.3).contains(l)));
+    let spread = batch.levels.iter().fold(0f32, |a, &l| a.max(l))
+        - batch.levels.iter().fold(1f32, |a, &l| a.min(l));
+    assert!(
+        spread > 0.1,
+        "levels {:?} do not spread over the range",
+        batch.levels
+    );
+    // A batch without its levels is refused rather than trained at a made-up level.
+    let bare = tarflow::train::Batch {
+        levels: Vec::new(),
+        ..batch.clone()
+    };
+    assert!(t.step_batch(&bare).is_err());
+    let before = t.evaluate_holdout().unwrap().unwrap().bits_per_dim;
+    for _ in 0..40 {
+        assert!(t.step().unwrap().skipped.is_none());
+    }
+    let after = t.evaluate_holdout().unwrap().unwrap().bits_per_dim;
+    assert!(
+        after < before - 0.5,
+        "held-out bits/dim {before} -> {after}"
+    );
+    let path = dir.path().join("nc.safetensors");
+    t.export(&path).unwrap();
+    let m = load_model(&path, &dev).unwrap();
+    assert_eq!(m.config().noise_range, cfg.noise_range);
+    let names: Vec<String> = m.weights().unwrap().into_keys().collect();
+    assert!(names.contains(&"blocks.1.time_embed.mlp.2.weight".to_string()));
+    // The reference (apple/ml-tarflow) has no time embedding: export says so.
+    let e = tarflow::format::save_reference_safetensors(&m, &dir.path().join("ref.safetensors"))
+        .unwrap_err();
+    assert!(e.to_string().contains("noise-conditional"), "{e}");
+}

@@ -33,8 +33,12 @@ pub struct ImportArgs {
     #[arg(long, value_delimiter = ',')]
     pub classes: Vec<String>,
     /// Gaussian noise sigma the model was trained with (enables denoising).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, conflicts_with = "noise_range")]
     pub noise_sigma: f32,
+    /// The noise levels a noise-conditional (iTARFlow) checkpoint was trained over, its
+    /// `--t0:--t1` (e.g. 0.01:0.3); needed for a checkpoint with `time_embed` tensors.
+    #[arg(long, value_name = "T0:T1")]
+    pub noise_range: Option<String>,
 }
 
 /// Convert the checkpoint.
@@ -46,10 +50,15 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         in_channels: args.in_channels,
         patch_size: args.patch_size,
         img_size: args.img_size,
+        noise_range: args
+            .noise_range
+            .as_deref()
+            .map(tarflow::config::NoiseRange::parse)
+            .transpose()?,
     };
     let mut config = infer_config(&weights, hints).map_err(|e| {
         anyhow!(
-            "{}: {e} (use --in-channels, --patch-size or --img-size)",
+            "{}: {e} (use --in-channels, --patch-size, --img-size or --noise-range)",
             args.reference.display()
         )
     })?;
@@ -63,7 +72,11 @@ pub fn run(args: ImportArgs) -> anyhow::Result<()> {
         }
         config.class_names = args.classes.clone();
     }
-    config.noise_sigma = args.noise_sigma;
+    if config.noise_range.is_none() {
+        config.noise_sigma = args.noise_sigma;
+    } else if args.noise_sigma > 0.0 {
+        bail!("--noise-sigma: a noise-conditional checkpoint is sampled at its --noise-range's T1");
+    }
     let source = args
         .reference
         .file_name()

@@ -76,7 +76,14 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
             .collect();
         println!("classes:     {} ({})", c.num_classes, names.join(", "));
     }
-    if c.noise_sigma > 0.0 {
+    if let Some(r) = c.noise_range {
+        println!(
+            "noise range: {} (noise-conditional: sampled at {}, denoised in {} steps by default)",
+            r.show(),
+            r.t1,
+            r.default_steps()
+        );
+    } else if c.noise_sigma > 0.0 {
         println!("noise sigma: {} (denoising on by default)", c.noise_sigma);
     } else {
         println!("noise sigma: 0 (no denoising)");

@@ -35,11 +35,14 @@ pub struct RecommendArgs {
     /// Recommend sampling without the denoising step.
     #[arg(long)]
     pub no_denoise: bool,
+    /// Recommended steps of a noise-conditional model's iterative denoising.
+    #[arg(long)]
+    pub denoise_steps: Option<usize>,
     /// How the settings were chosen, shown by `tarflow info`.
     #[arg(long)]
     pub note: Option<String>,
     /// Drop every recommendation instead (the engine's defaults apply again).
-    #[arg(long, conflicts_with_all = ["guidance", "guidance_rule", "attn_temp", "alpha_cutoff", "despeckle", "no_denoise", "note"])]
+    #[arg(long, conflicts_with_all = ["guidance", "guidance_rule", "attn_temp", "alpha_cutoff", "despeckle", "no_denoise", "denoise_steps", "note"])]
     pub clear: bool,
     /// The new model file.
     #[arg(long)]
@@ -58,13 +61,14 @@ pub fn run(args: RecommendArgs) -> anyhow::Result<()> {
         attn_temp: args.attn_temp,
         alpha_cutoff: args.alpha_cutoff,
         denoise: args.no_denoise.then_some(false),
+        denoise_steps: args.denoise_steps,
         despeckle: args.despeckle.then_some(true),
         note: args.note.clone(),
     };
     rec.validate()?;
     if !args.clear && rec == RecommendedSampling::default() {
         bail!(
-            "no setting given: pass --guidance, --guidance-rule, --attn-temp, --alpha-cutoff, --despeckle or --no-denoise (or \
+            "no setting given: pass --guidance, --guidance-rule, --attn-temp, --alpha-cutoff, --despeckle, --no-denoise or --denoise-steps (or \
              --clear to drop the model's recommendations)"
         );
     }
@@ -73,6 +77,13 @@ pub fn run(args: RecommendArgs) -> anyhow::Result<()> {
     if rec.guidance.is_some_and(|g| g > 0.0) && model.config().num_classes == 0 {
         bail!(
             "--guidance: {} is unconditional, and guidance needs a class-conditional model",
+            args.model.display()
+        );
+    }
+    if rec.denoise_steps.is_some() && model.config().noise_range.is_none() {
+        bail!(
+            "--denoise-steps: {} is not noise-conditional (trained without --noise-range), so it \
+             is denoised in one step",
             args.model.display()
         );
     }

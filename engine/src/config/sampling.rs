@@ -67,6 +67,9 @@ pub struct RecommendedSampling {
     /// Score-based denoising of the result.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub denoise: Option<bool>,
+    /// Steps of a noise-conditional model's iterative denoising.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub denoise_steps: Option<usize>,
     /// Pixel-art clean-up: lone opaque pixels removed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub despeckle: Option<bool>,
@@ -119,6 +122,9 @@ impl RecommendedSampling {
         if let Some(d) = self.denoise {
             parts.push(if d { "denoised" } else { "not denoised" }.to_string());
         }
+        if let Some(k) = self.denoise_steps {
+            parts.push(format!("{k} denoising steps"));
+        }
         if self.despeckle == Some(true) {
             parts.push("despeckled".to_string());
         }
@@ -153,7 +159,10 @@ mod tests {
         let back: ModelConfig = serde_json::from_str(&json).unwrap();
         assert_eq!(back, c);
         // A newer file's unknown settings are skipped, not refused.
-        let newer = json.replace("\"guidance\":1.5", "\"guidance\":1.5,\"denoise_steps\":8");
+        let newer = json.replace(
+            "\"guidance\":1.5",
+            "\"guidance\":1.5,\"denoiser_blend\":0.3",
+        );
         assert_ne!(newer, json);
         let back: ModelConfig = serde_json::from_str(&newer).unwrap();
         assert_eq!(back.sampling, c.sampling);

@@ -54,7 +54,7 @@ pub fn encode(
     let w = Tensor::from_vec(weights, (1, n, 1), model.device())?;
     for blk in model.blocks() {
         let x = blk.permutation.apply(&h, 1)?;
-        let branch = |labels, temp| blk.predict(&x, labels, temp, Exec::Fast);
+        let branch = |labels, temp| blk.predict(&x, labels, None, temp, Exec::Fast);
         let (ac, mc) = blk.split_out(&branch(labels, 1.0)?)?;
         let (au, mu_u) = blk.split_out(&branch(None, f64::from(opts.attn_temp))?)?;
         let nvp = blk.nvp;

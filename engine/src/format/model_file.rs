@@ -338,6 +338,13 @@ pub fn save_reference_safetensors(model: &Model, path: &Path) -> Result<()> {
             c.soft_clip
         )));
     }
+    if let Some(r) = c.noise_range {
+        return Err(Error::InvalidInput(format!(
+            "the model is noise-conditional (levels {}, iTARFlow's time embedding); the \
+             reference (apple/ml-tarflow) has no time embedding and cannot load it",
+            r.show()
+        )));
+    }
     if !c.reference_orders() {
         return Err(Error::InvalidInput(format!(
             "the model's blocks read their patches in the orders {}; the reference \

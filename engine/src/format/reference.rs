@@ -16,7 +16,7 @@ use crate::model::{Model, ModelNames, Weights};
 pub const NESTED_KEYS: [&str; 4] = ["model", "state_dict", "ema", "module"];
 
 /// Sizes the tensor shapes do not determine, given by the user.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct ConfigHints {
     /// Image channels (1 gray, 3 RGB, 4 RGBA).
     pub in_channels: Option<usize>,
@@ -24,19 +24,36 @@ pub struct ConfigHints {
     pub patch_size: Option<usize>,
     /// Image side in pixels.
     pub img_size: Option<usize>,
+    /// The noise levels of a noise-conditional (iTARFlow) checkpoint, its `--t0`/`--t1`, which
+    /// its state_dict does not record.
+    pub noise_range: Option<crate::config::NoiseRange>,
 }
+
+/// iTARFlow's name of a block's attention layers, which its `load_state_dict` maps from
+/// ml-tarflow's `attn_blocks` (and which we map back).
+const ITARFLOW_LAYERS: &str = ".head_blocks.";
+/// ml-tarflow's (and our) name.
+const TARFLOW_LAYERS: &str = ".attn_blocks.";
 
 /// Read a reference state_dict from a `.pth` (zip pickle) or `.safetensors` file.
 ///
 /// For `.pth`, `key` selects a nested state_dict; when `None` and the top level holds no
 /// tensors, the common keys of [`NESTED_KEYS`] are tried in turn.
+///
+/// iTARFlow's checkpoints name a block's layers `head_blocks`; they are read under ml-tarflow's
+/// `attn_blocks` (iTARFlow's own `load_state_dict` maps them the other way, so the files we
+/// write load there).
 pub fn read_reference(path: &Path, key: Option<&str>, device: &Device) -> Result<Weights> {
     let bytes = read_bounded(path)?;
-    if bytes.starts_with(b"PK") {
-        read_pth(path, &bytes, key, device)
+    let weights = if bytes.starts_with(b"PK") {
+        read_pth(path, &bytes, key, device)?
     } else {
-        Ok(parse_safetensors(&bytes, path, device)?.tensors)
-    }
+        parse_safetensors(&bytes, path, device)?.tensors
+    };
+    Ok(weights
+        .into_iter()
+        .map(|(k, v)| (k.replace(ITARFLOW_LAYERS, TARFLOW_LAYERS), v))
+        .collect())
 }
 
 fn bad_pth(path: &Path, reason: impl std::fmt::Display) -> Error {
@@ -283,6 +300,16 @@ pub fn infer_config(weights: &Weights, hints: ConfigHints) -> Result<ModelConfig
     .with_block_layers(block_layers);
     config.nvp = nvp;
     config.num_classes = num_classes;
+    if weights.contains_key(&b0.time_fc1.weight) {
+        let Some(range) = hints.noise_range else {
+            return Err(Error::CannotInfer(
+                "the checkpoint is noise-conditional (iTARFlow's time_embed): give the noise \
+                 range it was trained with (its --t0:--t1, e.g. 0.01:0.3)"
+                    .into(),
+            ));
+        };
+        config = config.with_noise_range(Some(range));
+    }
     Ok(config)
 }
 

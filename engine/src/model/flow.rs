@@ -10,6 +10,7 @@ use super::layers::{Exec, LayerNorm, Linear};
 use super::meta_block::{MetaBlock, Permutation, causal_mask};
 use super::names::{ModelNames, TensorKind, TensorSpec, WeightBias};
 use super::patchify::{patchify, unpatchify};
+use super::time_embed::TimeEmbed;
 use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 
@@ -78,6 +79,13 @@ impl Model {
                     },
                 });
             }
+            let time_embed = match config.noise_range {
+                Some(_) => Some(TimeEmbed {
+                    fc1: linear(&b.time_fc1)?,
+                    fc2: linear(&b.time_fc2)?,
+                }),
+                None => None,
+            };
             let class_embed = if config.num_classes > 0 {
                 Some(get(&b.class_embed)?.squeeze(1)?)
             } else {
@@ -87,6 +95,8 @@ impl Model {
                 proj_in: linear(&b.proj_in)?,
                 pos_embed: get(&b.pos_embed)?,
                 class_embed,
+                time_embed,
+                default_level: config.default_level().unwrap_or(0.0),
                 layers,
                 proj_out: linear(&b.proj_out)?,
                 permutation: Permutation::for_block(&config, t),
@@ -153,6 +163,10 @@ impl Model {
             w.insert(b.attn_mask.clone(), tril.clone());
             lin(&mut w, &b.proj_in, &blk.proj_in);
             lin(&mut w, &b.proj_out, &blk.proj_out);
+            if let Some(te) = &blk.time_embed {
+                lin(&mut w, &b.time_fc1, &te.fc1);
+                lin(&mut w, &b.time_fc2, &te.fc2);
+            }
             for (l, layer) in blk.layers.iter().enumerate() {
                 let a = b.layer(l);
                 ln(&mut w, &a.attention.norm, &layer.attention.norm);
@@ -204,13 +218,26 @@ impl Model {
         labels: Option<&[i64]>,
         exec: Exec,
     ) -> Result<ForwardOutput> {
+        self.forward_at(x, labels, None, exec)
+    }
+
+    /// Forward pass of a noise-conditional model at each item's noise level `levels`
+    /// ([`ModelConfig::noise_range`]; `None`: the model's default level, `t1`). Other models
+    /// ignore `levels`.
+    pub fn forward_at(
+        &self,
+        x: &Tensor,
+        labels: Option<&[i64]>,
+        levels: Option<&[f32]>,
+        exec: Exec,
+    ) -> Result<ForwardOutput> {
         self.check_images(x)?;
         let x = x.to_dtype(DType::F32)?;
         let mut h = self.patchify(&x)?;
         let mut outputs = Vec::with_capacity(self.blocks.len());
         let mut logdets: Option<Tensor> = None;
         for blk in &self.blocks {
-            let (y, ld) = blk.forward(&h, labels, exec)?;
+            let (y, ld) = blk.forward(&h, labels, levels, exec)?;
             logdets = Some(match logdets {
                 None => ld,
                 Some(acc) => (acc + ld)?,
@@ -232,6 +259,21 @@ impl Model {
         Ok(((out.z.sqr()?.mean_all()? * 0.5)? - out.logdets.mean_all()?)?)
     }
 
+    /// iTARFlow's reweighted loss: `mean_b(w_b (0.5 mean(z_b^2) - logdet_b))` with one weight
+    /// per item (`w_b = sigma_b` for noise-conditional training); all ones is [`Model::loss`].
+    pub fn weighted_loss(&self, out: &ForwardOutput, weights: &[f32]) -> Result<Tensor> {
+        let b = out.logdets.dim(0)?;
+        if weights.len() != b {
+            return Err(Error::InvalidInput(format!(
+                "{} loss weights for a batch of {b}",
+                weights.len()
+            )));
+        }
+        let per_item = ((out.z.sqr()?.flatten_from(1)?.mean(1)? * 0.5)? - &out.logdets)?;
+        let w = Tensor::from_vec(weights.to_vec(), b, out.z.device())?;
+        Ok((per_item * w)?.mean_all()?)
+    }
+
     /// Bits per dimension of each item on 8-bit data, as the reference's `evaluate_bpd.py`:
     /// `(0.5*mean(z^2) + 0.5*ln(2pi) + ln(128) - logdet) / ln(2)`, shape (B,).
     pub fn bits_per_dim(&self, out: &ForwardOutput) -> Result<Tensor> {
@@ -244,11 +286,23 @@ impl Model {
     /// hand-written pass ([`HostGrad`](super::host_grad::HostGrad)), elsewhere (or with
     /// `TARFLOW_AUTOGRAD=1`) through candle's autograd.
     pub fn loss_and_input_grad(&self, x: &Tensor, labels: Option<&[i64]>) -> Result<(f32, Tensor)> {
+        self.loss_and_input_grad_at(x, labels, None)
+    }
+
+    /// [`loss_and_input_grad`](Self::loss_and_input_grad) with a noise-conditional model at
+    /// each item's level `levels` (`None`: the default level).
+    pub fn loss_and_input_grad_at(
+        &self,
+        x: &Tensor,
+        labels: Option<&[i64]>,
+        levels: Option<&[f32]>,
+    ) -> Result<(f32, Tensor)> {
         if super::host_grad::applies(self) {
-            return super::host_grad::HostGrad::new(self)?.loss_and_input_grad(x, labels);
+            return super::host_grad::HostGrad::new(self)?
+                .loss_and_input_grad_at(x, labels, levels);
         }
         let xv = Var::from_tensor(&x.to_dtype(DType::F32)?.to_device(&self.device)?)?;
-        let out = self.forward(xv.as_tensor(), labels)?;
+        let out = self.forward_at(xv.as_tensor(), labels, levels, Exec::Grad)?;
         let loss = self.loss(&out)?;
         let grads = loss.backward()?;
         let grad = grads

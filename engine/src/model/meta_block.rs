@@ -8,6 +8,7 @@ use candle_core::{DType, Device, Tensor};
 use super::attention::{Attention, AttentionBlock, attend_heads, split_qkv};
 use super::layers::{Exec, Linear, gelu_erf};
 use super::recipe::{self, Step, Sublayer};
+use super::time_embed::TimeEmbed;
 use crate::config::{ModelConfig, Order};
 use crate::error::{Error, Result};
 
@@ -118,6 +119,10 @@ pub struct MetaBlock {
     pub(crate) proj_in: Linear,
     pub(crate) pos_embed: Tensor,
     pub(crate) class_embed: Option<Tensor>,
+    /// The noise-level embedding of a noise-conditional model ([`ModelConfig::noise_range`]).
+    pub(crate) time_embed: Option<TimeEmbed>,
+    /// The level used when a call gives none ([`ModelConfig::default_level`]).
+    pub(crate) default_level: f32,
     pub(crate) layers: Vec<AttentionBlock>,
     pub(crate) proj_out: Linear,
     pub(crate) permutation: Permutation,
@@ -170,6 +175,37 @@ impl MetaBlock {
         Ok(Some(extended.index_select(&idx, 0)?.unsqueeze(1)?))
     }
 
+    /// Everything added to every token after `proj_in` and the position embedding: the noise
+    /// level's embedding (noise-conditional models; `levels` per item, or the model's default
+    /// level) plus the class term ([`class_term`](Self::class_term)). (B, 1, C), or (1, C) for
+    /// the mean class alone; `None` when there is nothing to add.
+    pub(crate) fn condition_term(
+        &self,
+        labels: Option<&[i64]>,
+        levels: Option<&[f32]>,
+        batch: usize,
+    ) -> Result<Option<Tensor>> {
+        let class = self.class_term(labels)?;
+        let Some(te) = &self.time_embed else {
+            return Ok(class);
+        };
+        let levels = match levels {
+            Some(l) if l.len() == batch => l.to_vec(),
+            Some(l) => {
+                return Err(Error::InvalidInput(format!(
+                    "{} noise levels for a batch of {batch}",
+                    l.len()
+                )));
+            }
+            None => vec![self.default_level; batch],
+        };
+        let time = te.rows(&levels, self.pos_embed.device())?;
+        Ok(Some(match class {
+            None => time,
+            Some(c) => time.broadcast_add(&c)?,
+        }))
+    }
+
     /// Split `proj_out`'s output (B, T, 2D or D) into the log-scale alpha and the shift mu.
     pub(crate) fn split_out(&self, o: &Tensor) -> Result<(Tensor, Tensor)> {
         let d = self.patch_dim();
@@ -182,13 +218,16 @@ impl MetaBlock {
 
     /// Forward (data to noise) on `x` (B, N, D): returns the transformed sequence, in the input's
     /// order, and the block's log-determinant per item (B,), `-mean(alpha)` over (N, D).
+    /// `levels`: each item's noise level for a noise-conditional model (`None`: the model's
+    /// default level; ignored by other models).
     pub fn forward(
         &self,
         x: &Tensor,
         labels: Option<&[i64]>,
+        levels: Option<&[f32]>,
         exec: Exec,
     ) -> Result<(Tensor, Tensor)> {
-        let (y, alpha) = self.forward_in_block_order(x, labels, exec)?;
+        let (y, alpha) = self.forward_in_block_order(x, labels, levels, exec)?;
         let logdet = alpha.flatten_from(1)?.mean(1)?.neg()?;
         Ok((y, logdet))
     }
@@ -200,9 +239,10 @@ impl MetaBlock {
         &self,
         x: &Tensor,
         labels: Option<&[i64]>,
+        levels: Option<&[f32]>,
         exec: Exec,
     ) -> Result<(Tensor, Tensor)> {
-        let (y, alpha) = self.forward_in_block_order(x, labels, exec)?;
+        let (y, alpha) = self.forward_in_block_order(x, labels, levels, exec)?;
         Ok((y, self.permutation.undo(&alpha.contiguous()?, 1)?))
     }
 
@@ -211,10 +251,11 @@ impl MetaBlock {
         &self,
         x: &Tensor,
         labels: Option<&[i64]>,
+        levels: Option<&[f32]>,
         exec: Exec,
     ) -> Result<(Tensor, Tensor)> {
         let x = self.permutation.apply(x, 1)?;
-        let o = self.predict(&x, labels, 1.0, exec)?;
+        let o = self.predict(&x, labels, levels, 1.0, exec)?;
         let (alpha, mu) = self.split_out(&o)?;
         let y = recipe::coupling::forward_t(&x, &alpha, &mu)?;
         Ok((self.permutation.undo(&y, 1)?, alpha))
@@ -228,6 +269,7 @@ impl MetaBlock {
         &self,
         x: &Tensor,
         labels: Option<&[i64]>,
+        levels: Option<&[f32]>,
         temp: f64,
         exec: Exec,
     ) -> Result<Tensor> {
@@ -245,7 +287,7 @@ impl MetaBlock {
             exec,
             scale: Attention::scale(temp),
             x,
-            class: self.class_term(labels)?,
+            class: self.condition_term(labels, levels, b)?,
             h: x.clone(),
             t: x.clone(),
         };
@@ -265,7 +307,7 @@ struct TensorPass<'a> {
     scale: f64,
     /// The input tokens (B, N, D), in the block's order.
     x: &'a Tensor,
-    /// Class conditioning, (B, 1, C) or (1, C).
+    /// Noise-level and class conditioning, (B, 1, C) or (1, C).
     class: Option<Tensor>,
     /// The residual stream (B, N, C).
     h: Tensor,

@@ -10,6 +10,7 @@ pub mod meta_block;
 pub mod names;
 pub mod patchify;
 pub(crate) mod recipe;
+pub mod time_embed;
 
 pub use flow::{ForwardOutput, Model, Weights, check_weights};
 pub use init::{InitOptions, init_weights};
@@ -17,3 +18,4 @@ pub use layers::Exec;
 pub use meta_block::{MetaBlock, Permutation};
 pub use names::{BlockNames, LayerNames, ModelNames, TensorKind, TensorSpec};
 pub use patchify::{patchify, unpatchify};
+pub use time_embed::{TimeEmbed, fourier_features};

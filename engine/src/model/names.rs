@@ -38,6 +38,10 @@ const MAIN: &str = "main";
 const MAIN_FC1: usize = 0;
 /// Index of the MLP's second Linear in its `nn.Sequential` (`main.2`; `main.1` is the GELU).
 const MAIN_FC2: usize = 2;
+// iTARFlow's `MetaBlock.time_embed` (`FourierTimeEmbedding`: `mlp = Sequential(Linear(C, 4C),
+// GELU, Linear(4C, C))`), present only in noise-conditional models.
+const TIME_EMBED: &str = "time_embed";
+const TIME_MLP: &str = "mlp";
 const WEIGHT: &str = "weight";
 const BIAS: &str = "bias";
 
@@ -174,6 +178,10 @@ pub struct BlockNames {
     pub proj_in: WeightBias,
     /// Transformer width to the coupling parameters.
     pub proj_out: WeightBias,
+    /// The noise-level embedding's MLP, C to 4C (`time_embed.mlp.0`); noise-conditional models.
+    pub time_fc1: WeightBias,
+    /// Its second Linear, 4C to C (`time_embed.mlp.2`).
+    pub time_fc2: WeightBias,
 }
 
 impl BlockNames {
@@ -186,6 +194,8 @@ impl BlockNames {
             attn_mask: prefix.name(ATTN_MASK),
             proj_in: WeightBias::at(&prefix.pp(PROJ_IN)),
             proj_out: WeightBias::at(&prefix.pp(PROJ_OUT)),
+            time_fc1: WeightBias::at(&prefix.pp(TIME_EMBED).pp(TIME_MLP).pp(MAIN_FC1)),
+            time_fc2: WeightBias::at(&prefix.pp(TIME_EMBED).pp(TIME_MLP).pp(MAIN_FC2)),
         }
     }
 
@@ -344,6 +354,10 @@ impl ModelNames {
                 linear(&mut out, &layer.mlp.fc2, (c, h), false);
             }
             linear(&mut out, &b.proj_out, (config.proj_out_dim(), c), true);
+            if config.noise_range.is_some() {
+                linear(&mut out, &b.time_fc1, (h, c), false);
+                linear(&mut out, &b.time_fc2, (c, h), false);
+            }
         }
         out
     }

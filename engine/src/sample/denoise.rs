@@ -1,8 +1,10 @@
 //! Score-based denoising: one step of `x + sigma^2 * grad_x log p(x)` through the model's own
-//! likelihood, for models trained on noise-augmented data.
+//! likelihood, for models trained on noise-augmented data, and iTARFlow's iterative denoising
+//! for noise-conditional models: such steps from the sampling level down to the smallest.
 
 use candle_core::{DType, Tensor};
 
+use crate::config::NoiseRange;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::model::host_grad::{self, HostGrad};
@@ -16,9 +18,53 @@ const HOST_DENOISE_CHUNK: usize = 16;
 
 /// Denoise images (B, C, H, W) with the model's training noise level
 /// ([`ModelConfig::noise_sigma`](crate::config::ModelConfig::noise_sigma)); a sigma of 0 returns
-/// the images unchanged.
+/// the images unchanged. A noise-conditional model is denoised iteratively
+/// ([`denoise_iterative`]) in its default number of steps.
 pub fn denoise(model: &Model, images: &Tensor, labels: Option<&[i64]>) -> Result<Tensor> {
-    denoise_with_sigma(model, images, labels, model.config().noise_sigma)
+    denoise_steps(model, images, labels, None)
+}
+
+/// [`denoise`] with `steps` iterative steps for a noise-conditional model (`None`: iTARFlow's
+/// default, `t1 / 0.01`); other models take their one step whatever `steps` says.
+pub fn denoise_steps(
+    model: &Model,
+    images: &Tensor,
+    labels: Option<&[i64]>,
+    steps: Option<usize>,
+) -> Result<Tensor> {
+    match model.config().noise_range {
+        Some(range) => {
+            let k = steps.unwrap_or_else(|| range.default_steps());
+            denoise_iterative(model, images, labels, range, k)
+        }
+        None => denoise_with_sigma(model, images, labels, model.config().noise_sigma),
+    }
+}
+
+/// iTARFlow's iterative denoising (`evaluate_fid.py::iterative_denoising`, its default ODE
+/// dynamics) of images drawn at `range.t1`: for the levels `sigma_i = linspace(t1, t0, steps)`
+/// followed by 0, `x0 = x - sigma_i^2 grad_x NLL(x | sigma_i, y)` (the model told the level
+/// `sigma_i`; see [`denoise_with_sigma`]), then `x <- x - (x - x0) (sigma_i - sigma_{i+1}) /
+/// sigma_i`, so the last step lands on its `x0`. Conditional on `labels`, without guidance, as
+/// the reference. `steps` 0 returns the images unchanged.
+pub fn denoise_iterative(
+    model: &Model,
+    images: &Tensor,
+    labels: Option<&[i64]>,
+    range: NoiseRange,
+    steps: usize,
+) -> Result<Tensor> {
+    range.validate()?;
+    let mut x = images.to_dtype(DType::F32)?.to_device(model.device())?;
+    let levels = range.levels(steps);
+    for (i, &sigma) in levels.iter().enumerate() {
+        let next = levels.get(i + 1).copied().unwrap_or(0.0);
+        let x0 = score_step(model, &x, labels, sigma, Some(sigma))?;
+        let keep = f64::from(next) / f64::from(sigma);
+        // x - (x - x0) (sigma - next) / sigma = x0 + (x - x0) next / sigma.
+        x = (&x0 + ((&x - &x0)? * keep)?)?;
+    }
+    Ok(x)
 }
 
 /// Denoise images (B, C, H, W) with noise level `sigma`:
@@ -34,6 +80,18 @@ pub fn denoise_with_sigma(
     images: &Tensor,
     labels: Option<&[i64]>,
     sigma: f32,
+) -> Result<Tensor> {
+    score_step(model, images, labels, sigma, None)
+}
+
+/// One score step at `sigma`, the model run at noise level `level` (noise-conditional models;
+/// `None`: its default level).
+fn score_step(
+    model: &Model,
+    images: &Tensor,
+    labels: Option<&[i64]>,
+    sigma: f32,
+    level: Option<f32>,
 ) -> Result<Tensor> {
     if !(sigma.is_finite() && sigma >= 0.0) {
         return Err(Error::InvalidInput(format!(
@@ -71,9 +129,11 @@ pub fn denoise_with_sigma(
         let n = chunk.min(b - start);
         let xc = x.narrow(0, start, n)?;
         let lc = labels.map(|l| &l[start..start + n]);
+        let levels = level.map(|v| vec![v; n]);
+        let lv = levels.as_deref();
         let (_, grad) = match host.as_mut() {
-            Some(h) => h.loss_and_input_grad(&xc, lc)?,
-            None => model.loss_and_input_grad(&xc, lc)?,
+            Some(h) => h.loss_and_input_grad_at(&xc, lc, lv)?,
+            None => model.loss_and_input_grad_at(&xc, lc, lv)?,
         };
         let scale = xc.elem_count() as f64 * f64::from(sigma) * f64::from(sigma);
         out.push((xc - (grad * scale)?)?);

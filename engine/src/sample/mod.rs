@@ -43,7 +43,7 @@ mod token_run;
 
 pub use batches::generate_batches;
 pub use cache::LayerCache;
-pub use denoise::{denoise, denoise_with_sigma};
+pub use denoise::{denoise, denoise_iterative, denoise_steps, denoise_with_sigma};
 pub use events::{CancelToken, PatchEvent, SampleEvent, Samples};
 pub use image::{RgbaImage, alpha_threshold, planes_to_rgba, snap_alpha, to_rgba8, to_u8};
 pub use noise::{prior_noise, prior_noise_range};

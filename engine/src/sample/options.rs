@@ -136,6 +136,10 @@ pub struct SampleOptions {
     /// Score-based denoising of the result (`x + sigma^2 grad log p(x)`) with the model's
     /// `noise_sigma`; skipped when the model's sigma is 0.
     pub denoise: bool,
+    /// Steps of a noise-conditional model's iterative denoising (from its sampling level `t1`
+    /// down to `t0`; [`denoise_iterative`](crate::sample::denoise_iterative)). `None`:
+    /// iTARFlow's default, `t1 / 0.01`. Other models take one step.
+    pub denoise_steps: Option<usize>,
     /// Seed of the prior noise. Item `k` of a batch draws from stream `k` of a ChaCha8 generator
     /// seeded with it, on the host, so its noise depends on neither the batch size nor the device.
     pub seed: u64,
@@ -178,6 +182,7 @@ impl Default for SampleOptions {
             attn_temp: 1.0,
             temperature: 1.0,
             denoise: true,
+            denoise_steps: None,
             seed: 0,
             previews: false,
             method: Method::Cached,
@@ -221,6 +226,9 @@ impl SampleOptions {
         }
         if let Some(d) = rec.denoise {
             self.denoise = d;
+        }
+        if let Some(k) = rec.denoise_steps {
+            self.denoise_steps = Some(k);
         }
     }
 
@@ -358,7 +366,7 @@ mod tests {
         assert_eq!(o.method, Method::Plain);
         // A newer writer's options are skipped (an older game reads a newer CLI's atlas).
         let newer: SampleOptions =
-            serde_json::from_str(r#"{"guidance":2,"denoise_steps":8}"#).unwrap();
+            serde_json::from_str(r#"{"guidance":2,"denoiser_blend":0.3}"#).unwrap();
         assert_eq!(newer.guidance, 2.0);
         assert_eq!("AB".parse::<GuideWhat>().unwrap(), GuideWhat::Ab);
         assert!("c".parse::<GuideWhat>().is_err());

@@ -122,10 +122,11 @@ impl BlockStart {
     }
 }
 
-/// Class conditioning of `rows` items, (rows, 1, C): `class_embed[y]` per item (the mean for
-/// y < 0 or no labels). `None` for a model without classes.
+/// Conditioning of `rows` items, (rows, 1, C): `class_embed[y]` per item (the mean for y < 0 or
+/// no labels), plus a noise-conditional model's embedding of its sampling level (`t1`, where
+/// samples are drawn). `None` for a model with neither.
 fn class_rows(block: &MetaBlock, labels: Option<&[i64]>, rows: usize) -> Result<Option<Tensor>> {
-    let Some(c) = block.class_term(labels)? else {
+    let Some(c) = block.condition_term(labels, None, rows)? else {
         return Ok(None);
     };
     let c = match c.rank() {

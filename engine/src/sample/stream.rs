@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 
 use candle_core::Tensor;
 
-use super::denoise::denoise;
+use super::denoise::denoise_steps;
 pub use super::events::{CancelToken, PatchEvent, SampleEvent, Samples};
 use super::image::{RgbaImage, alpha_threshold, despeckle, planes_to_rgba, snap_alpha, to_rgba8};
 use super::noise::prior_noise;
@@ -361,7 +361,12 @@ impl SampleStream {
                     .clone()
                     .ok_or_else(|| Error::InvalidInput("no image to denoise".into()))?;
                 if self.opts.denoise && model.config().noise_sigma > 0.0 {
-                    let denoised = denoise(model, &raw, self.labels.as_deref())?;
+                    let denoised = denoise_steps(
+                        model,
+                        &raw,
+                        self.labels.as_deref(),
+                        self.opts.denoise_steps,
+                    )?;
                     // An item whose score step diverged keeps its (finite) raw image: one bad
                     // texture must not fail the batch (or a whole sheet).
                     let (images, skipped) = keep_raw_where_not_finite(&denoised, &raw)?;

@@ -38,6 +38,24 @@ pub enum NoiseConfig {
     },
     /// Uniform dequantisation: `x = ((u + U[0, 1)) / 256) * 2 - 1`; the model is not denoised.
     Uniform,
+    /// iTARFlow's noise-conditional training: each image gets its own Gaussian sigma drawn
+    /// from `U[t0, t1]`, and the model is told the sigma (a model with
+    /// [`ModelConfig::noise_range`](crate::config::ModelConfig::noise_range) set to the same
+    /// range). Samples are drawn at `t1` and denoised step by step down to `t0`.
+    Range {
+        /// The smallest level.
+        t0: f32,
+        /// The largest level.
+        t1: f32,
+        /// Weigh each image's loss by its sigma (iTARFlow's `--reweight t`, its README's
+        /// setting); false weighs all alike (`--reweight ones`).
+        #[serde(default = "default_true")]
+        reweight: bool,
+    },
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl Default for NoiseConfig {
@@ -47,11 +65,35 @@ impl Default for NoiseConfig {
 }
 
 impl NoiseConfig {
-    /// The sigma to store in the model config (0 for uniform dequantisation).
+    /// The sigma to store in the model config (0 for uniform dequantisation; `t1`, the
+    /// sampling level, for a range).
     pub fn sigma(&self) -> f32 {
         match self {
             Self::Gaussian { sigma } => *sigma,
             Self::Uniform => 0.0,
+            Self::Range { t1, .. } => *t1,
+        }
+    }
+
+    /// The noise-conditional range, for [`Self::Range`].
+    pub fn range(&self) -> Option<crate::config::NoiseRange> {
+        match *self {
+            Self::Range { t0, t1, .. } => Some(crate::config::NoiseRange { t0, t1 }),
+            _ => None,
+        }
+    }
+}
+
+impl NoiseConfig {
+    /// One image's noise: for a range, its level drawn from `U[t0, t1]` (as iTARFlow's
+    /// `sample_uniform`) and the Gaussian of that sigma; otherwise the config itself and no level.
+    pub fn draw_level(&self, rng: &mut impl Rng) -> (NoiseConfig, Option<f32>) {
+        match *self {
+            Self::Range { t0, t1, .. } => {
+                let sigma = t0 + (t1 - t0) * rng.random::<f32>();
+                (Self::Gaussian { sigma }, Some(sigma))
+            }
+            other => (other, None),
         }
     }
 }
@@ -156,6 +198,12 @@ pub fn to_planar_with_noise(
                 Some(NoiseConfig::Uniform) => {
                     let r: f32 = rng.random::<f32>();
                     (u + r) / 256.0 * 2.0 - 1.0
+                }
+                // A range is drawn per image by the caller ([`NoiseConfig::draw_level`]), which
+                // passes the drawn sigma as `Gaussian`; here it falls back to its top level.
+                Some(NoiseConfig::Range { t1, .. }) => {
+                    let n: f32 = rng.sample(StandardNormal);
+                    2.0 * u / 255.0 - 1.0 + t1 * n
                 }
             };
             out.push(v);

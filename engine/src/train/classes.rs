@@ -50,6 +50,22 @@ pub(super) fn config_for_data(
         cfg.num_classes = data.num_classes();
         cfg.class_names = data.class_names().to_vec();
     }
+    if cfg.noise_range.is_some() != noise.range().is_some() {
+        return Err(Error::InvalidInput(format!(
+            "the model {} noise-conditional, the training noise {}: a model with a time \
+             embedding trains with a noise range and only such a model does",
+            if cfg.noise_range.is_some() {
+                "is"
+            } else {
+                "is not"
+            },
+            match noise.range() {
+                Some(r) => format!("a range ({})", r.show()),
+                None => "one fixed level".into(),
+            }
+        )));
+    }
+    cfg = cfg.with_noise_range(noise.range());
     cfg.noise_sigma = noise.sigma();
     cfg.validate()?;
     Ok(cfg)

@@ -111,6 +111,9 @@ impl TrainConfig {
         {
             return bad(format!("noise sigma {sigma} must be finite and >= 0"));
         }
+        if let Some(r) = self.noise.range() {
+            r.validate()?;
+        }
         let a = &self.adamw;
         if !((0.0..1.0).contains(&a.beta1) && (0.0..1.0).contains(&a.beta2) && a.eps > 0.0) {
             return bad(format!("bad AdamW settings {a:?}"));

@@ -90,8 +90,14 @@ impl PlacedBatch<'_> {
     }
 
     /// Bits per dimension of each image of the batch under `model` (the fast execution path).
+    /// A noise-conditional model is scored at its smallest level `t0`, the one nearest the
+    /// dequantised data.
     pub fn bits_per_dim(&self, model: &Model) -> Result<Vec<f64>> {
-        let out = model.forward_with(&self.x, self.model_labels(), Exec::Fast)?;
+        let levels = model
+            .config()
+            .noise_range
+            .map(|r| vec![r.t0; self.items.len()]);
+        let out = model.forward_at(&self.x, self.model_labels(), levels.as_deref(), Exec::Fast)?;
         let bits = model.bits_per_dim(&out)?.to_vec1::<f32>()?;
         Ok(bits.into_iter().map(f64::from).collect())
     }

@@ -300,6 +300,7 @@ impl RunRequest {
         .with_block_layers(self.block_layers.clone().unwrap_or_default())
         .with_soft_clip(self.soft_clip.unwrap_or(0.0))
         .with_orders(self.orders.clone().unwrap_or_default())
+        .with_noise_range(self.noise.and_then(|n| n.range()))
     }
 
     /// Start the run `plan` says on the data folder `root` (a train/test split holds out

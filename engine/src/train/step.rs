@@ -28,6 +28,8 @@ pub struct Batch {
     pub images: Vec<f32>,
     /// One label per item; -1 selects the unconditional embedding.
     pub labels: Vec<i64>,
+    /// Each item's noise level for a noise-conditional model (empty otherwise).
+    pub levels: Vec<f32>,
 }
 
 impl Batch {
@@ -80,6 +82,7 @@ impl Trainer {
         let conditional = self.model.config().num_classes > 0;
         let mut images = Vec::with_capacity(b * c * s * s);
         let mut labels = Vec::with_capacity(b);
+        let mut levels = Vec::new();
         for _ in 0..b {
             if self.epoch_pos >= self.order.len() {
                 self.start_epoch();
@@ -89,14 +92,9 @@ impl Trainer {
             let item = &self.train.items()[idx];
             let place = Placement::random(item, s, &self.config.augment, &mut self.rng);
             let pixels = place.apply(item, s, c);
-            to_planar_with_noise(
-                &pixels,
-                s,
-                c,
-                Some(&self.config.noise),
-                &mut self.rng,
-                &mut images,
-            );
+            let (noise, level) = self.config.noise.draw_level(&mut self.rng);
+            levels.extend(level);
+            to_planar_with_noise(&pixels, s, c, Some(&noise), &mut self.rng, &mut images);
             let label = match item.label {
                 Some(l) if conditional => {
                     if self.config.label_dropout > 0.0
@@ -111,7 +109,11 @@ impl Trainer {
             };
             labels.push(label);
         }
-        Batch { images, labels }
+        Batch {
+            images,
+            labels,
+            levels,
+        }
     }
 
     /// One training step on the next mini-batch. A step whose loss or gradient is not finite
@@ -140,6 +142,12 @@ impl Trainer {
             )));
         }
         let labels = (cfg.num_classes > 0).then_some(batch.labels.as_slice());
+        if cfg.noise_range.is_some() && batch.levels.len() != b {
+            return Err(Error::InvalidInput(format!(
+                "a noise-conditional model's batch needs one noise level per item: {} for {b}",
+                batch.levels.len()
+            )));
+        }
         let lr = self.config.schedule().lr_at(self.step);
         let (loss_v, bpd, sumsq, named) = if self.uses_host_grad() {
             self.host_gradients(batch, labels)?
@@ -227,6 +235,7 @@ impl Trainer {
             Some(h) => h.refresh(&self.model)?,
             None => self.host_grad = Some(HostGrad::new(&self.model)?),
         }
+        let (levels, weights) = self.levels_and_weights(batch);
         let h = self.host_grad.as_mut().ok_or_else(|| {
             Error::Training("the host gradient pass was not built (internal error)".into())
         })?;
@@ -234,7 +243,14 @@ impl Trainer {
             params: true,
             input: false,
         };
-        let out = h.loss_and_grads(&batch.images, batch.len(), labels, wants)?;
+        let out = h.loss_and_grads_at(
+            &batch.images,
+            batch.len(),
+            labels,
+            levels,
+            weights.as_deref(),
+            wants,
+        )?;
         let mut grads = out.param_grads.unwrap_or_default();
         let mut named = BTreeMap::new();
         let mut sumsq = 0f64;
@@ -256,8 +272,14 @@ impl Trainer {
         let cfg = self.model.config();
         let (s, c, b) = (cfg.img_size, cfg.in_channels, batch.len());
         let x = Tensor::from_vec(batch.images.clone(), (b, c, s, s), &self.device)?;
-        let out = self.model.forward(&x, labels)?;
-        let loss = self.model.loss(&out)?;
+        let (levels, weights) = self.levels_and_weights(batch);
+        let out = self
+            .model
+            .forward_at(&x, labels, levels, crate::model::Exec::Grad)?;
+        let loss = match &weights {
+            Some(w) => self.model.weighted_loss(&out, w)?,
+            None => self.model.loss(&out)?,
+        };
         let bpd = self.model.bits_per_dim(&out)?.mean_all()?;
         let grads = loss.backward()?;
         let mut named = BTreeMap::new();
@@ -283,6 +305,22 @@ impl Trainer {
             0,
         )?)?;
         Ok((stats[0], stats[1], f64::from(stats[2]), named))
+    }
+
+    /// A noise-conditional batch's levels, and the loss weights (each item's sigma) when the
+    /// noise range reweighs.
+    fn levels_and_weights<'b>(&self, batch: &'b Batch) -> (Option<&'b [f32]>, Option<Vec<f32>>) {
+        if self.model.config().noise_range.is_none() {
+            return (None, None);
+        }
+        let reweight = matches!(
+            self.config.noise,
+            super::augment::NoiseConfig::Range { reweight: true, .. }
+        );
+        (
+            Some(batch.levels.as_slice()),
+            reweight.then(|| batch.levels.clone()),
+        )
     }
 
     fn skip(

@@ -115,7 +115,12 @@ impl Trainer {
         device: &Device,
     ) -> Result<Self> {
         config.validate()?;
-        let cfg = config_for_data(model, &data, &config.noise)?;
+        let model_range = model.noise_range;
+        let cfg = config_for_data(
+            model.with_noise_range(config.noise.range().or(model_range)),
+            &data,
+            &config.noise,
+        )?;
         let weights = init_weights(&cfg, config.seed, InitOptions::default(), device)?;
         let rng = ChaCha8Rng::seed_from_u64(config.seed.wrapping_add(1));
         Self::assemble(cfg, weights, None, None, rng, config, data, device)

@@ -12,6 +12,7 @@ use super::kernels::{
     linear_fwd,
 };
 use super::params::BlockParams;
+use super::time::{self, TimeCache};
 use crate::error::{Error, Result};
 use crate::model::recipe::{self, Step, Sublayer};
 
@@ -83,6 +84,8 @@ pub(super) struct BlockCache {
     h: Vec<f32>,
     /// The soft clip's derivative at proj_out's output (only with a soft clip).
     clip_d: Vec<f32>,
+    /// The time embedding's rows and what its backward reads (noise-conditional models).
+    time: TimeCache,
     layers: Vec<LayerCache>,
 }
 
@@ -130,6 +133,24 @@ pub(super) fn unpermute(src: &[f32], dst: &mut [f32], d: &Dims, width: usize, or
 /// The class row added to each item: `Some(k)` for label k, `None` for the mean of the rows.
 pub(super) type ClassRows = [Option<usize>];
 
+/// What the items of a pass are conditioned on and how much each weighs in the loss.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Cond<'a> {
+    /// The class row of each item.
+    pub(super) classes: &'a ClassRows,
+    /// The Fourier features of each item's noise level, (b, c): noise-conditional models only.
+    pub(super) feats: Option<&'a [f32]>,
+    /// Each item's loss weight (`None`: all ones).
+    pub(super) weights: Option<&'a [f32]>,
+}
+
+impl Cond<'_> {
+    /// The loss weight of item `bi`.
+    pub(super) fn weight(&self, bi: usize) -> f32 {
+        self.weights.and_then(|w| w.get(bi).copied()).unwrap_or(1.0)
+    }
+}
+
 /// Forward of block `t` (its tokens in `order`: see [`permute`]) on `x` (b, n, d) in raster order: writes the
 /// output to `out` (raster order), adds the block's log-determinant per item to `logdet`, and
 /// fills `cache` (with the weight-gradient inputs too when `keep`).
@@ -138,7 +159,7 @@ pub(super) fn forward(
     w: &BlockParams<&[f32]>,
     order: &[usize],
     d: &Dims,
-    classes: &ClassRows,
+    cond: &Cond,
     x: &[f32],
     out: &mut [f32],
     cache: &mut BlockCache,
@@ -153,6 +174,7 @@ pub(super) fn forward(
         e,
         h: kept_h,
         clip_d,
+        time: tc,
         layers,
     } = cache;
     let xp = fit(xp, m * dd);
@@ -161,11 +183,24 @@ pub(super) fn forward(
     if layers.len() < w.layers.len() {
         layers.resize_with(w.layers.len(), LayerCache::default);
     }
+    let time_rows = match (&w.time, cond.feats) {
+        (Some(tw), Some(feats)) => {
+            time::forward(tw, feats, d.b, d.c, tc)?;
+            Some(&tc.rows[..d.b * d.c])
+        }
+        (None, _) => None,
+        (Some(_), None) => {
+            return Err(Error::InvalidInput(
+                "a noise-conditional block run without noise levels (internal error)".into(),
+            ));
+        }
+    };
     recipe::transformer(&mut Pass {
         w,
         d,
         order,
-        classes,
+        cond,
+        time_rows,
         xp,
         layers,
         kept_h,
@@ -214,7 +249,9 @@ struct Pass<'a, 'w> {
     d: &'a Dims,
     /// The block's token order (see [`permute`]).
     order: &'a [usize],
-    classes: &'a ClassRows,
+    cond: &'a Cond<'a>,
+    /// The time embedding's row of each item, (b, c), for a noise-conditional block.
+    time_rows: Option<&'a [f32]>,
     /// The input in block order.
     xp: &'a [f32],
     layers: &'a mut [LayerCache],
@@ -247,11 +284,14 @@ impl recipe::Kernels for Pass<'_, '_> {
             None => None,
         };
         for (bi, item) in h.chunks_exact_mut(n * c).enumerate() {
+            let time = self.time_rows.map(|r| &r[bi * c..(bi + 1) * c]);
             let class = match (w.class_embed, mean) {
-                (Some(table), Some(mean)) => Some(match self.classes.get(bi).copied().flatten() {
-                    Some(k) => &table[k * c..(k + 1) * c],
-                    None => mean,
-                }),
+                (Some(table), Some(mean)) => {
+                    Some(match self.cond.classes.get(bi).copied().flatten() {
+                        Some(k) => &table[k * c..(k + 1) * c],
+                        None => mean,
+                    })
+                }
                 _ => None,
             };
             for (i, row) in item.chunks_exact_mut(c).enumerate() {
@@ -259,6 +299,9 @@ impl recipe::Kernels for Pass<'_, '_> {
                 row.iter_mut()
                     .zip(&w.pos_embed[pi * c..(pi + 1) * c])
                     .for_each(|(o, v)| *o += v);
+                if let Some(t) = time {
+                    row.iter_mut().zip(t).for_each(|(o, v)| *o += v);
+                }
                 if let Some(cls) = class {
                     row.iter_mut().zip(cls).for_each(|(o, v)| *o += v);
                 }
@@ -342,7 +385,7 @@ pub(super) fn backward(
     w: &BlockParams<&[f32]>,
     order: &[usize],
     d: &Dims,
-    classes: &ClassRows,
+    cond: &Cond,
     dout: &[f32],
     dx: Option<&mut [f32]>,
     cache: &BlockCache,
@@ -355,8 +398,9 @@ pub(super) fn backward(
     let dpo = fit(&mut s.dout, m * d.out);
     // The derivative of `recipe::coupling`: y = (x - mu) e, e = exp(-alpha), log-det -alpha.
     // d loss / d alpha from the log-determinant: the loss holds +mean(alpha) over (B, N, D).
-    let ld = 1.0 / (b * n * dd) as f32;
+    let ld1 = 1.0 / (b * n * dd) as f32;
     for bi in 0..b {
+        let ld = ld1 * cond.weight(bi);
         dpo[(bi * n + n - 1) * d.out..(bi * n + n) * d.out].fill(0.0);
         for i in 0..n {
             let r = (bi * n + i) * dd;
@@ -391,7 +435,7 @@ pub(super) fn backward(
         w,
         d,
         order,
-        classes,
+        cond,
         cache,
         s,
         grads,
@@ -431,7 +475,7 @@ struct GradPass<'a, 'w> {
     d: &'a Dims,
     /// The block's token order (see [`permute`]).
     order: &'a [usize],
-    classes: &'a ClassRows,
+    cond: &'a Cond<'a>,
     cache: &'a BlockCache,
     s: &'a mut Scratch,
     /// Where the parameters' gradients go, when wanted.
@@ -559,13 +603,27 @@ impl recipe::GradKernels for GradPass<'_, '_> {
                         .for_each(|(o, v)| *o += v);
                 }
             }
+            if let (Some(tw), Some(gt)) = (&w.time, g.time.as_mut()) {
+                let feats = self.cond.feats.ok_or_else(|| {
+                    Error::InvalidInput(
+                        "a noise-conditional block's backward without noise levels (internal \
+                         error)"
+                            .into(),
+                    )
+                })?;
+                let mut drows = vec![0f32; d.b * c];
+                for (item, dr) in dh.chunks_exact(n * c).zip(drows.chunks_exact_mut(c)) {
+                    super::kernels::column_sums(dr, item);
+                }
+                time::backward(tw, feats, d.b, c, &self.cache.time, &drows, gt)?;
+            }
             if let Some(gc) = g.class_embed.as_mut() {
                 gc.fill(0.0);
                 let k = gc.len() / c.max(1);
                 let mut sum = vec![0f32; c];
                 for (bi, item) in dh.chunks_exact(n * c).enumerate() {
                     super::kernels::column_sums(&mut sum, item);
-                    match self.classes.get(bi).copied().flatten() {
+                    match self.cond.classes.get(bi).copied().flatten() {
                         Some(row) => gc[row * c..(row + 1) * c]
                             .iter_mut()
                             .zip(&sum)

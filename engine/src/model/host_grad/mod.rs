@@ -20,12 +20,13 @@ mod kernels;
 mod params;
 #[cfg(test)]
 mod tests;
+mod time;
 
 use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
 
-use self::block::{BlockCache, Dims, Scratch, fit};
+use self::block::{BlockCache, Cond, Dims, Scratch, fit};
 use self::params::{BlockParams, tensors_of, with_slices};
 use crate::config::{HEAD_DIM, MLP_EXPANSION, ModelConfig};
 use crate::error::{Error, Result};
@@ -151,7 +152,42 @@ impl HostGrad {
         labels: Option<&[i64]>,
         wants: Wants,
     ) -> Result<LossAndGrads> {
+        self.loss_and_grads_at(images, batch, labels, None, None, wants)
+    }
+
+    /// [`loss_and_grads`](Self::loss_and_grads) with a noise-conditional model at each item's
+    /// level `levels` (`None`: the model's default level, `t1`; other models ignore it), and
+    /// iTARFlow's reweighted loss `mean_b(w_b (0.5 mean(z_b^2) - logdet_b))` when `weights`
+    /// gives one weight per item ([`Model::weighted_loss`]).
+    pub fn loss_and_grads_at(
+        &mut self,
+        images: &[f32],
+        batch: usize,
+        labels: Option<&[i64]>,
+        levels: Option<&[f32]>,
+        weights: Option<&[f32]>,
+        wants: Wants,
+    ) -> Result<LossAndGrads> {
         let cfg = &self.config;
+        for (what, len) in [
+            ("noise levels", levels.map(<[f32]>::len)),
+            ("loss weights", weights.map(<[f32]>::len)),
+        ] {
+            if let Some(len) = len
+                && len != batch
+            {
+                return Err(Error::InvalidInput(format!(
+                    "{len} {what} for a batch of {batch}"
+                )));
+            }
+        }
+        let feats = match cfg.default_level() {
+            Some(default) => {
+                let levels = levels.map_or_else(|| vec![default; batch], <[f32]>::to_vec);
+                Some(crate::model::fourier_features(&levels, cfg.channels)?)
+            }
+            None => None,
+        };
         let (ch, size, p) = (cfg.in_channels, cfg.img_size, cfg.patch_size);
         let per_item = ch * size * size;
         if batch == 0 || images.len() != batch * per_item {
@@ -162,6 +198,11 @@ impl HostGrad {
             )));
         }
         let classes = class_rows(labels, batch, cfg.num_classes)?;
+        let cond = Cond {
+            classes: &classes,
+            feats: feats.as_deref(),
+            weights,
+        };
         let d = Dims {
             b: batch,
             n: cfg.num_patches(),
@@ -201,7 +242,7 @@ impl HostGrad {
                     bw,
                     perms[t].order(),
                     &d,
-                    &classes,
+                    &cond,
                     &cur[..m * d.d],
                     &mut next[..m * d.d],
                     cache,
@@ -217,8 +258,13 @@ impl HostGrad {
                 .map(|z| z.iter().map(|&v| f64::from(v) * f64::from(v)).sum())
                 .collect();
             let total = (m * d.d) as f64;
-            let loss =
-                0.5 * sq.iter().sum::<f64>() / total - logdet.iter().sum::<f64>() / batch as f64;
+            let loss = sq
+                .iter()
+                .zip(logdet.iter())
+                .enumerate()
+                .map(|(bi, (s, ld))| f64::from(cond.weight(bi)) * (0.5 * s / nd as f64 - ld))
+                .sum::<f64>()
+                / batch as f64;
             let c0 = 0.5 * (2.0 * std::f64::consts::PI).ln() + 128f64.ln();
             let bits_per_dim = sq
                 .iter()
@@ -234,9 +280,12 @@ impl HostGrad {
             if !(wants.params || wants.input) {
                 return Ok(out);
             }
-            // d loss / dz = z / (B N D).
+            // d loss / dz = w_b z / (B N D).
             let inv = (1.0 / total) as f32;
-            cur[..m * d.d].iter_mut().for_each(|v| *v *= inv);
+            for (bi, z) in cur[..m * d.d].chunks_exact_mut(nd).enumerate() {
+                let k = inv * cond.weight(bi);
+                z.iter_mut().for_each(|v| *v *= k);
+            }
             let mut grads: Option<Vec<BlockParams<Vec<f32>>>> = if wants.params {
                 Some(
                     w.iter()
@@ -257,7 +306,7 @@ impl HostGrad {
                     &w[t],
                     perms[t].order(),
                     &d,
-                    &classes,
+                    &cond,
                     &cur[..m * d.d],
                     dx,
                     &caches[t],
@@ -304,6 +353,16 @@ impl HostGrad {
         x: &Tensor,
         labels: Option<&[i64]>,
     ) -> Result<(f32, Tensor)> {
+        self.loss_and_input_grad_at(x, labels, None)
+    }
+
+    /// [`Model::loss_and_input_grad_at`] on this pass: at each item's noise level `levels`.
+    pub fn loss_and_input_grad_at(
+        &mut self,
+        x: &Tensor,
+        labels: Option<&[i64]>,
+        levels: Option<&[f32]>,
+    ) -> Result<(f32, Tensor)> {
         let cfg = &self.config;
         let want = [cfg.in_channels, cfg.img_size, cfg.img_size];
         let b = match x.dims() {
@@ -321,10 +380,12 @@ impl HostGrad {
             .to_dtype(candle_core::DType::F32)?
             .flatten_all()?
             .to_vec1::<f32>()?;
-        let out = self.loss_and_grads(
+        let out = self.loss_and_grads_at(
             &images,
             b,
             labels,
+            levels,
+            None,
             Wants {
                 params: false,
                 input: true,

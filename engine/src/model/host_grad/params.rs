@@ -25,6 +25,15 @@ pub(super) struct LayerParams<T> {
     pub(super) fc2_b: T,
 }
 
+/// A noise-conditional block's time-embedding MLP (`time_embed.mlp.{0,2}`).
+#[derive(Debug, Clone)]
+pub(super) struct TimeParams<T> {
+    pub(super) fc1_w: T,
+    pub(super) fc1_b: T,
+    pub(super) fc2_w: T,
+    pub(super) fc2_b: T,
+}
+
 /// One flow block's tensors. `class_embed` is (K, C) here (the checkpoint's (K, 1, C) squeezed).
 #[derive(Debug, Clone)]
 pub(super) struct BlockParams<T> {
@@ -35,6 +44,7 @@ pub(super) struct BlockParams<T> {
     pub(super) layers: Vec<LayerParams<T>>,
     pub(super) proj_out_w: T,
     pub(super) proj_out_b: T,
+    pub(super) time: Option<TimeParams<T>>,
 }
 
 impl<T> LayerParams<T> {
@@ -92,6 +102,12 @@ impl<T> BlockParams<T> {
             layers: self.layers.iter().map(LayerParams::as_ref).collect(),
             proj_out_w: &self.proj_out_w,
             proj_out_b: &self.proj_out_b,
+            time: self.time.as_ref().map(|t| TimeParams {
+                fc1_w: &t.fc1_w,
+                fc1_b: &t.fc1_b,
+                fc2_w: &t.fc2_w,
+                fc2_b: &t.fc2_b,
+            }),
         }
     }
 
@@ -119,6 +135,15 @@ impl<T> BlockParams<T> {
                 .collect::<Result<_>>()?,
             proj_out_w: f(b.proj_out.weight.clone(), self.proj_out_w)?,
             proj_out_b: f(b.proj_out.bias.clone(), self.proj_out_b)?,
+            time: match self.time {
+                Some(t) => Some(TimeParams {
+                    fc1_w: f(b.time_fc1.weight.clone(), t.fc1_w)?,
+                    fc1_b: f(b.time_fc1.bias.clone(), t.fc1_b)?,
+                    fc2_w: f(b.time_fc2.weight.clone(), t.fc2_w)?,
+                    fc2_b: f(b.time_fc2.bias.clone(), t.fc2_b)?,
+                }),
+                None => None,
+            },
         })
     }
 }
@@ -160,6 +185,15 @@ pub(super) fn tensors_of(model: &Model) -> Result<Vec<BlockParams<Tensor>>> {
                 layers,
                 proj_out_w: c(&blk.proj_out.weight)?,
                 proj_out_b: c(&blk.proj_out.bias)?,
+                time: match &blk.time_embed {
+                    Some(te) => Some(TimeParams {
+                        fc1_w: c(&te.fc1.weight)?,
+                        fc1_b: c(&te.fc1.bias)?,
+                        fc2_w: c(&te.fc2.weight)?,
+                        fc2_b: c(&te.fc2.bias)?,
+                    }),
+                    None => None,
+                },
             })
         })
         .collect()

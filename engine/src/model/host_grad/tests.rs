@@ -291,8 +291,26 @@ fn check_against_autograd(cfg: &ModelConfig, batch: usize, labels: Option<Vec<i6
         .map(|v| v / 2.0)
         .collect();
     let xv = var(images.clone(), &[batch, ch, s, s]);
-    let out = model.forward(xv.as_tensor(), labels.as_deref()).unwrap();
-    let loss = model.loss(&out).unwrap();
+    // A noise-conditional model runs at another level per item, with iTARFlow's loss weights
+    // (each item's level); other models at none, with the plain loss.
+    let levels: Option<Vec<f32>> = cfg.noise_range.map(|r| {
+        (0..batch)
+            .map(|i| r.t0 + (r.t1 - r.t0) * i as f32 / 4.0)
+            .collect()
+    });
+    let (lv, wv) = (levels.as_deref(), levels.as_deref());
+    let out = model
+        .forward_at(
+            xv.as_tensor(),
+            labels.as_deref(),
+            lv,
+            crate::model::Exec::Grad,
+        )
+        .unwrap();
+    let loss = match wv {
+        Some(w) => model.weighted_loss(&out, w).unwrap(),
+        None => model.loss(&out).unwrap(),
+    };
     let bpd = host(&model.bits_per_dim(&out).unwrap());
     let grads = loss.backward().unwrap();
     let mut hg = HostGrad::new(&model).unwrap();
@@ -302,10 +320,10 @@ fn check_against_autograd(cfg: &ModelConfig, batch: usize, labels: Option<Vec<i6
     };
     // Twice: the second call runs on reused buffers and must give the same answer.
     let first = hg
-        .loss_and_grads(&images, batch, labels.as_deref(), wants)
+        .loss_and_grads_at(&images, batch, labels.as_deref(), lv, wv, wants)
         .unwrap();
     let got = hg
-        .loss_and_grads(&images, batch, labels.as_deref(), wants)
+        .loss_and_grads_at(&images, batch, labels.as_deref(), lv, wv, wants)
         .unwrap();
     assert_eq!(first.loss, got.loss);
     assert_eq!(first.input_grad, got.input_grad);
@@ -334,10 +352,12 @@ fn check_against_autograd(cfg: &ModelConfig, batch: usize, labels: Option<Vec<i6
     }
     // Only the input's gradient: the same values, no parameter gradients.
     let only = hg
-        .loss_and_grads(
+        .loss_and_grads_at(
             &images,
             batch,
             labels.as_deref(),
+            lv,
+            wv,
             Wants {
                 params: false,
                 input: true,
@@ -393,6 +413,7 @@ proptest! {
         order_case in 0usize..3,
         deep_last in any::<bool>(),
         clip in any::<bool>(),
+        noise_conditional in any::<bool>(),
         seed in 0u64..1000,
     ) {
         let channels = if wide { 128 } else { 64 };
@@ -411,6 +432,10 @@ proptest! {
             cfg = cfg.with_block_layers(
                 (0..blocks).map(|t| if t + 1 == blocks { layers + 1 } else { layers }).collect(),
             );
+        }
+        // iTARFlow's noise conditioning: a time embedding in every block.
+        if noise_conditional {
+            cfg = cfg.with_noise_range(Some(crate::config::NoiseRange { t0: 0.02, t1: 0.3 }));
         }
         cfg.nvp = nvp;
         cfg.num_classes = if conditional { 3 } else { 0 };

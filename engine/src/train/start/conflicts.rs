@@ -64,11 +64,15 @@ impl Conflicts {
     }
 }
 
-/// The training noise as `tarflow train --noise` writes it: `uniform` or the sigma.
+/// The training noise as `tarflow train` writes it: `uniform` or the sigma (`--noise`), or
+/// the range (`--noise-range T0:T1`, with `unweighted` for `--noise-weight none`).
 pub(super) fn show_noise(n: &NoiseConfig) -> String {
     match n {
         NoiseConfig::Uniform => "uniform".into(),
         NoiseConfig::Gaussian { sigma } => sigma.to_string(),
+        NoiseConfig::Range { t0, t1, reweight } => {
+            format!("{t0}:{t1}{}", if *reweight { "" } else { " unweighted" })
+        }
     }
 }
 
