@@ -17,6 +17,7 @@
 mod attention;
 mod block;
 mod kernels;
+mod layout;
 mod params;
 #[cfg(test)]
 mod tests;
@@ -26,7 +27,8 @@ use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
 
-use self::block::{BlockCache, Cond, Dims, Scratch, fit};
+use self::block::{BlockCache, Scratch};
+use self::layout::{Cond, Dims, fit};
 use self::params::{BlockParams, tensors_of, with_slices};
 use crate::config::{HEAD_DIM, MLP_EXPANSION, ModelConfig};
 use crate::error::{Error, Result};

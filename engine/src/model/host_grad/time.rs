@@ -2,8 +2,8 @@
 //! [`TimeEmbed`](crate::model::TimeEmbed) over the Fourier features of each item's level, whose
 //! output row is added to every token of the item.
 
-use super::block::fit;
 use super::kernels::{gelu_bwd, gelu_fwd, linear_dw, linear_dx, linear_fwd};
+use super::layout::fit;
 use super::params::TimeParams;
 use crate::error::Result;
 
