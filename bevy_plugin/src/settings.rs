@@ -36,6 +36,11 @@ pub struct TarflowSettings {
     /// The most final patches painted into textures per frame, over all textures; the rest
     /// wait for the next frames, in order (at least 1).
     pub patches_per_frame: usize,
+    /// The most worker events (patches, progress, finished textures) waiting for the app to
+    /// take them in (at least 1). A worker that has made more waits until frames take them
+    /// (backpressure), so an app that stops updating for a while (a loading screen, a paused
+    /// window) holds a bounded amount of results, not every patch made meanwhile.
+    pub event_capacity: usize,
 }
 
 impl Default for TarflowSettings {
@@ -46,6 +51,7 @@ impl Default for TarflowSettings {
             streams_per_worker: 4,
             max_batch: 16,
             patches_per_frame: 1024,
+            event_capacity: 4096,
         }
     }
 }

@@ -143,6 +143,8 @@ struct Shared {
     steps: AtomicUsize,
     batches: AtomicUsize,
     largest_batch: AtomicUsize,
+    /// Times a worker found the event channel full and waited for the app.
+    backpressure_waits: AtomicUsize,
     samplers: SamplerCache,
     queue: Mutex<JobQueue>,
     ready: Condvar,
@@ -209,6 +211,11 @@ pub struct WorkerStats {
     /// Prepared samplers held now (those of unloaded models are dropped when the plugin sees
     /// the model asset go: [`TarflowWorkers::prune_samplers`]).
     pub models_cached: usize,
+    /// Times a worker found its results channel full ([`TarflowSettings::event_capacity`]) and
+    /// waited for the app to take events in.
+    ///
+    /// [`TarflowSettings::event_capacity`]: crate::TarflowSettings::event_capacity
+    pub backpressure_waits: usize,
 }
 
 /// A cheap, cloneable view of the workers' counters that outlives the pool (to check, for
@@ -232,6 +239,7 @@ impl WorkerMonitor {
             batches: get(&s.batches),
             largest_batch: get(&s.largest_batch),
             models_prepared: get(&s.samplers.prepared),
+            backpressure_waits: get(&s.backpressure_waits),
             models_cached: s
                 .samplers
                 .entries
@@ -274,7 +282,8 @@ impl TarflowWorkers {
     /// `settings.workers` threads (at least 1). When the device cannot be opened, the threads
     /// still start and fail every request with the reason.
     pub fn start(settings: &TarflowSettings) -> Self {
-        let (ev_tx, ev_rx) = crossbeam_channel::unbounded::<WorkerEvent>();
+        let (ev_tx, ev_rx) =
+            crossbeam_channel::bounded::<WorkerEvent>(settings.event_capacity.max(1));
         let shared = Arc::new(Shared::default());
         let device = settings.device.open().map_err(|e| e.to_string());
         if let Err(e) = &device {
@@ -353,6 +362,12 @@ impl TarflowWorkers {
         Ok(())
     }
 
+    /// Events made by the workers and not yet taken in by the app (at most
+    /// [`TarflowSettings::event_capacity`](crate::TarflowSettings::event_capacity)).
+    pub fn events_waiting(&self) -> usize {
+        self.events.len()
+    }
+
     /// The next event of the workers, if one is waiting.
     pub(crate) fn try_event(&self) -> Option<WorkerEvent> {
         self.events.try_recv().ok()
@@ -378,6 +393,9 @@ impl Drop for TarflowWorkers {
         self.shutdown();
     }
 }
+
+/// How long a worker waits on a full event channel before it looks at the shutdown flag again.
+const SEND_POLL: std::time::Duration = std::time::Duration::from_millis(20);
 
 struct WorkerContext {
     device: Result<Device, String>,
@@ -504,9 +522,30 @@ fn batch_stream(sampler: &Sampler, jobs: &[Job]) -> tarflow::Result<SampleStream
 }
 
 impl WorkerContext {
-    fn send(&self, ev: WorkerEvent) {
-        // The world may be gone (app shutting down): nothing to tell then.
-        let _ = self.events.send(ev);
+    /// Send an event, waiting while the channel is full (the app takes events in each frame);
+    /// gives up when the pool shuts down (the app is gone or dropping it: nobody will read it).
+    fn send(&self, mut ev: WorkerEvent) {
+        use crossbeam_channel::{SendTimeoutError, TrySendError};
+        match self.events.try_send(ev) {
+            Ok(()) | Err(TrySendError::Disconnected(_)) => return,
+            Err(TrySendError::Full(back)) => {
+                self.shared
+                    .backpressure_waits
+                    .fetch_add(1, Ordering::SeqCst);
+                ev = back;
+            }
+        }
+        loop {
+            match self.events.send_timeout(ev, SEND_POLL) {
+                Ok(()) | Err(SendTimeoutError::Disconnected(_)) => return,
+                Err(SendTimeoutError::Timeout(back)) => {
+                    if self.shared.shutdown.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    ev = back;
+                }
+            }
+        }
     }
 
     fn fail(&self, job: u64, error: String) {
