@@ -16,7 +16,7 @@ use super::encode::encode;
 use super::mask::{Mask, rgba_to_planes};
 use crate::error::{Error, Result};
 use crate::sample::{
-    Labels, RgbaImage, SampleOptions, Sampler, alpha_threshold, denoise, prior_noise_range,
+    Labels, RgbaImage, SampleOptions, Sampler, alpha_threshold, denoise_steps, prior_noise_range,
     to_rgba8,
 };
 
@@ -110,110 +110,193 @@ pub(crate) fn inpaint_items(
     opts: &InpaintOptions,
     first: usize,
 ) -> Result<Tensor> {
-    let model = sampler.model();
-    let cfg = model.config();
-    opts.validate()?;
-    opts.sample.validate_for(cfg)?;
-    let dev = model.device();
-    let (c, s, p) = (cfg.in_channels, cfg.img_size, cfg.patch_size);
-    let b = match images.dims() {
-        &[b, ch, h, w] if ch == c && h == s && w == s => b,
-        d => {
+    let mut run = InpaintRun::new(sampler, images, masks, labels, opts, first)?;
+    while run.rounds_left() > 0 {
+        run.round()?;
+    }
+    run.finish()
+}
+
+/// An inpainting run one round at a time, so that a caller (the sampling stream's tiling
+/// phase) can interleave it with other work and drop it between rounds.
+pub(crate) struct InpaintRun {
+    sampler: Sampler,
+    labels: Labels,
+    opts: InpaintOptions,
+    /// The options of each round's encoding and reverse pass (no denoising, no previews).
+    inner: SampleOptions,
+    first: usize,
+    batch: usize,
+    /// The input images, the pixel mask (1 where regenerated) and the patch mask (B, N, 1).
+    known: Tensor,
+    pix: Tensor,
+    patches: Tensor,
+    /// The current guess.
+    x: Tensor,
+    round: usize,
+}
+
+impl InpaintRun {
+    /// Check the inputs and make the first guess: the known pixels with the hole filled by each
+    /// channel's mean over the known pixels.
+    pub(crate) fn new(
+        sampler: &Sampler,
+        images: &Tensor,
+        masks: &[Mask],
+        labels: &Labels,
+        opts: &InpaintOptions,
+        first: usize,
+    ) -> Result<Self> {
+        let model = sampler.model();
+        let cfg = model.config();
+        opts.validate()?;
+        opts.sample.validate_for(cfg)?;
+        let dev = model.device();
+        let (c, s, p) = (cfg.in_channels, cfg.img_size, cfg.patch_size);
+        let b = match images.dims() {
+            &[b, ch, h, w] if ch == c && h == s && w == s => b,
+            d => {
+                return Err(Error::InvalidInput(format!(
+                    "images of shape {d:?} given to inpaint, the model takes (B, {c}, {s}, {s})"
+                )));
+            }
+        };
+        if b == 0 || labels.len() != b {
             return Err(Error::InvalidInput(format!(
-                "images of shape {d:?} given to inpaint, the model takes (B, {c}, {s}, {s})"
+                "{} labels for {b} images to inpaint (one each, at least one)",
+                labels.len()
             )));
         }
-    };
-    if b == 0 || labels.len() != b {
-        return Err(Error::InvalidInput(format!(
-            "{} labels for {b} images to inpaint (one each, at least one)",
-            labels.len()
-        )));
-    }
-    if masks.len() != 1 && masks.len() != b {
-        return Err(Error::InvalidInput(format!(
-            "{} masks for {b} images: give one for all, or one per image",
-            masks.len()
-        )));
-    }
-    for (i, m) in masks.iter().enumerate() {
-        m.check_size(s as u32, s as u32, &format!("mask {i}"))?;
-    }
-    let mask_of = |i: usize| &masks[if masks.len() == 1 { 0 } else { i }];
-    let known_host = images
-        .to_dtype(DType::F32)?
-        .flatten_all()?
-        .to_vec1::<f32>()?;
-    let plane = s * s;
-    // Pixel mask (B, C, H, W), patch mask (B, N, 1), and the first guess: the known pixels with
-    // the hole filled by each channel's mean over the known pixels.
-    let mut pix = vec![0f32; b * c * plane];
-    let mut init = known_host.clone();
-    let grid = s / p;
-    let mut patches = vec![0f32; b * grid * grid];
-    for i in 0..b {
-        let m = mask_of(i);
-        let known_n = plane - m.count();
-        for ch in 0..c {
-            let base = (i * c + ch) * plane;
-            let sum: f32 = (0..plane)
-                .filter(|&q| !m.regenerate[q])
-                .map(|q| known_host[base + q])
-                .sum();
-            let mean = if known_n > 0 {
-                sum / known_n as f32
-            } else {
-                0.0
-            };
-            for q in 0..plane {
-                if m.regenerate[q] {
-                    pix[base + q] = 1.0;
-                    init[base + q] = mean;
+        if masks.len() != 1 && masks.len() != b {
+            return Err(Error::InvalidInput(format!(
+                "{} masks for {b} images: give one for all, or one per image",
+                masks.len()
+            )));
+        }
+        for (i, m) in masks.iter().enumerate() {
+            m.check_size(s as u32, s as u32, &format!("mask {i}"))?;
+        }
+        let mask_of = |i: usize| &masks[if masks.len() == 1 { 0 } else { i }];
+        let known_host = images
+            .to_dtype(DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let plane = s * s;
+        // Pixel mask (B, C, H, W), patch mask (B, N, 1), and the first guess: the known pixels with
+        // the hole filled by each channel's mean over the known pixels.
+        let mut pix = vec![0f32; b * c * plane];
+        let mut init = known_host.clone();
+        let grid = s / p;
+        let mut patches = vec![0f32; b * grid * grid];
+        for i in 0..b {
+            let m = mask_of(i);
+            let known_n = plane - m.count();
+            for ch in 0..c {
+                let base = (i * c + ch) * plane;
+                let sum: f32 = (0..plane)
+                    .filter(|&q| !m.regenerate[q])
+                    .map(|q| known_host[base + q])
+                    .sum();
+                let mean = if known_n > 0 {
+                    sum / known_n as f32
+                } else {
+                    0.0
+                };
+                for q in 0..plane {
+                    if m.regenerate[q] {
+                        pix[base + q] = 1.0;
+                        init[base + q] = mean;
+                    }
                 }
             }
+            for q in (0..plane).filter(|&q| m.regenerate[q]) {
+                let (y, x) = (q / s, q % s);
+                patches[i * grid * grid + (y / p) * grid + x / p] = 1.0;
+            }
         }
-        for q in (0..plane).filter(|&q| m.regenerate[q]) {
-            let (y, x) = (q / s, q % s);
-            patches[i * grid * grid + (y / p) * grid + x / p] = 1.0;
-        }
+        let known = Tensor::from_vec(known_host, (b, c, s, s), dev)?;
+        let pix = Tensor::from_vec(pix, (b, c, s, s), dev)?;
+        let patches = Tensor::from_vec(patches, (b, grid * grid, 1), dev)?;
+        let x = Tensor::from_vec(init, (b, c, s, s), dev)?;
+        let inner = SampleOptions {
+            temperature: 1.0,
+            denoise: false,
+            previews: false,
+            tileable: false,
+            ..opts.sample.clone()
+        };
+        Ok(Self {
+            sampler: sampler.clone(),
+            labels: labels.clone(),
+            opts: opts.clone(),
+            inner,
+            first,
+            batch: b,
+            known,
+            pix,
+            patches,
+            x,
+            round: 0,
+        })
     }
-    let known = Tensor::from_vec(known_host, (b, c, s, s), dev)?;
-    let pix = Tensor::from_vec(pix, (b, c, s, s), dev)?;
-    let patches = Tensor::from_vec(patches, (b, grid * grid, 1), dev)?;
-    let paste = |x: &Tensor| -> Result<Tensor> { Ok((&known + pix.mul(&(x - &known)?)?)?) };
-    let mut x = Tensor::from_vec(init, (b, c, s, s), dev)?;
-    let inner = SampleOptions {
-        temperature: 1.0,
-        denoise: false,
-        previews: false,
-        tileable: false,
-        ..opts.sample.clone()
-    };
-    for r in 0..opts.rounds {
+
+    /// Rounds still to run.
+    pub(crate) fn rounds_left(&self) -> usize {
+        self.opts.rounds.saturating_sub(self.round)
+    }
+
+    /// `x` with the known pixels put back.
+    fn paste(&self, x: &Tensor) -> Result<Tensor> {
+        Ok((&self.known + self.pix.mul(&(x - &self.known)?)?)?)
+    }
+
+    /// One round: encode the guess, renoise the hole's latents by the round's strength (the
+    /// run's noise streams), decode, and keep the known pixels.
+    pub(crate) fn round(&mut self) -> Result<()> {
+        let r = self.round;
+        let model = self.sampler.model();
+        let cfg = model.config();
+        let opts = &self.opts;
         let strength = f64::from(opts.strength(r));
-        let z = encode(model, &x, labels.as_slice(), &inner)?;
-        let eps = (prior_noise_range(cfg, first, b, round_seed(opts.sample.seed, r), dev)?
+        let z = encode(model, &self.x, self.labels.as_slice(), &self.inner)?;
+        let seed = round_seed(opts.sample.seed, r);
+        let eps = (prior_noise_range(cfg, self.first, self.batch, seed, model.device())?
             * f64::from(opts.sample.temperature))?;
         let fresh = ((&z * (1.0 - strength * strength).sqrt())? + (eps * strength)?)?;
-        let z = (&z + patches.broadcast_mul(&(fresh - &z)?)?)?;
-        let out = sampler.reverse(&z, labels, &inner)?;
-        x = paste(&out.raw)?;
+        let z = (&z + self.patches.broadcast_mul(&(fresh - &z)?)?)?;
+        let out = self.sampler.reverse(&z, &self.labels, &self.inner)?;
+        self.x = self.paste(&out.raw)?;
+        self.round += 1;
+        Ok(())
     }
-    if opts.sample.denoise && cfg.noise_sigma > 0.0 {
-        x = paste(&denoise(model, &x, labels.as_slice())?)?;
+
+    /// Denoise (when asked and the model has a noise level) and check the result.
+    pub(crate) fn finish(self) -> Result<Tensor> {
+        let model = self.sampler.model();
+        let mut x = self.x.clone();
+        if self.opts.sample.denoise && model.config().noise_sigma > 0.0 {
+            let d = denoise_steps(
+                model,
+                &x,
+                self.labels.as_slice(),
+                self.opts.sample.denoise_steps,
+            )?;
+            x = self.paste(&d)?;
+        }
+        let bad = x
+            .flatten_all()?
+            .to_vec1::<f32>()?
+            .iter()
+            .filter(|v| !v.is_finite())
+            .count();
+        if bad > 0 {
+            return Err(Error::NonFinite(format!(
+                "{bad} non-finite values in the inpainted images; try a lower guidance or \
+                 temperature"
+            )));
+        }
+        Ok(x)
     }
-    let bad = x
-        .flatten_all()?
-        .to_vec1::<f32>()?
-        .iter()
-        .filter(|v| !v.is_finite())
-        .count();
-    if bad > 0 {
-        return Err(Error::NonFinite(format!(
-            "{bad} non-finite values in the inpainted images; try a lower guidance or temperature"
-        )));
-    }
-    Ok(x)
 }
 
 /// Inpaint one RGBA8 image `labels.len()` times (item k on noise stream k of the seed), at the

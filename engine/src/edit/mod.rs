@@ -32,7 +32,7 @@ pub use inpaint::{InpaintOptions, inpaint, inpaint_rgba};
 pub use mask::{Mask, rgba_to_planes};
 pub use outpaint::{Extend, inpaint_canvas, outpaint};
 pub use seams::{DiffTally, mask_boundary, wrap_seams};
-pub(crate) use tile::make_tileable_items;
+pub(crate) use tile::TileRun;
 pub use tile::{default_band, make_tileable, seam_mask};
 
 // The tests read held-out PNGs with the `image` crate, which only the `train` feature links.

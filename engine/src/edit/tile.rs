@@ -8,7 +8,7 @@
 
 use candle_core::Tensor;
 
-use super::inpaint::{InpaintOptions, inpaint_items};
+use super::inpaint::{InpaintOptions, InpaintRun};
 use super::mask::Mask;
 use crate::error::{Error, Result};
 use crate::sample::{Labels, Sampler};
@@ -54,25 +54,67 @@ pub(crate) fn make_tileable_items(
     opts: &InpaintOptions,
     first: usize,
 ) -> Result<Tensor> {
-    let s = sampler.model().config().img_size;
-    if band == 0 || 2 * band > s {
-        return Err(Error::InvalidInput(format!(
-            "a seam band of {band} pixels either side does not fit a {s}-pixel texture (1 to {})",
-            s / 2
-        )));
+    let mut run = TileRun::new(sampler, images, labels, band, opts, first)?;
+    while run.rounds_left() > 0 {
+        run.round()?;
     }
-    let shift = (s / 2) as i32;
-    let rolled = images.roll(shift, 2)?.roll(shift, 3)?;
-    let mask = seam_mask(s, band);
-    let done = inpaint_items(
-        sampler,
-        &rolled,
-        std::slice::from_ref(&mask),
-        labels,
-        opts,
-        first,
-    )?;
-    Ok(done.roll(-shift, 2)?.roll(-shift, 3)?)
+    run.finish()
+}
+
+/// A seam repair one inpainting round at a time (the sampling stream's cancellable tiling
+/// phase): the images rolled by half a side so that the seams cross the middle, inpainted
+/// there, and rolled back at the end.
+pub(crate) struct TileRun {
+    run: InpaintRun,
+    shift: i32,
+}
+
+impl TileRun {
+    /// Check the band and set up the inpainting of the rolled images.
+    pub(crate) fn new(
+        sampler: &Sampler,
+        images: &Tensor,
+        labels: &Labels,
+        band: usize,
+        opts: &InpaintOptions,
+        first: usize,
+    ) -> Result<Self> {
+        let s = sampler.model().config().img_size;
+        if band == 0 || 2 * band > s {
+            return Err(Error::InvalidInput(format!(
+                "a seam band of {band} pixels either side does not fit a {s}-pixel texture (1 to {})",
+                s / 2
+            )));
+        }
+        let shift = (s / 2) as i32;
+        let rolled = images.roll(shift, 2)?.roll(shift, 3)?;
+        let mask = seam_mask(s, band);
+        let run = InpaintRun::new(
+            sampler,
+            &rolled,
+            std::slice::from_ref(&mask),
+            labels,
+            opts,
+            first,
+        )?;
+        Ok(Self { run, shift })
+    }
+
+    /// Inpainting rounds still to run.
+    pub(crate) fn rounds_left(&self) -> usize {
+        self.run.rounds_left()
+    }
+
+    /// One inpainting round.
+    pub(crate) fn round(&mut self) -> Result<()> {
+        self.run.round()
+    }
+
+    /// Denoise, check and roll the images back.
+    pub(crate) fn finish(self) -> Result<Tensor> {
+        let done = self.run.finish()?;
+        Ok(done.roll(-self.shift, 2)?.roll(-self.shift, 3)?)
+    }
 }
 
 #[cfg(test)]

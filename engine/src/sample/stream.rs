@@ -28,8 +28,9 @@ enum State {
         step: usize,
     },
     Denoise,
-    /// Repair the wrap-around seams (`SampleOptions::tileable`).
-    Tile,
+    /// Repair the wrap-around seams (`SampleOptions::tileable`), one inpainting round per
+    /// step (`None` until the repair is set up).
+    Tile(Option<Box<crate::edit::TileRun>>),
     Finish,
     Done,
 }
@@ -140,9 +141,12 @@ impl SampleStream {
         let palettes = item_palettes(cfg, labels, opts)?;
         let run = sampler.reversal(&x, labels.as_slice(), opts)?;
         let denoising = opts.denoise && cfg.noise_sigma > 0.0;
-        let total = cfg.num_blocks * n.saturating_sub(1)
-            + usize::from(denoising)
-            + usize::from(opts.tileable);
+        let tile_rounds = if opts.tileable {
+            crate::edit::InpaintOptions::default().rounds.max(1)
+        } else {
+            0
+        };
+        let total = cfg.num_blocks * n.saturating_sub(1) + usize::from(denoising) + tile_rounds;
         Ok(Self {
             sampler,
             labels: labels.as_slice().map(<[i64]>::to_vec),
@@ -174,8 +178,8 @@ impl SampleStream {
         self.cancel.clone()
     }
 
-    /// Units of work in the whole run: (N - 1) token steps per block, plus 1 for denoising and 1
-    /// for the seam repair of a tileable run.
+    /// Units of work in the whole run: (N - 1) token steps per block, plus 1 for denoising and
+    /// one per inpainting round of a tileable run's seam repair.
     pub fn total_steps(&self) -> usize {
         self.total
     }
@@ -380,12 +384,14 @@ impl SampleStream {
                     self.images = Some(raw);
                 }
                 self.state = if self.opts.tileable {
-                    State::Tile
+                    State::Tile(None)
                 } else {
                     State::Finish
                 };
             }
-            State::Tile => {
+            // Each step of the repair is one inpainting round, so a cancelled or dropped stream
+            // stops between rounds and a worker can interleave other streams.
+            State::Tile(None) => {
                 let images = self
                     .images
                     .take()
@@ -400,7 +406,7 @@ impl SampleStream {
                     ..Default::default()
                 };
                 let band = crate::edit::default_band(cfg.img_size, cfg.patch_size);
-                let images = crate::edit::make_tileable_items(
+                let run = crate::edit::TileRun::new(
                     &sampler,
                     &images,
                     &labels,
@@ -408,9 +414,17 @@ impl SampleStream {
                     &opts,
                     self.first_item,
                 )?;
+                self.state = State::Tile(Some(Box::new(run)));
+            }
+            State::Tile(Some(mut run)) => {
+                run.round()?;
                 self.progress();
-                self.images = Some(images);
-                self.state = State::Finish;
+                if run.rounds_left() > 0 {
+                    self.state = State::Tile(Some(run));
+                } else {
+                    self.images = Some(run.finish()?);
+                    self.state = State::Finish;
+                }
             }
             State::Finish => {
                 let raw = self.raw.take();
