@@ -77,7 +77,7 @@ fn cli_train_then_the_plugin_paints_the_clis_texture() {
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let model = root.join("game.safetensors");
     // Everything on the test device (`TARFLOW_TEST_DEVICE`, CPU by default): CLI and plugin alike.
-    let device = tarflow::DeviceChoice::from_test_env().unwrap_or_else(|e| panic!("{e}"));
+    let device = tarflow::testing::from_test_env().unwrap_or_else(|e| panic!("{e}"));
     let dev = device.to_string();
 
     // 1. Train (a short run of a small model: the path, not the quality, is under test).

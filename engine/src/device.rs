@@ -1,7 +1,7 @@
 //! [`DeviceChoice`]: which backend runs the model (`cpu`, `cuda:N`, `metal`), parsed from text;
-//! the device the test suites run on ([`TEST_DEVICE_ENV`], [`DeviceChoice::from_test_env`]) and
-//! their per-device [`Tolerances`]; and the counted device-to-host copies of the hot paths
-//! ([`host_vec_f32`], [`host_scalar_f32`], [`host_syncs`]).
+//! and the counted device-to-host copies of the hot paths ([`host_vec_f32`],
+//! [`host_scalar_f32`], [`host_syncs`]). The test suites' device and tolerances are in
+//! [`crate::testing`].
 
 use std::cell::Cell;
 use std::fmt;
@@ -73,60 +73,7 @@ impl DeviceChoice {
     }
 }
 
-/// The environment variable that picks the device of every test suite (engine, CLI, plugin,
-/// `tests/`): `cpu` (the default when unset or empty), `cuda`, `cuda:N` or `metal`.
-pub const TEST_DEVICE_ENV: &str = "TARFLOW_TEST_DEVICE";
-
 impl DeviceChoice {
-    /// The device the tests should run on, from [`TEST_DEVICE_ENV`] (unset or empty: the CPU).
-    ///
-    /// Errors, naming the variable, on an unknown value or on a backend this build lacks (e.g.
-    /// `cuda` without the `cuda` feature), so that a GPU run never silently falls back to the CPU.
-    pub fn from_test_env() -> Result<Self> {
-        Self::from_test_value(std::env::var(TEST_DEVICE_ENV).ok().as_deref())
-    }
-
-    /// [`DeviceChoice::from_test_env`] on a given value of the variable (`None`: unset).
-    pub fn from_test_value(value: Option<&str>) -> Result<Self> {
-        let v = value.map(str::trim).unwrap_or("");
-        if v.is_empty() {
-            return Ok(Self::Cpu);
-        }
-        let choice: Self = v.parse().map_err(|e| match e {
-            Error::Device { device, reason } => Error::Device {
-                device,
-                reason: format!("{TEST_DEVICE_ENV}: {reason}"),
-            },
-            e => e,
-        })?;
-        if !choice.compiled_in() {
-            let feature = match choice {
-                Self::Metal => "metal",
-                _ => "cuda",
-            };
-            return Err(Error::Device {
-                device: v.to_string(),
-                reason: format!(
-                    "{TEST_DEVICE_ENV}={v} needs the `{feature}` feature, which this build lacks; \
-                     run the tests with `--features {feature}` (or unset {TEST_DEVICE_ENV})"
-                ),
-            });
-        }
-        Ok(choice)
-    }
-
-    /// Open the device named by [`TEST_DEVICE_ENV`] (see [`DeviceChoice::from_test_env`]).
-    pub fn open_test_device() -> Result<Device> {
-        let choice = Self::from_test_env()?;
-        choice.open().map_err(|e| match e {
-            Error::Device { device, reason } => Error::Device {
-                device,
-                reason: format!("{TEST_DEVICE_ENV}: {reason}"),
-            },
-            e => e,
-        })
-    }
-
     /// The choice that names an opened device (its backend, and the CUDA ordinal).
     pub fn of(device: &Device) -> Self {
         match device.location() {
@@ -135,57 +82,6 @@ impl DeviceChoice {
             candle_core::DeviceLocation::Metal { .. } => Self::Metal,
         }
     }
-
-    /// How closely results on this device must match the reference (see [`Tolerances`]).
-    pub fn tolerances(self) -> Tolerances {
-        match self {
-            Self::Cpu => Tolerances::CPU,
-            Self::Cuda(_) | Self::Metal => Tolerances::GPU,
-        }
-    }
-}
-
-/// Largest differences the test suites accept, per device: the one place they are written down.
-///
-/// The CPU figures are what the CPU build reaches against the PyTorch reference (CPU, f32). GPU
-/// matmuls and reductions sum in other orders (cuBLAS/Metal kernels, no TF32: candle's f32 gemm
-/// stays f32 unless asked), so their results are close to but not bit-equal with the CPU's:
-/// the GPU bounds are 10x looser. Exact (bit-for-bit) comparisons between two CPU paths do not
-/// use these: those tests stay on the CPU.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Tolerances {
-    /// Golden forward pass (`z`, every block's output, log-determinants, loss), denoising, and
-    /// forward/reverse round trips and cached vs cache-free sampling (absolute).
-    pub golden: f32,
-    /// Golden sampling (reverse pass) images against the reference's (absolute).
-    pub golden_reverse: f32,
-    /// Gradients against the reference's (relative to the largest magnitude).
-    pub gradient_rel: f32,
-    /// Two of our own paths that compute the same thing on one device (fast vs differentiable
-    /// forward, chunked vs whole denoising, one item vs in a batch; absolute).
-    pub paths: f32,
-    /// CLI parity: images or statistics written by two equivalent commands (absolute, in [-1, 1]
-    /// units; 8-bit outputs compare at one level more than this allows).
-    pub cli: f32,
-}
-
-impl Tolerances {
-    /// On the CPU.
-    pub const CPU: Self = Self {
-        golden: 1e-4,
-        golden_reverse: 1e-3,
-        gradient_rel: 1e-3,
-        paths: 1e-5,
-        cli: 1e-4,
-    };
-    /// On a CUDA or Metal GPU (10x the CPU's; not yet checked on a GPU: `scripts/gpu-check.sh`).
-    pub const GPU: Self = Self {
-        golden: 1e-3,
-        golden_reverse: 1e-2,
-        gradient_rel: 1e-2,
-        paths: 1e-4,
-        cli: 1e-3,
-    };
 }
 
 thread_local! {
@@ -293,50 +189,6 @@ mod tests {
             let err = DeviceChoice::Metal.open().unwrap_err().to_string();
             assert!(err.contains("--features metal"), "{err}");
         }
-    }
-
-    #[test]
-    fn test_device_variable() {
-        assert_eq!(
-            DeviceChoice::from_test_value(None).unwrap(),
-            DeviceChoice::Cpu
-        );
-        assert_eq!(
-            DeviceChoice::from_test_value(Some(" ")).unwrap(),
-            DeviceChoice::Cpu
-        );
-        assert_eq!(
-            DeviceChoice::from_test_value(Some("cpu")).unwrap(),
-            DeviceChoice::Cpu
-        );
-        let err = DeviceChoice::from_test_value(Some("tpu"))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains(TEST_DEVICE_ENV) && err.contains("`tpu`"),
-            "{err}"
-        );
-        if cfg!(feature = "cuda") {
-            assert_eq!(
-                DeviceChoice::from_test_value(Some("cuda:1")).unwrap(),
-                DeviceChoice::Cuda(1)
-            );
-        } else {
-            let err = DeviceChoice::from_test_value(Some("cuda:1"))
-                .unwrap_err()
-                .to_string();
-            assert!(
-                err.contains(TEST_DEVICE_ENV) && err.contains("`cuda` feature"),
-                "{err}"
-            );
-        }
-        if !cfg!(feature = "metal") {
-            let err = DeviceChoice::from_test_value(Some("metal"))
-                .unwrap_err()
-                .to_string();
-            assert!(err.contains("`metal` feature"), "{err}");
-        }
-        assert_eq!(DeviceChoice::of(&Device::Cpu), DeviceChoice::Cpu);
     }
 
     #[test]

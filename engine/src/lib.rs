@@ -35,6 +35,8 @@ pub mod palette;
 pub mod runtime;
 pub mod sample;
 pub mod sheet;
+#[doc(hidden)]
+pub mod testing;
 #[cfg(feature = "train")]
 pub mod train;
 

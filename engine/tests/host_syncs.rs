@@ -7,14 +7,15 @@
 mod common;
 mod train_util;
 
-use tarflow::device::{TEST_DEVICE_ENV, host_syncs};
+use tarflow::device::host_syncs;
 use tarflow::model::{InitOptions, init_weights};
 use tarflow::prelude::*;
+use tarflow::testing::TEST_DEVICE_ENV;
 use train_util::{Pattern, quick_config, small_model, write_patterns};
 
 #[test]
 fn the_helpers_use_the_device_the_variable_asks_for() {
-    let asked = DeviceChoice::from_test_env().unwrap_or_else(|e| panic!("{e}"));
+    let asked = tarflow::testing::from_test_env().unwrap_or_else(|e| panic!("{e}"));
     let dev = common::device();
     let t = tarflow::candle::Tensor::zeros(2, tarflow::candle::DType::F32, &dev).unwrap();
     let used = DeviceChoice::of(t.device());
@@ -31,7 +32,7 @@ fn the_helpers_use_the_device_the_variable_asks_for() {
     // The model helpers put their tensors there too.
     let m = common::reference_model("small");
     assert_eq!(DeviceChoice::of(m.device()), asked);
-    assert_eq!(common::tol(), asked.tolerances());
+    assert_eq!(common::tol(), tarflow::testing::tolerances(asked));
 }
 
 #[test]

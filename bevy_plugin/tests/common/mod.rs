@@ -19,12 +19,12 @@ use tarflow::{DeviceChoice, Model, ModelConfig};
 /// `metal`). Panics with the reason when this build cannot use it. [`app`] gives it to the
 /// plugin's settings.
 pub fn test_device() -> DeviceChoice {
-    DeviceChoice::from_test_env().unwrap_or_else(|e| panic!("{e}"))
+    tarflow::testing::from_test_env().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// [`test_device`], opened.
 pub fn device() -> Device {
-    DeviceChoice::open_test_device().unwrap_or_else(|e| panic!("{e}"))
+    tarflow::testing::open_test_device().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A file of `../shared/golden`.

@@ -6,21 +6,21 @@
 /// (`cpu` when unset; `cuda`, `cuda:N`, `metal`). Panics with the reason when it cannot be
 /// used by this build.
 pub fn device_arg() -> String {
-    tarflow::DeviceChoice::from_test_env()
+    tarflow::testing::from_test_env()
         .unwrap_or_else(|e| panic!("{e}"))
         .to_string()
 }
 
 /// The device itself, for tests that load what the binary wrote.
 pub fn device() -> tarflow::candle::Device {
-    tarflow::DeviceChoice::open_test_device().unwrap_or_else(|e| panic!("{e}"))
+    tarflow::testing::open_test_device().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The accepted differences on the test device (`tarflow::device::Tolerances`).
-pub fn tol() -> tarflow::device::Tolerances {
-    tarflow::DeviceChoice::from_test_env()
-        .unwrap_or_else(|e| panic!("{e}"))
-        .tolerances()
+/// The accepted differences on the test device (`tarflow::testing::Tolerances`).
+pub fn tol() -> tarflow::testing::Tolerances {
+    tarflow::testing::tolerances(
+        tarflow::testing::from_test_env().unwrap_or_else(|e| panic!("{e}")),
+    )
 }
 
 /// The subcommands that take `--device`.

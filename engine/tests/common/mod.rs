@@ -10,12 +10,12 @@ use tarflow::ModelConfig;
 /// The device the tests run on: `TARFLOW_TEST_DEVICE` (`cpu` when unset; `cuda`, `cuda:N`,
 /// `metal`). Panics with the reason when it cannot be used, never falling back to the CPU.
 pub fn device() -> Device {
-    tarflow::DeviceChoice::open_test_device().unwrap_or_else(|e| panic!("{e}"))
+    tarflow::testing::open_test_device().unwrap_or_else(|e| panic!("{e}"))
 }
 
-/// The accepted differences on [`device`] (`tarflow::device::Tolerances`).
-pub fn tol() -> tarflow::device::Tolerances {
-    tarflow::DeviceChoice::of(&device()).tolerances()
+/// The accepted differences on [`device`] (`tarflow::testing::Tolerances`).
+pub fn tol() -> tarflow::testing::Tolerances {
+    tarflow::testing::tolerances(tarflow::DeviceChoice::of(&device()))
 }
 
 /// `../shared/golden` relative to the repo root (override with `TARFLOW_SHARED`).
