@@ -724,6 +724,15 @@ impl WorkerContext {
                             samples.rgba.len()
                         );
                     }
+                    if !samples.resampled.is_empty() {
+                        tracing::warn!(
+                            "bevy_tarflow: the reverse pass diverged for {} of {} textures of a \
+                             batch; they were sampled again with less guidance or a cooler prior \
+                             (lower the guidance)",
+                            samples.resampled.len(),
+                            samples.rgba.len()
+                        );
+                    }
                     let mut images = samples.rgba.into_iter();
                     for item in &a.items {
                         let image = images.next();

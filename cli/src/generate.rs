@@ -252,6 +252,19 @@ pub fn generate_each(
         batch,
         |done| bar.set_position(done as u64),
         |first, samples| {
+            for r in &samples.resampled {
+                say(
+                    bar,
+                    format!(
+                        "warning: the reverse pass diverged for item {}: it was sampled again \
+                         from the same noise at guidance {} and temperature {} (lower --guidance, \
+                         or try --guidance-rule gaussian)",
+                        first + r.item,
+                        r.guidance,
+                        r.temperature
+                    ),
+                );
+            }
             if !samples.denoise_skipped.is_empty() {
                 let items: Vec<String> = samples
                     .denoise_skipped

@@ -416,6 +416,13 @@ fn print_fidelity(report: &FidelityReport, train: &Path, test: &Path) {
             report.overall.generated
         );
     }
+    if let Some(n) = report.reverse_resampled.filter(|&n| n > 0) {
+        println!(
+            "the reverse pass diverged for {n} of {} samples: they were sampled again with less \
+             guidance or a cooler prior (lower --guidance, or try --guidance-rule gaussian)",
+            report.overall.generated
+        );
+    }
     if let Some(c) = &report.critic {
         println!(
             "critic: a small classifier cross-validated ({} folds) on {} images a side tells \

@@ -9,7 +9,7 @@ use tarflow::Model;
 use tarflow::candle::{DType, Device, Tensor};
 use tarflow::format::model_file::tensors_to_bytes;
 use tarflow::model::Exec;
-use tarflow::sample::prior_noise;
+use tarflow::sample::{SampleOptions, prior_noise};
 
 use crate::generate::{SamplingArgs, class_ids, generate, load, open_device, progress_bar};
 use crate::images::{load_images, save_png};
@@ -159,11 +159,16 @@ pub fn decode(args: DecodeArgs) -> anyhow::Result<()> {
         );
     }
     let bar = progress_bar(b as u64, "decoding");
+    // A latent decodes under its own settings or not at all: no retry with others.
+    let opts = SampleOptions {
+        retry_diverged: false,
+        ..args.sampling.plain_options()
+    };
     let (images, floats) = generate(
         &model,
         &labels,
         Some(&z),
-        &args.sampling.plain_options(),
+        &opts,
         args.sampling.batch,
         true,
         &bar,

@@ -52,7 +52,7 @@ pub use metrics::{
     NearCopyRule, Nearest, NearestIndex, PrecisionRecall, knn_radii, pixel_distance,
     precision_recall,
 };
-pub use sampling::{model_class_ids, sample_images, sample_images_and_divergences};
+pub use sampling::{Divergences, model_class_ids, sample_images, sample_images_and_divergences};
 pub use streaks::{Streaks, streak_ratio};
 
 use serde::{Deserialize, Serialize};
@@ -182,6 +182,10 @@ pub struct FidelityReport {
     /// it (`None` for images given to [`FidelityReport::from_images`]).
     #[serde(default)]
     pub denoise_diverged: Option<usize>,
+    /// Sampled images whose reverse pass diverged and that were sampled again with safer
+    /// settings (`Samples::resampled`; `None` for images given to `from_images`).
+    #[serde(default)]
+    pub reverse_resampled: Option<usize>,
 }
 
 fn check_images(what: &str, images: &[Vec<u8>], s: usize, c: usize) -> Result<()> {
@@ -385,6 +389,7 @@ impl FidelityReport {
         Ok(Self {
             critic,
             denoise_diverged: None,
+            reverse_resampled: None,
             classes,
             overall,
             k: config.k,
@@ -424,7 +429,8 @@ impl FidelityReport {
         let (images, diverged) =
             sample_images_and_divergences(model, &model_labels, opts, config.batch, progress)?;
         let mut report = Self::from_images(classifier, train, test, &images, &labels, config)?;
-        report.denoise_diverged = Some(diverged);
+        report.denoise_diverged = Some(diverged.denoise);
+        report.reverse_resampled = Some(diverged.reverse);
         Ok(report)
     }
 }

@@ -49,15 +49,25 @@ pub fn sample_images(
     Ok(sample_images_and_divergences(model, labels, opts, batch, progress)?.0)
 }
 
-/// [`sample_images`], with the number of images whose denoising step diverged (they keep their
-/// image from before denoising: `Samples::denoise_skipped`).
+/// Sampled images that diverged, by where.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Divergences {
+    /// Images whose denoising step diverged: they keep their image from before denoising
+    /// (`Samples::denoise_skipped`).
+    pub denoise: usize,
+    /// Images whose reverse pass diverged and that were sampled again with safer settings
+    /// (`Samples::resampled`).
+    pub reverse: usize,
+}
+
+/// [`sample_images`], with the number of images that diverged.
 pub fn sample_images_and_divergences(
     model: &Model,
     labels: &[i64],
     opts: &SampleOptions,
     batch: usize,
     mut progress: impl FnMut(usize, usize),
-) -> Result<(Vec<Vec<u8>>, usize)> {
+) -> Result<(Vec<Vec<u8>>, Divergences)> {
     opts.validate()?;
     let cfg = model.config();
     let c = cfg.in_channels;
@@ -71,7 +81,7 @@ pub fn sample_images_and_divergences(
     let total = labels.len();
     let sampler = Sampler::new(model)?;
     let mut out = Vec::with_capacity(total);
-    let mut diverged = 0;
+    let mut diverged = Divergences::default();
     let labels: Vec<Option<i64>> = labels.iter().map(|&l| (l >= 0).then_some(l)).collect();
     generate_batches(
         &sampler,
@@ -81,7 +91,8 @@ pub fn sample_images_and_divergences(
         batch,
         |_| {},
         |_, samples| {
-            diverged += samples.denoise_skipped.len();
+            diverged.denoise += samples.denoise_skipped.len();
+            diverged.reverse += samples.resampled.len();
             // The RGBA8 images the sampler delivers (alpha cutoff included), as a user gets them.
             for img in &samples.rgba {
                 out.push(

@@ -83,6 +83,23 @@ pub struct Samples {
     /// their image from before denoising instead of failing the whole batch. Empty when every
     /// item was denoised (or denoising was off).
     pub denoise_skipped: Vec<usize>,
+    /// Items whose reverse pass diverged and that were sampled again, alone and from the same
+    /// noise, with the safer settings given (see [`SampleOptions::retry_diverged`]). Empty when
+    /// every item's reverse pass stayed finite.
+    ///
+    /// [`SampleOptions::retry_diverged`]: super::SampleOptions::retry_diverged
+    pub resampled: Vec<Resampled>,
+}
+
+/// An item of a run that was sampled again because its reverse pass diverged.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Resampled {
+    /// The item's index in its batch.
+    pub item: usize,
+    /// The guidance weight of the retry that stayed finite.
+    pub guidance: f32,
+    /// The prior temperature of that retry.
+    pub temperature: f32,
 }
 
 /// What a [`SampleStream`](super::SampleStream) reports, in order.

@@ -26,8 +26,10 @@
 
 pub mod batches;
 pub mod cache;
+mod deliver;
 pub mod denoise;
 pub mod events;
+mod finite;
 mod fused;
 pub mod guide;
 mod host_run;
@@ -36,6 +38,7 @@ pub mod noise;
 mod ops;
 pub mod options;
 mod packed;
+mod retry;
 mod run;
 pub mod sampler;
 pub mod stream;
@@ -44,7 +47,7 @@ mod token_run;
 pub use batches::generate_batches;
 pub use cache::LayerCache;
 pub use denoise::{denoise, denoise_iterative, denoise_steps, denoise_with_sigma};
-pub use events::{CancelToken, PatchEvent, SampleEvent, Samples};
+pub use events::{CancelToken, PatchEvent, Resampled, SampleEvent, Samples};
 pub use image::{RgbaImage, alpha_threshold, planes_to_rgba, snap_alpha, to_rgba8, to_u8};
 pub use noise::{prior_noise, prior_noise_range};
 pub use options::{GuideWhat, JacobiOptions, Labels, Method, SampleOptions};

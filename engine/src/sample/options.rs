@@ -170,6 +170,13 @@ pub struct SampleOptions {
     /// ([`crate::edit::make_tileable`]), so that they tile without visible edges. The streamed
     /// patches and `Samples::raw` are from before the repair; the final images are tileable.
     pub tileable: bool,
+    /// An item whose reverse pass goes non-finite (a few noise draws do, more at high guidance)
+    /// is sampled again, alone and from the same noise, with safer settings: half the guidance,
+    /// no guidance, then 0.85 and 0.7 times the temperature, the first that stays finite
+    /// ([`Samples::resampled`](super::Samples::resampled) names them); the other items are not
+    /// touched. `false`: such a run fails with [`Error::NonFinite`] (decoding a given latent
+    /// does this, since another setting would not decode it).
+    pub retry_diverged: bool,
 }
 
 impl Default for SampleOptions {
@@ -192,6 +199,7 @@ impl Default for SampleOptions {
             palette: None,
             palette_mode: crate::palette::PaletteMode::Decoding,
             tileable: false,
+            retry_diverged: true,
         }
     }
 }

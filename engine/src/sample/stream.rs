@@ -7,16 +7,19 @@ use std::ops::ControlFlow;
 
 use candle_core::Tensor;
 
+use super::deliver::item_palettes;
 use super::denoise::denoise_steps;
 pub use super::events::{CancelToken, PatchEvent, SampleEvent, Samples};
+use super::finite::{check_finite, keep_raw_where_not_finite, nonfinite_items, zero_items};
 use super::image::{RgbaImage, alpha_threshold, despeckle, planes_to_rgba, snap_alpha, to_rgba8};
 use super::noise::prior_noise;
 use super::options::{Labels, SampleOptions};
+use super::retry::{RetryRun, RetryStep};
 use super::run::{BlockStart, Reversal};
 use super::sampler::Sampler;
 use crate::error::{Error, Result};
 use crate::model::Model;
-use crate::palette::{Palette, PaletteChoice, PaletteMode};
+use crate::palette::{Palette, PaletteMode};
 
 enum State {
     /// The reversed block `step` is started (its first events are due).
@@ -27,12 +30,25 @@ enum State {
     Block {
         step: usize,
     },
+    /// Sample again the items whose reverse pass diverged (see [`RetryRun`]).
+    Retry(Box<RetryRun>),
     Denoise,
     /// Repair the wrap-around seams (`SampleOptions::tileable`), one inpainting round per
     /// step (`None` until the repair is set up).
     Tile(Option<Box<crate::edit::TileRun>>),
     Finish,
     Done,
+}
+
+/// What a stream does with an item whose reverse pass goes non-finite.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OnDivergence {
+    /// Fail the run (`SampleOptions::retry_diverged` off).
+    Fail,
+    /// Zero it, finish the others, then sample it again with safer settings.
+    Retry,
+    /// Zero it and list it (a retry's own stream: the run it belongs to decides).
+    Record,
 }
 
 /// A sampling run, driven by iterating over it: each call to `next` does at most one step of work
@@ -63,6 +79,14 @@ pub struct SampleStream {
     palettes: Option<Vec<Palette>>,
     /// Items that kept their pre-denoise image (see [`Samples::denoise_skipped`]).
     denoise_skipped: Vec<usize>,
+    /// The run's standard-normal noise (B, N, D), which a retry starts from again.
+    z: Tensor,
+    on_divergence: OnDivergence,
+    /// Items whose reverse pass went non-finite (sorted), zeroed since.
+    diverged: Vec<usize>,
+    /// Items sampled again, and the passes their retries ran.
+    resampled: Vec<super::events::Resampled>,
+    retry_passes: usize,
 }
 
 impl SampleStream {
@@ -137,7 +161,7 @@ impl SampleStream {
         let z = z
             .to_dtype(candle_core::DType::F32)?
             .to_device(model.device())?;
-        let x = ((z * f64::from(opts.temperature))?.broadcast_mul(&model.var.sqrt()?))?;
+        let x = ((&z * f64::from(opts.temperature))?.broadcast_mul(&model.var.sqrt()?))?;
         let palettes = item_palettes(cfg, labels, opts)?;
         let run = sampler.reversal(&x, labels.as_slice(), opts)?;
         let denoising = opts.denoise && cfg.noise_sigma > 0.0;
@@ -164,7 +188,28 @@ impl SampleStream {
             total,
             palettes,
             denoise_skipped: Vec::new(),
+            z,
+            on_divergence: if opts.retry_diverged {
+                OnDivergence::Retry
+            } else {
+                OnDivergence::Fail
+            },
+            diverged: Vec::new(),
+            resampled: Vec::new(),
+            retry_passes: 0,
         })
+    }
+
+    /// Set what happens to items whose reverse pass diverges.
+    pub(crate) fn on_divergence(mut self, policy: OnDivergence) -> Self {
+        self.on_divergence = policy;
+        self
+    }
+
+    /// Items whose reverse pass went non-finite and were zeroed (a retry stream's unresolved
+    /// items).
+    pub(crate) fn diverged(&self) -> &[usize] {
+        &self.diverged
     }
 
     /// Use `token` to cancel this stream (replacing its own).
@@ -318,15 +363,26 @@ impl SampleStream {
             }
             State::Block { step } => {
                 if self.run.is_done() {
-                    let x = self.run.output(model)?;
-                    check_finite(&x, || {
-                        format!(
-                            "non-finite values after reversing flow block {} (step {} of {blocks}); \
-                             try a lower guidance or temperature, or check the model's weights",
-                            self.run.block(),
-                            step + 1
-                        )
-                    })?;
+                    let mut x = self.run.output(model)?;
+                    if self.on_divergence == OnDivergence::Fail {
+                        check_finite(&x, || {
+                            format!(
+                                "non-finite values after reversing flow block {} (step {} of \
+                                 {blocks}); try a lower guidance or temperature, or check the \
+                                 model's weights",
+                                self.run.block(),
+                                step + 1
+                            )
+                        })?;
+                    } else {
+                        let bad = nonfinite_items(&x)?;
+                        if !bad.is_empty() {
+                            x = zero_items(&x, &bad)?;
+                            self.diverged.extend(bad);
+                            self.diverged.sort_unstable();
+                            self.diverged.dedup();
+                        }
+                    }
                     let image = model.unpatchify(&x)?;
                     if self.opts.previews {
                         self.queue.push_back(SampleEvent::Preview {
@@ -343,7 +399,17 @@ impl SampleStream {
                         State::Start { step: step + 1 }
                     } else {
                         self.raw = Some(image);
-                        State::Denoise
+                        if self.on_divergence == OnDivergence::Retry && !self.diverged.is_empty() {
+                            State::Retry(Box::new(RetryRun::new(
+                                sampler.clone(),
+                                self.z.clone(),
+                                self.labels.clone(),
+                                &self.opts,
+                                std::mem::take(&mut self.diverged),
+                            )))
+                        } else {
+                            State::Denoise
+                        }
                     };
                 } else {
                     let before = self.run.steps_done();
@@ -357,6 +423,28 @@ impl SampleStream {
                         }
                     }
                     self.state = State::Block { step };
+                }
+            }
+            State::Retry(mut retry) => {
+                let raw = self
+                    .raw
+                    .as_mut()
+                    .ok_or_else(|| Error::InvalidInput("no image to retry".into()))?;
+                match retry.step(&self.cancel, raw, &mut self.after_block)? {
+                    RetryStep::Started(steps) => {
+                        self.total += steps;
+                        self.state = State::Retry(retry);
+                    }
+                    RetryStep::Progress => {
+                        self.progress();
+                        self.state = State::Retry(retry);
+                    }
+                    RetryStep::Quiet => self.state = State::Retry(retry),
+                    RetryStep::Done => {
+                        self.resampled = std::mem::take(&mut retry.resampled);
+                        self.retry_passes = retry.passes;
+                        self.state = State::Denoise;
+                    }
                 }
             }
             State::Denoise => {
@@ -440,114 +528,14 @@ impl SampleStream {
                         raw,
                         after_block: std::mem::take(&mut self.after_block),
                         rgba,
-                        passes: self.run.passes(),
+                        passes: self.run.passes() + self.retry_passes,
                         denoise_skipped: std::mem::take(&mut self.denoise_skipped),
+                        resampled: std::mem::take(&mut self.resampled),
                     })));
             }
             State::Done => {}
         }
         Ok(())
-    }
-}
-
-/// The palette of each item that `opts.palette` asks for: the model's learned palette of the
-/// item's class (the palette over all classes for unconditional items) reduced to N colours, or
-/// the given colours. Errors when the model has no learned palettes or the colours are empty.
-fn item_palettes(
-    cfg: &crate::config::ModelConfig,
-    labels: &Labels,
-    opts: &SampleOptions,
-) -> Result<Option<Vec<Palette>>> {
-    let Some(choice) = &opts.palette else {
-        return Ok(None);
-    };
-    let b = labels.len();
-    Ok(Some(match choice {
-        PaletteChoice::Colours(c) => {
-            if c.is_empty() {
-                return Err(Error::InvalidInput("a palette of no colours".into()));
-            }
-            let p = Palette {
-                colours: c.clone(),
-                weights: vec![1.0 / c.len() as f64; c.len()],
-            };
-            vec![p; b]
-        }
-        PaletteChoice::Learned(n) => {
-            if *n == 0 {
-                return Err(Error::InvalidInput("a palette of 0 colours".into()));
-            }
-            let stored = cfg.palettes.as_ref().ok_or_else(|| {
-                Error::InvalidInput(
-                    "the model file has no learned palettes: add them with `tarflow palette \
-                     --model M DATA_DIR --out M2`, or give the colours of an image"
-                        .into(),
-                )
-            })?;
-            let mut cache: std::collections::HashMap<Option<i64>, Palette> = Default::default();
-            (0..b)
-                .map(|i| {
-                    let label = labels
-                        .as_slice()
-                        .map(|l| l[i])
-                        .filter(|&l| l >= 0 && cfg.num_classes > 0);
-                    cache
-                        .entry(label)
-                        .or_insert_with(|| stored.for_label(label).reduce(*n))
-                        .clone()
-                })
-                .map(|p| {
-                    if p.is_empty() {
-                        Err(Error::InvalidInput(
-                            "the model's palette for this class has no colours".into(),
-                        ))
-                    } else {
-                        Ok(p)
-                    }
-                })
-                .collect::<Result<Vec<_>>>()?
-        }
-    }))
-}
-
-/// `denoised` where each item is finite, `raw` for the items that are not, and those items'
-/// indices. One host copy of one value per item.
-fn keep_raw_where_not_finite(denoised: &Tensor, raw: &Tensor) -> Result<(Tensor, Vec<usize>)> {
-    // 0 * x is 0 where x is finite and NaN elsewhere: an item's sum is NaN iff it has a bad value.
-    let probe = denoised.affine(0.0, 0.0)?.flatten_from(1)?.sum(1)?;
-    let bad: Vec<usize> = crate::device::host_vec_f32(&probe)?
-        .iter()
-        .enumerate()
-        .filter(|(_, v)| !v.is_finite())
-        .map(|(i, _)| i)
-        .collect();
-    if bad.is_empty() {
-        return Ok((denoised.clone(), bad));
-    }
-    let b = denoised.dim(0)?;
-    let keep: Vec<u8> = (0..b).map(|i| u8::from(bad.contains(&i))).collect();
-    let mut shape = vec![b];
-    shape.extend(std::iter::repeat_n(1, denoised.rank() - 1));
-    let mask = Tensor::from_vec(keep, shape, denoised.device())?.broadcast_as(denoised.shape())?;
-    Ok((mask.where_cond(raw, denoised)?, bad))
-}
-
-/// An error naming what went wrong unless every value of `t` is finite.
-fn check_finite(t: &Tensor, what: impl FnOnce() -> String) -> Result<()> {
-    // One scalar comes back (0 * x is 0 where finite, NaN elsewhere); the whole tensor only when
-    // something is wrong, to count the bad values.
-    let t = t.to_dtype(candle_core::DType::F32)?;
-    if crate::device::host_scalar_f32(&t.affine(0.0, 0.0)?.sum_all()?)? == 0.0 {
-        return Ok(());
-    }
-    let v = crate::device::host_vec_f32(&t)?;
-    match v.iter().filter(|x| !x.is_finite()).count() {
-        0 => Ok(()),
-        bad => Err(Error::NonFinite(format!(
-            "{} ({bad} of {} values)",
-            what(),
-            v.len()
-        ))),
     }
 }
 
@@ -578,37 +566,11 @@ impl Iterator for SampleStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use candle_core::Device;
 
     #[test]
     fn streams_can_move_to_and_be_shared_with_other_threads() {
         fn send_sync<T: Send + Sync>() {}
         send_sync::<SampleStream>();
         send_sync::<Sampler>();
-    }
-
-    #[test]
-    fn a_diverged_item_keeps_its_raw_image_and_the_others_their_denoised_one() {
-        let dev = Device::Cpu;
-        let raw =
-            Tensor::from_vec((0..24).map(|v| v as f32).collect(), (3, 2, 2, 2), &dev).unwrap();
-        let mut d: Vec<f32> = (0..24).map(|v| v as f32 + 0.5).collect();
-        d[9] = f32::NAN; // item 1
-        d[22] = f32::INFINITY; // item 2
-        let denoised = Tensor::from_vec(d, (3, 2, 2, 2), &dev).unwrap();
-        let (out, skipped) = keep_raw_where_not_finite(&denoised, &raw).unwrap();
-        assert_eq!(skipped, [1, 2]);
-        let out = out.flatten_all().unwrap().to_vec1::<f32>().unwrap();
-        let want: Vec<f32> = (0..24)
-            .map(|v| if v < 8 { v as f32 + 0.5 } else { v as f32 })
-            .collect();
-        assert_eq!(out, want);
-        // All finite: the denoised images, nothing skipped.
-        let (out, skipped) = keep_raw_where_not_finite(&raw, &denoised).unwrap();
-        assert!(skipped.is_empty());
-        assert_eq!(
-            out.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
-            (0..24).map(|v| v as f32).collect::<Vec<_>>()
-        );
     }
 }
