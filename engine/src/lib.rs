@@ -37,6 +37,7 @@ pub mod sample;
 pub mod sheet;
 #[doc(hidden)]
 pub mod testing;
+pub mod tileset;
 #[cfg(feature = "train")]
 pub mod train;
 
