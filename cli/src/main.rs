@@ -22,6 +22,9 @@ enum Command {
     Sample(commands::sample::SampleArgs),
     /// Generate a sprite sheet (a row per class) with a JSON atlas.
     Sheet(commands::sheet::SheetArgs),
+    /// A terrain tileset: the 16-tile corner Wang set between two classes, with an atlas and a
+    /// Tiled .tsx beside it.
+    Tileset(commands::tileset::TilesetArgs),
     /// Variations of an existing texture through the flow's exact inverse.
     Vary(commands::latent::VaryArgs),
     /// Encode images to latents (z) exactly.
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Train(a) => commands::train::run(a),
         Command::Sample(a) => commands::sample::run(a),
         Command::Sheet(a) => commands::sheet::run(a),
+        Command::Tileset(a) => commands::tileset::run(a),
         Command::Vary(a) => commands::latent::vary(a),
         Command::Encode(a) => commands::latent::encode(a),
         Command::Decode(a) => commands::latent::decode(a),

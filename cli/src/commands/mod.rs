@@ -12,4 +12,5 @@ pub mod palette;
 pub mod recommend;
 pub mod sample;
 pub mod sheet;
+pub mod tileset;
 pub mod train;

@@ -26,7 +26,8 @@ pub struct TilesetOptions {
     /// The ring and band sizes; `None`: [`TileGeometry::for_side`] of the model's size.
     pub geometry: Option<TileGeometry>,
     /// A texture with more than this share of its pixels less than half opaque is a sprite on
-    /// transparency, not a terrain: the set is refused, naming the class (1 allows anything).
+    /// transparency, not a terrain: it is drawn again (up to [`TEXTURE_DRAWS`] draws), and a
+    /// class that gives only such textures is refused, named (1 allows anything).
     pub max_transparent: f32,
 }
 
@@ -54,6 +55,21 @@ impl TilesetOptions {
             ..Default::default()
         }
     }
+}
+
+/// Draws of the two textures before a class is refused as a sprite class.
+pub const TEXTURE_DRAWS: usize = 4;
+
+/// The seed of draw `d` of the textures (draw 0 is the tileset's seed itself).
+fn draw_seed(seed: u64, d: usize) -> u64 {
+    seed.wrapping_add(0xA076_1D64_78BD_642Fu64.wrapping_mul(d as u64))
+}
+
+/// The share of an image's pixels that are less than half opaque.
+fn transparent_share(img: &RgbaImage) -> f32 {
+    let n = img.pixels.len() / 4;
+    let clear = img.pixels.chunks_exact(4).filter(|p| p[3] < 128).count();
+    clear as f32 / n.max(1) as f32
 }
 
 /// The names of a tileset's terrains: the class names (`class3` for an unnamed class,
@@ -257,27 +273,51 @@ impl TilesetRun {
         })
     }
 
-    /// The two seamless textures; refuses a class whose texture is mostly transparent.
+    /// The two seamless textures. A texture that is mostly transparent (a class's sprite, such
+    /// as a pebble among the stones) is drawn again from the next of [`TEXTURE_DRAWS`] seeds;
+    /// a class that gives only sprites is refused.
     fn sample_textures(&self) -> Result<[RgbaImage; 2]> {
         let labels = Labels::Classes(self.labels.map(|l| l.unwrap_or(-1)).to_vec());
-        let samples = self.sampler.sample(&labels, &self.opts.sample)?;
-        let [a, b]: [RgbaImage; 2] = samples.rgba.try_into().map_err(|v: Vec<RgbaImage>| {
-            Error::InvalidInput(format!("sampling two textures returned {}", v.len()))
-        })?;
-        for (img, name) in [&a, &b].into_iter().zip(&self.names) {
-            let n = img.pixels.len() / 4;
-            let clear = img.pixels.chunks_exact(4).filter(|p| p[3] < 128).count();
-            let share = clear as f32 / n.max(1) as f32;
-            if share > self.opts.max_transparent {
+        let mut found: [Option<RgbaImage>; 2] = [None, None];
+        let mut shares = [Vec::new(), Vec::new()];
+        for draw in 0..TEXTURE_DRAWS {
+            let mut o = self.opts.sample.clone();
+            o.seed = draw_seed(o.seed, draw);
+            let samples = self.sampler.sample(&labels, &o)?;
+            for (t, img) in samples.rgba.into_iter().enumerate().take(2) {
+                if found[t].is_some() {
+                    continue;
+                }
+                let share = transparent_share(&img);
+                if share <= self.opts.max_transparent {
+                    found[t] = Some(img);
+                } else {
+                    shares[t].push(share);
+                }
+            }
+            if found.iter().all(Option::is_some) {
+                break;
+            }
+        }
+        for t in 0..2 {
+            if found[t].is_none() {
+                let (lo, hi) = shares[t]
+                    .iter()
+                    .fold((1f32, 0f32), |(lo, hi), &v| (lo.min(v), hi.max(v)));
                 return Err(Error::InvalidInput(format!(
-                    "class `{name}` is not a terrain: its texture (seed {}) is {:.0}% transparent, \
-                     a sprite on transparency; a tileset needs two opaque textures (pick another \
-                     class)",
+                    "class `{}` is not a terrain: its {TEXTURE_DRAWS} textures (seed {} and the \
+                     next draws) are {:.0}-{:.0}% transparent, sprites on transparency; a \
+                     tileset needs opaque textures (pick another class)",
+                    self.names[t],
                     self.opts.sample.seed,
-                    100.0 * share
+                    100.0 * lo,
+                    100.0 * hi
                 )));
             }
         }
+        let [Some(a), Some(b)] = found else {
+            return Err(Error::InvalidInput("the two textures were not made".into()));
+        };
         Ok([a, b])
     }
 
