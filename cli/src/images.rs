@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use tarflow::candle::{Device, Tensor};
-use tarflow::sample::RgbaImage;
+use tarflow::pixels::RgbaImage;
 use tarflow::sheet::SheetLayout;
 
 /// Largest image we write, in bytes of RGBA8 pixels (4 GiB): far beyond any sprite sheet.
@@ -233,31 +233,17 @@ pub fn load_images(
                 img.height()
             );
         }
-        let planes: Vec<Vec<u8>> = match channels {
-            1 => vec![img.to_luma8().into_raw()],
-            2 => {
-                let la = img.to_luma_alpha8().into_raw();
-                (0..2)
-                    .map(|c| la.iter().skip(c).step_by(2).copied().collect())
-                    .collect()
-            }
-            3 => {
-                let rgb = img.to_rgb8().into_raw();
-                (0..3)
-                    .map(|c| rgb.iter().skip(c).step_by(3).copied().collect())
-                    .collect()
-            }
-            4 => {
-                let rgba = img.to_rgba8().into_raw();
-                (0..4)
-                    .map(|c| rgba.iter().skip(c).step_by(4).copied().collect())
-                    .collect()
-            }
-            c => bail!("models with {c} channels cannot read images"),
-        };
-        for plane in planes {
-            values.extend(plane.into_iter().map(|v| 2.0 * f32::from(v) / 255.0 - 1.0));
+        if !(1..=4).contains(&channels) {
+            bail!("models with {channels} channels cannot read images");
         }
+        // The model's channels of the RGBA8 image, as training reads them (tarflow::pixels).
+        let rgba = img.to_rgba8();
+        let image = RgbaImage {
+            width: rgba.width(),
+            height: rgba.height(),
+            pixels: rgba.into_raw(),
+        };
+        values.extend(tarflow::pixels::rgba_to_planes(&image, channels)?);
     }
     Ok(Tensor::from_vec(
         values,

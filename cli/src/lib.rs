@@ -6,6 +6,7 @@
 pub mod commands;
 pub mod generate;
 pub mod images;
+pub mod interrupt;
 
 /// The error and its causes on one line, leaving out causes its message already quotes.
 pub fn error_chain(e: &anyhow::Error) -> String {

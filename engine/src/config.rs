@@ -8,9 +8,9 @@ use crate::error::{Error, Result};
 
 mod noise;
 mod order;
+pub mod palette;
 mod sampling;
 
-use crate::model::ModelNames;
 pub use noise::NoiseRange;
 pub use order::Order;
 pub use sampling::{GuidanceRule, RecommendedSampling};
@@ -89,7 +89,7 @@ pub struct ModelConfig {
     /// Colour palettes learned from the training data, per class (`tarflow palette` adds them
     /// to an existing model file; absent in older files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub palettes: Option<crate::palette::Palettes>,
+    pub palettes: Option<palette::Palettes>,
 }
 
 fn default_true() -> bool {
@@ -282,26 +282,6 @@ impl ModelConfig {
         }
     }
 
-    /// Every tensor of the reference's state_dict with its shape, in the reference's order (the
-    /// names from [`ModelNames`]).
-    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        ModelNames::new()
-            .state_dict(self)
-            .into_iter()
-            .map(|s| (s.name, s.shape))
-            .collect()
-    }
-
-    /// Number of trainable parameters (the state_dict without the `var` and `attn_mask` buffers).
-    pub fn parameter_count(&self) -> u128 {
-        ModelNames::new()
-            .state_dict(self)
-            .into_iter()
-            .filter(|s| s.kind.is_parameter())
-            .map(|s| s.shape.iter().map(|&v| v as u128).product::<u128>())
-            .sum()
-    }
-
     /// Check the config is consistent and would fit in memory; nothing is allocated before this.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::InvalidConfig(m));
@@ -423,10 +403,6 @@ mod tests {
         assert_eq!(c.patch_dim(), 12);
         assert_eq!(c.num_heads(), 2);
         assert_eq!(c.proj_out_dim(), 24);
-        // 2 blocks x (pos 16*128 + proj_in 12*128+128 + 2 layers + proj_out 24*128+24)
-        let layer = 12 * 128 * 128 + 13 * 128;
-        let block = 16 * 128 + 12 * 128 + 128 + 2 * layer + 24 * 128 + 24;
-        assert_eq!(c.parameter_count(), 2 * block as u128);
         assert!(c.validate().is_ok());
     }
 

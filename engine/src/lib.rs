@@ -10,7 +10,7 @@
 //! # fn main() -> tarflow::Result<()> {
 //! let device = "cpu".parse::<DeviceChoice>()?.open()?;
 //! let model = load_model(Path::new("assets/models/textures16.safetensors"), &device)?;
-//! println!("{} classes, {} parameters", model.config().num_classes, model.config().parameter_count());
+//! println!("{} classes, {} parameters", model.config().num_classes, tarflow::model::parameter_count(model.config()));
 //! # Ok(()) }
 //! ```
 //!
@@ -32,6 +32,7 @@ pub mod lint;
 pub mod model;
 pub mod morph;
 pub mod palette;
+pub mod pixels;
 pub mod runtime;
 pub mod sample;
 pub mod sheet;

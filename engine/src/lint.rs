@@ -23,7 +23,7 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::model::{Exec, Model};
-use crate::sample::RgbaImage;
+use crate::pixels::RgbaImage;
 use crate::train::Dataset;
 use crate::train::augment::NoiseConfig;
 use crate::train::eval::{known_label, score_in_batches};

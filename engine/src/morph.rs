@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::model::{Exec, Model};
-use crate::sample::{Labels, RgbaImage, SampleOptions, Sampler};
+use crate::pixels::RgbaImage;
+use crate::sample::{Labels, SampleOptions, Sampler};
 
 /// How the frames of a morph are placed along the slerp path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]

@@ -19,31 +19,12 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+pub use crate::config::palette::{Palette, Palettes, STORED_COLOURS};
 use crate::error::{Error, Result};
-
-/// Colours stored per class in a model file.
-pub const STORED_COLOURS: usize = 48;
+use crate::pixels::{from_u8, to_u8};
 
 /// Opacity (alpha byte) from which a pixel counts as opaque.
 pub const OPAQUE_FROM: u8 = 128;
-
-/// A set of opaque RGB colours with the share of pixels each stands for.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Palette {
-    /// The colours.
-    pub colours: Vec<[u8; 3]>,
-    /// Share of the pixels each colour stands for (sums to 1; uniform for an image's colours).
-    pub weights: Vec<f64>,
-}
-
-/// Palettes learned from a model's training data, stored in its config.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Palettes {
-    /// One per class, in class id order (empty palettes for classes without opaque pixels).
-    pub per_class: Vec<Palette>,
-    /// Over all classes: used for unconditional samples.
-    pub all: Palette,
-}
 
 /// Weighted colour histogram of RGBA8 pixels' opaque pixels.
 pub fn histogram(rgba: &[u8], into: &mut HashMap<[u8; 3], f64>) {
@@ -181,11 +162,6 @@ impl Palette {
         Ok(kmeans(&pts, max.max(1)))
     }
 
-    /// Whether the palette has no colour.
-    pub fn is_empty(&self) -> bool {
-        self.colours.is_empty()
-    }
-
     /// This palette reduced to at most `n` colours by weighted k-means over its colours (the
     /// palette itself when it has `n` or fewer).
     pub fn reduce(&self, n: usize) -> Self {
@@ -248,9 +224,9 @@ impl Palette {
             return Ok(());
         }
         let px = values.len() / channels;
-        let byte = |v: f32| f64::from(crate::sample::to_u8(v));
+        let byte = |v: f32| f64::from(to_u8(v));
         for i in 0..px {
-            if channels == 4 && crate::sample::to_u8(values[3 * px + i]) < OPAQUE_FROM {
+            if channels == 4 && to_u8(values[3 * px + i]) < OPAQUE_FROM {
                 values[3 * px + i] = -1.0;
                 continue;
             }
@@ -261,7 +237,7 @@ impl Palette {
             ];
             let c = self.colours[self.nearest(rgb).unwrap_or(0)];
             for ch in 0..3 {
-                values[ch * px + i] = 2.0 * f32::from(c[ch]) / 255.0 - 1.0;
+                values[ch * px + i] = from_u8(c[ch]);
             }
             if channels == 4 {
                 values[3 * px + i] = 1.0;
@@ -293,42 +269,6 @@ impl Palettes {
             all: km(all),
         }
     }
-
-    /// Learn the palettes of a dataset's images (every item, whole, at its own size), for a model
-    /// of `num_classes` classes.
-    #[cfg(feature = "train")]
-    pub fn from_dataset(data: &crate::train::Dataset, num_classes: usize) -> Self {
-        let c = data.channels();
-        let rgba: Vec<(Vec<u8>, Option<usize>)> = data
-            .items()
-            .iter()
-            .map(|item| (to_rgba(&item.pixels, c), item.label))
-            .collect();
-        Self::learn(rgba.iter().map(|(p, l)| (p.as_slice(), *l)), num_classes)
-    }
-
-    /// The palette for class `label` (`None` or an unknown id: the palette over all classes).
-    pub fn for_label(&self, label: Option<i64>) -> &Palette {
-        label
-            .and_then(|l| usize::try_from(l).ok())
-            .and_then(|l| self.per_class.get(l))
-            .filter(|p| !p.is_empty())
-            .unwrap_or(&self.all)
-    }
-}
-
-/// Interleaved pixels of 1 to 4 channels as RGBA8 (gray to RGB, alpha 255 when absent).
-pub fn to_rgba(pixels: &[u8], channels: usize) -> Vec<u8> {
-    let c = channels.max(1);
-    pixels
-        .chunks_exact(c)
-        .flat_map(|p| match c {
-            1 => [p[0], p[0], p[0], 255],
-            2 => [p[0], p[0], p[0], p[1]],
-            3 => [p[0], p[1], p[2], 255],
-            _ => [p[0], p[1], p[2], p[3]],
-        })
-        .collect()
 }
 
 /// Which palette a sampling run snaps to.

@@ -12,7 +12,8 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::sample::{RgbaImage, SampleOptions};
+use crate::pixels::RgbaImage;
+use crate::sample::SampleOptions;
 
 /// Largest sheet we lay out, in bytes of RGBA8 pixels (4 GiB): far beyond any sprite sheet.
 pub const MAX_SHEET_BYTES: u64 = 4 << 30;

@@ -39,7 +39,7 @@ fn every_parameter_gets_a_gradient() {
     let grads = model.loss(&out).unwrap().backward().unwrap();
     assert_eq!(
         vars.len() as u128,
-        cfg.tensor_shapes().len() as u128 - 1 - cfg.num_blocks as u128
+        tarflow::model::tensor_shapes(&cfg).len() as u128 - 1 - cfg.num_blocks as u128
     );
     for (name, v) in &vars {
         let g = grads

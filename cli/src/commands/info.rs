@@ -56,7 +56,7 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
         "orders:      {} (cycled over the blocks; odd blocks reversed)",
         tarflow::config::Order::show_list(&c.orders)
     );
-    println!("parameters:  {}", c.parameter_count());
+    println!("parameters:  {}", tarflow::model::parameter_count(c));
     match &c.sampling {
         Some(r) => println!(
             "sampling:    recommended {}{}",

@@ -7,7 +7,7 @@ use std::path::Path;
 use anyhow::Context;
 use tarflow::Model;
 use tarflow::lint::{LintReport, heatmap, lint};
-use tarflow::sample::RgbaImage;
+use tarflow::pixels::RgbaImage;
 use tarflow::train::Dataset;
 use tarflow::train::augment::Placement;
 
@@ -44,14 +44,10 @@ fn item_image(model: &Model, data: &Dataset, i: usize) -> anyhow::Result<RgbaIma
     let (s, c) = (cfg.img_size, cfg.in_channels);
     let item = &data.items()[i];
     let px = Placement::centre(item, s).apply(item, s, c);
-    let mut planes = Vec::with_capacity(px.len());
-    for ch in 0..c {
-        planes.extend((0..s * s).map(|p| 2.0 * f32::from(px[p * c + ch]) / 255.0 - 1.0));
-    }
     Ok(RgbaImage {
         width: s as u32,
         height: s as u32,
-        pixels: tarflow::sample::planes_to_rgba(&planes, c, s, s)?,
+        pixels: tarflow::pixels::channels_to_rgba(&px, c),
     })
 }
 

@@ -14,3 +14,4 @@ pub mod sample;
 pub mod sheet;
 pub mod tileset;
 pub mod train;
+pub mod train_request;

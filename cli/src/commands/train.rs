@@ -2,23 +2,23 @@
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, anyhow, bail};
+use anyhow::{Context, bail};
 use clap::Args;
 use tarflow::Model;
 use tarflow::config::Order;
 use tarflow::sample::{Labels, SampleOptions, SampleStream};
 use tarflow::train::{
-    AugmentConfig, ChannelChoice, Conflict, Dataset, NoiseConfig, Progress, RunOptions, RunRequest,
-    SizePolicy, StartError, StartPlan, StartRefusal, Started, StartedAs, Trainer, evaluate_bpd,
-    plan_start,
+    ChannelChoice, Dataset, Progress, RunOptions, SizePolicy, StartPlan, StartRefusal, Started,
+    StartedAs, Trainer, evaluate_bpd, plan_start,
 };
 
+use super::train_request::{explain, request};
 use crate::generate::{open_device, progress_bar, say};
 use crate::images::{grid, save_png};
+use crate::interrupt::Interrupt;
 
 /// Arguments of `tarflow train`.
 ///
@@ -158,16 +158,6 @@ fn beside(out: &Path, suffix: &str) -> PathBuf {
     out.with_file_name(format!("{stem}.{suffix}"))
 }
 
-fn noise(arg: &str) -> anyhow::Result<NoiseConfig> {
-    if arg.eq_ignore_ascii_case("uniform") {
-        return Ok(NoiseConfig::Uniform);
-    }
-    let sigma: f32 = arg
-        .parse()
-        .with_context(|| format!("--noise `{arg}` is neither a sigma nor `uniform`"))?;
-    Ok(NoiseConfig::Gaussian { sigma })
-}
-
 fn describe(data: &Dataset) -> String {
     let classes = if data.is_conditional() {
         data.class_names().join(", ")
@@ -181,47 +171,6 @@ fn describe(data: &Dataset) -> String {
         data.img_size(),
         data.channels()
     )
-}
-
-/// Ctrl-C: the first asks training to stop after the current step (the checkpoint is then
-/// written, the sample grid skipped); a second exits at once, though never in the middle of
-/// writing the checkpoint or model (it waits for the write to finish).
-#[derive(Default)]
-struct Interrupt {
-    stop: Arc<AtomicBool>,
-    writing: Mutex<()>,
-}
-
-impl Interrupt {
-    /// Record a Ctrl-C; true when it is the second and the process should exit now.
-    fn press(&self) -> bool {
-        self.stop.swap(true, Ordering::SeqCst)
-    }
-
-    fn stopped(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
-    }
-
-    /// Hold while writing a file a second Ctrl-C must not cut short.
-    fn writing(&self) -> MutexGuard<'_, ()> {
-        self.writing.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn install(self: &Arc<Self>) -> anyhow::Result<()> {
-        let me = self.clone();
-        ctrlc::set_handler(move || {
-            if me.press() {
-                let _done = me.writing();
-                eprintln!("second Ctrl-C: exiting now (the last checkpoint written is kept)");
-                std::process::exit(130);
-            }
-            eprintln!(
-                "Ctrl-C: stopping after this step and saving a checkpoint (Ctrl-C again to exit \
-                 at once)"
-            );
-        })
-        .context("cannot install the Ctrl-C handler")
-    }
 }
 
 /// A grid of samples from the EMA model, one row per class (8 per row). Skipped (false) when
@@ -255,98 +204,6 @@ fn write_samples(model: &Model, path: &Path, int: &Interrupt) -> anyhow::Result<
     let _w = int.writing();
     save_png(path, &sheet, 4)?;
     Ok(true)
-}
-
-/// The settings the flags ask for (a flag not given asks for nothing).
-fn request(args: &TrainArgs) -> anyhow::Result<RunRequest> {
-    Ok(RunRequest {
-        total_steps: args.steps,
-        seed: args.seed,
-        batch_size: args.batch,
-        lr: args.lr,
-        warmup_steps: args.warmup,
-        label_dropout: args.label_dropout,
-        ema_decay: args.ema,
-        noise: match &args.noise_range {
-            Some(r) => {
-                let r = tarflow::config::NoiseRange::parse(r)
-                    .with_context(|| format!("--noise-range `{r}`"))?;
-                Some(NoiseConfig::Range {
-                    t0: r.t0,
-                    t1: r.t1,
-                    reweight: args.noise_weight.as_deref() != Some("none"),
-                })
-            }
-            None => args.noise.as_deref().map(noise).transpose()?,
-        },
-        augment: AugmentConfig {
-            hflip: args.hflip,
-            vflip: args.vflip,
-            rot90: args.rot90,
-            toroidal: args.toroidal,
-        },
-        holdout_fraction: args.holdout,
-        patch_size: args.patch_size,
-        channels: args.channels,
-        blocks: args.blocks,
-        layers: args.layers,
-        soft_clip: args.soft_clip,
-        block_layers: args
-            .layers_per_block
-            .as_deref()
-            .map(|s| parse_layer_list(s, args.blocks))
-            .transpose()?,
-        orders: args
-            .orders
-            .as_deref()
-            .map(|s| Order::parse_list(s).map_err(|e| anyhow::anyhow!("--orders {s}: {e}")))
-            .transpose()?,
-        img_size: args.img_size,
-        image_channels: args.image_channels,
-        size_policy: args.size_policy,
-        split_strips: args.split_strips,
-        unconditional: args.unconditional,
-    })
-}
-
-/// `--flag value (it has ...)` for each conflict.
-fn flags(conflicts: &[Conflict]) -> String {
-    conflicts
-        .iter()
-        .map(|c| format!("--{c}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The library's refusals, worded with the flags.
-fn explain(e: StartError, args: &TrainArgs) -> anyhow::Error {
-    match e {
-        StartError::ResumeConflicts {
-            checkpoint,
-            step,
-            conflicts,
-        } => anyhow!(
-            "the checkpoint {} resumes with its own settings, and these flags differ from them: \
-             {}. Drop them to resume (at step {step}), or add --fresh to start a new run (it \
-             replaces the checkpoint and {})",
-            checkpoint.display(),
-            flags(&conflicts),
-            args.out.display()
-        ),
-        StartError::SizeConflicts { model, conflicts } => anyhow!(
-            "fine-tuning keeps the sizes of the model --from {}, and these flags differ: {}; \
-             drop them, or train a new model without --from",
-            model.display(),
-            flags(&conflicts)
-        ),
-        StartError::HoldoutWithSplit { root } => anyhow!(
-            "{} is split into train/ and test/, and test/ is the held-out set: drop --holdout \
-             (or train on {} to hold out a fraction of it)",
-            root.display(),
-            root.join("train").display()
-        ),
-        StartError::Failed(e) => e.into(),
-    }
 }
 
 /// Train.
@@ -437,7 +294,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         c.describe_layers(),
         Order::show_list(&c.orders),
         c.num_classes,
-        c.parameter_count()
+        tarflow::model::parameter_count(&c)
     );
     if trainer.step_count() >= args.steps {
         println!(
@@ -488,25 +345,23 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
 
     let started = Instant::now();
     let start_step = trainer.step_count();
-    let every = args.checkpoint_every.max(1);
-    while trainer.step_count() < args.steps && !int.stopped() {
-        let until = ((trainer.step_count() / every + 1) * every).min(args.steps);
-        let opts = RunOptions {
-            until_step: until,
-            checkpoint: None,
-            checkpoint_every: 0,
-            eval_every: args.eval_every,
-            stop: Some(int.stop.clone()),
-        };
-        let summary = trainer.run(&opts)?;
+    let opts = RunOptions {
+        until_step: args.steps,
+        // Written in the hook, under the lock a second Ctrl-C waits for.
+        checkpoint: None,
+        checkpoint_every: args.checkpoint_every.max(1),
+        eval_every: args.eval_every,
+        stop: Some(int.stop.clone()),
+    };
+    trainer.run_with(&opts, |trainer, at| -> anyhow::Result<()> {
         {
             // The checkpoint first; a second Ctrl-C waits for these writes.
             let _w = int.writing();
             trainer.save_checkpoint(&ckpt_path)?;
-            export(&mut trainer, &args, started, start_step)?;
+            export(trainer, &args, started, start_step)?;
         }
         if int.stopped() {
-            break;
+            return Ok(());
         }
         // The grid is a preview: a model that cannot be sampled yet (an early uniform-noise
         // model can diverge) must not stop a run whose checkpoint is already safe.
@@ -515,13 +370,13 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 &bar,
                 format!(
                     "step {}: no sample grid ({}); training goes on",
-                    trainer.step_count(),
+                    at.step,
                     crate::error_chain(&e)
                 ),
             );
         }
         if bar.is_hidden()
-            && let Some(m) = summary.last
+            && let Some(m) = &at.last
         {
             // No terminal (a log file, CI): one line per checkpoint instead of the bar.
             println!(
@@ -535,7 +390,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64()
             );
         }
-    }
+        Ok(())
+    })?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     if int.stopped() {
@@ -582,69 +438,24 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Write the EMA model with its provenance.
+/// Write the EMA model with its provenance, this command's entries included.
 fn export(
     trainer: &mut Trainer,
     args: &TrainArgs,
     started: Instant,
     start_step: u64,
 ) -> anyhow::Result<()> {
-    let mut model = trainer.ema_model()?;
-    let p = &mut model.config_mut().provenance;
-    p.insert(
-        "trained_with".into(),
-        format!("tarflow {}", env!("CARGO_PKG_VERSION")).into(),
-    );
-    p.insert("data".into(), args.data.display().to_string().into());
-    p.insert("images".into(), (trainer.train_data().len() as u64).into());
-    p.insert("steps".into(), trainer.step_count().into());
-    p.insert("batch".into(), (trainer.config().batch_size as u64).into());
-    p.insert("lr".into(), trainer.config().lr.into());
-    p.insert(
-        "noise".into(),
-        serde_json::to_value(trainer.config().noise)?,
-    );
-    p.insert(
-        "augment".into(),
-        serde_json::to_value(trainer.config().augment)?,
-    );
-    p.insert("seed".into(), trainer.config().seed.into());
-    p.insert(
-        "this_run_seconds".into(),
-        serde_json::json!((started.elapsed().as_secs_f64() * 10.0).round() / 10.0),
-    );
-    p.insert(
-        "this_run_steps".into(),
-        (trainer.step_count() - start_step).into(),
-    );
-    model.config_mut().palettes = Some(trainer.palettes().clone());
-    // Checked before anything is written: a wrong model never replaces the user's file.
-    if model.config().num_classes == 0 && trainer.train_data().is_conditional() {
-        bail!("internal: a conditional dataset produced an unconditional model");
-    }
-    tarflow::format::save_model(&model, &args.out)?;
+    let seconds = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+    let extra = [
+        ("data", args.data.display().to_string().into()),
+        ("this_run_seconds", serde_json::json!(seconds)),
+        ("this_run_steps", (trainer.step_count() - start_step).into()),
+    ];
+    trainer.export_with(
+        &args.out,
+        extra.into_iter().map(|(k, v)| (k.to_string(), v)),
+    )?;
     Ok(())
-}
-
-/// `--layers-per-block 1,1,1,8`: one positive count per flow block, as many as `--blocks`
-/// when that is given too.
-fn parse_layer_list(s: &str, blocks: Option<usize>) -> anyhow::Result<Vec<usize>> {
-    let list: Vec<usize> = s
-        .split(',')
-        .map(|w| w.trim().parse::<usize>().ok().filter(|&l| l > 0))
-        .collect::<Option<_>>()
-        .ok_or_else(|| {
-            anyhow!("--layers-per-block {s}: expected positive counts, comma-separated")
-        })?;
-    if let Some(b) = blocks
-        && b != list.len()
-    {
-        bail!(
-            "--layers-per-block {s} gives {} flow blocks, --blocks {b}",
-            list.len()
-        );
-    }
-    Ok(list)
 }
 
 #[cfg(test)]
@@ -652,40 +463,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_second_ctrl_c_exits_but_waits_for_a_write_in_progress() {
-        let int = Arc::new(Interrupt::default());
-        assert!(!int.press(), "the first Ctrl-C only stops");
-        assert!(int.stopped());
-        assert!(int.press(), "the second exits");
-
-        // While a checkpoint is being written, the exiting handler waits for it.
-        let writing = int.writing();
-        let (tx, rx) = std::sync::mpsc::channel();
-        let handler = {
-            let int = int.clone();
-            std::thread::spawn(move || {
-                let _done = int.writing();
-                tx.send(()).unwrap();
-            })
-        };
-        assert!(
-            rx.recv_timeout(std::time::Duration::from_millis(200))
-                .is_err(),
-            "the exit went ahead during the write"
-        );
-        drop(writing);
-        rx.recv_timeout(std::time::Duration::from_secs(10)).unwrap();
-        handler.join().unwrap();
-    }
-
-    #[test]
-    fn noise_and_paths() {
-        assert_eq!(noise("uniform").unwrap(), NoiseConfig::Uniform);
-        assert_eq!(
-            noise("0.05").unwrap(),
-            NoiseConfig::Gaussian { sigma: 0.05 }
-        );
-        assert!(noise("lots").is_err());
+    fn paths_beside_the_model() {
         assert_eq!(
             beside(Path::new("a/m.safetensors"), "ckpt.safetensors"),
             Path::new("a/m.ckpt.safetensors")

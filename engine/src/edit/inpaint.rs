@@ -13,8 +13,9 @@
 use candle_core::{DType, Tensor};
 
 use super::encode::encode;
-use super::mask::{Mask, rgba_to_planes};
+use super::mask::Mask;
 use crate::error::{Error, Result};
+use crate::pixels::rgba_to_planes;
 use crate::sample::{
     Labels, RgbaImage, SampleOptions, Sampler, alpha_threshold, denoise_steps, prior_noise_range,
     to_rgba8,

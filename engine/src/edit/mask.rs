@@ -1,8 +1,7 @@
-//! [`Mask`]: which pixels of an image an edit regenerates, and the conversions between RGBA8
-//! images and the model's float planes that the edits need.
+//! [`Mask`]: which pixels of an image an edit regenerates.
 
 use crate::error::{Error, Result};
-use crate::sample::RgbaImage;
+use crate::pixels::RgbaImage;
 
 /// A per-pixel choice: `true` = regenerate this pixel, `false` = keep it as it is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -103,48 +102,9 @@ impl Mask {
     }
 }
 
-/// Channel-major float planes (`values[c * h * w + y * w + x]`, in [-1, 1]) of an RGBA8 image,
-/// as the model reads images (`2 * u8 / 255 - 1`): 1 channel = luma (Rec. 709 weights, as the
-/// `image` crate), 2 = luma and alpha, 3 = RGB, 4 = RGBA.
-pub fn rgba_to_planes(img: &RgbaImage, channels: usize) -> Result<Vec<f32>> {
-    let n = img.width as usize * img.height as usize;
-    if img.pixels.len() != n * 4 {
-        return Err(Error::InvalidInput(format!(
-            "a {}x{} image needs {} bytes, it has {}",
-            img.width,
-            img.height,
-            n * 4,
-            img.pixels.len()
-        )));
-    }
-    if !(1..=4).contains(&channels) {
-        return Err(Error::InvalidInput(format!(
-            "images of {channels} channels cannot be read from RGBA (1 to 4 channels)"
-        )));
-    }
-    let f = |v: u8| 2.0 * f32::from(v) / 255.0 - 1.0;
-    let luma = |p: &[u8]| -> u8 {
-        let l = (2126 * u32::from(p[0]) + 7152 * u32::from(p[1]) + 722 * u32::from(p[2])) / 10000;
-        l.min(255) as u8
-    };
-    let mut out = vec![0f32; channels * n];
-    for (i, p) in img.pixels.chunks_exact(4).enumerate() {
-        let vals: [u8; 4] = match channels {
-            1 => [luma(p), 0, 0, 0],
-            2 => [luma(p), p[3], 0, 0],
-            _ => [p[0], p[1], p[2], p[3]],
-        };
-        for c in 0..channels {
-            out[c * n + i] = f(vals[c]);
-        }
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sample::planes_to_rgba;
 
     #[test]
     fn white_or_coloured_regenerates_black_and_transparent_keep() {
@@ -177,17 +137,5 @@ mod tests {
             msg.contains("the mask is 4x4 pixels, the image is 8x4"),
             "{msg}"
         );
-    }
-
-    #[test]
-    fn planes_round_trip_through_rgba_bytes() {
-        let img = RgbaImage {
-            width: 2,
-            height: 1,
-            pixels: vec![0, 17, 128, 255, 254, 3, 77, 0],
-        };
-        let planes = rgba_to_planes(&img, 4).unwrap();
-        assert_eq!(planes_to_rgba(&planes, 4, 1, 2).unwrap(), img.pixels);
-        assert!(rgba_to_planes(&img, 5).is_err());
     }
 }

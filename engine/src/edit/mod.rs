@@ -27,9 +27,10 @@ pub mod outpaint;
 pub mod seams;
 pub mod tile;
 
+pub use crate::pixels::rgba_to_planes;
 pub use encode::encode;
 pub use inpaint::{InpaintOptions, inpaint, inpaint_rgba};
-pub use mask::{Mask, rgba_to_planes};
+pub use mask::Mask;
 pub use outpaint::{Extend, inpaint_canvas, outpaint};
 pub use seams::{DiffTally, mask_boundary, wrap_seams};
 pub(crate) use tile::TileRun;

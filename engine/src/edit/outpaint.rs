@@ -10,9 +10,11 @@
 use candle_core::Tensor;
 
 use super::inpaint::{InpaintOptions, compose, inpaint_items};
-use super::mask::{Mask, rgba_to_planes};
+use super::mask::Mask;
 use crate::error::{Error, Result};
-use crate::sample::{Labels, RgbaImage, Sampler, to_rgba8};
+use crate::pixels::rgba_to_planes;
+use crate::pixels::{RgbaImage, to_rgba8};
+use crate::sample::{Labels, Sampler};
 
 /// How far to extend a texture, in patches of the model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -2,7 +2,7 @@
 //! boundary, and across a texture's wrap-around seams, relative to inside the image.
 
 use super::mask::Mask;
-use crate::sample::RgbaImage;
+use crate::pixels::RgbaImage;
 
 /// Mean absolute difference of R, G and B (8-bit levels) between two pixels.
 fn diff(img: &RgbaImage, a: usize, b: usize) -> f64 {

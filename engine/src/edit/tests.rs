@@ -8,7 +8,8 @@ use std::sync::OnceLock;
 use super::*;
 use crate::format::load_model;
 use crate::model::Model;
-use crate::sample::{Labels, RgbaImage, SampleOptions, Sampler};
+use crate::pixels::RgbaImage;
+use crate::sample::{Labels, SampleOptions, Sampler};
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

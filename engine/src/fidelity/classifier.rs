@@ -217,7 +217,7 @@ fn nhwc(images: &[&[u8]], s: usize, c: usize) -> Result<Tensor> {
                 px.len()
             )));
         }
-        v.extend(px.iter().map(|&u| 2.0 * f32::from(u) / 255.0 - 1.0));
+        v.extend(px.iter().map(|&u| crate::pixels::from_u8(u)));
     }
     Ok(Tensor::from_vec(v, (images.len(), s, s, c), &Device::Cpu)?)
 }

@@ -2,7 +2,9 @@
 
 pub mod atomic;
 pub mod model_file;
+#[cfg(feature = "import")]
 mod pickle_scan;
+mod pth;
 pub mod reference;
 
 pub use atomic::write_atomic;

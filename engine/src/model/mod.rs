@@ -16,6 +16,8 @@ pub use flow::{ForwardOutput, Model, Weights, check_weights};
 pub use init::{InitOptions, init_weights};
 pub use layers::Exec;
 pub use meta_block::{MetaBlock, Permutation};
-pub use names::{BlockNames, LayerNames, ModelNames, TensorKind, TensorSpec};
+pub use names::{
+    BlockNames, LayerNames, ModelNames, TensorKind, TensorSpec, parameter_count, tensor_shapes,
+};
 pub use patchify::{patchify, unpatchify};
 pub use time_embed::{TimeEmbed, fourier_features};

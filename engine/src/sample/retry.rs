@@ -76,16 +76,20 @@ pub(crate) struct RetryRun {
     pub(crate) resampled: Vec<Resampled>,
     /// Transformer passes the retries ran.
     pub(crate) passes: usize,
+    /// The flow block after which the run first found a diverged item.
+    first_block: usize,
 }
 
 impl RetryRun {
-    /// Retries of `items` (sorted, distinct) of a run from noise `z` under `opts`.
+    /// Retries of `items` (sorted, distinct) of a run from noise `z` under `opts`, which first
+    /// went non-finite after flow block `first_block`.
     pub(crate) fn new(
         sampler: Sampler,
         z: Tensor,
         labels: Option<Vec<i64>>,
         opts: &SampleOptions,
         items: Vec<usize>,
+        first_block: usize,
     ) -> Self {
         Self {
             sampler,
@@ -97,6 +101,7 @@ impl RetryRun {
             stream: None,
             resampled: Vec::new(),
             passes: 0,
+            first_block,
         }
     }
 
@@ -189,8 +194,10 @@ impl RetryRun {
         let items: Vec<String> = self.pending.iter().map(usize::to_string).collect();
         let last = self.ladder.last();
         Error::NonFinite(format!(
-            "the reverse pass diverged for item(s) {} even when sampled again without guidance \
-             at temperature {}: check the model's weights, or lower --temperature",
+            "non-finite values after reversing flow block {} for item(s) {}, and again when \
+             sampled without guidance at temperature {}: check the model's weights, or lower \
+             --temperature",
+            self.first_block,
             items.join(", "),
             last.map_or(0.0, |o| o.temperature)
         ))

@@ -11,7 +11,7 @@ use super::deliver::item_palettes;
 use super::denoise::denoise_steps;
 pub use super::events::{CancelToken, PatchEvent, SampleEvent, Samples};
 use super::finite::{check_finite, keep_raw_where_not_finite, nonfinite_items, zero_items};
-use super::image::{RgbaImage, alpha_threshold, despeckle, planes_to_rgba, snap_alpha, to_rgba8};
+use super::image::{alpha_threshold, despeckle, snap_alpha};
 use super::noise::prior_noise;
 use super::options::{Labels, SampleOptions};
 use super::retry::{RetryRun, RetryStep};
@@ -20,6 +20,7 @@ use super::sampler::Sampler;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::palette::{Palette, PaletteMode};
+use crate::pixels::{RgbaImage, planes_to_rgba, to_rgba8};
 
 enum State {
     /// The reversed block `step` is started (its first events are due).
@@ -82,8 +83,10 @@ pub struct SampleStream {
     /// The run's standard-normal noise (B, N, D), which a retry starts from again.
     z: Tensor,
     on_divergence: OnDivergence,
-    /// Items whose reverse pass went non-finite (sorted), zeroed since.
+    /// Items whose reverse pass went non-finite (sorted), zeroed since, and the flow block
+    /// after which the first of them did.
     diverged: Vec<usize>,
+    diverged_at: Option<usize>,
     /// Items sampled again, and the passes their retries ran.
     resampled: Vec<super::events::Resampled>,
     retry_passes: usize,
@@ -195,6 +198,7 @@ impl SampleStream {
                 OnDivergence::Fail
             },
             diverged: Vec::new(),
+            diverged_at: None,
             resampled: Vec::new(),
             retry_passes: 0,
         })
@@ -378,6 +382,7 @@ impl SampleStream {
                         let bad = nonfinite_items(&x)?;
                         if !bad.is_empty() {
                             x = zero_items(&x, &bad)?;
+                            self.diverged_at.get_or_insert(self.run.block());
                             self.diverged.extend(bad);
                             self.diverged.sort_unstable();
                             self.diverged.dedup();
@@ -406,6 +411,7 @@ impl SampleStream {
                                 self.labels.clone(),
                                 &self.opts,
                                 std::mem::take(&mut self.diverged),
+                                self.diverged_at.unwrap_or(0),
                             )))
                         } else {
                             State::Denoise

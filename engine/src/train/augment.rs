@@ -9,6 +9,7 @@ use rand_distr::StandardNormal;
 use serde::{Deserialize, Serialize};
 
 use super::dataset::Item;
+use crate::pixels::from_u8;
 
 /// Which augmentations are applied to each drawn image; each is switchable, all are off by
 /// default (sprites usually have an up and a front).
@@ -188,12 +189,13 @@ pub fn to_planar_with_noise(
 ) {
     for ch in 0..c {
         for i in 0..s * s {
-            let u = pixels[i * c + ch] as f32;
+            let byte = pixels[i * c + ch];
+            let u = f32::from(byte);
             let v = match noise {
-                None => 2.0 * u / 255.0 - 1.0,
+                None => from_u8(byte),
                 Some(NoiseConfig::Gaussian { sigma }) => {
                     let n: f32 = rng.sample(StandardNormal);
-                    2.0 * u / 255.0 - 1.0 + sigma * n
+                    from_u8(byte) + sigma * n
                 }
                 Some(NoiseConfig::Uniform) => {
                     let r: f32 = rng.random::<f32>();
@@ -203,7 +205,7 @@ pub fn to_planar_with_noise(
                 // passes the drawn sigma as `Gaussian`; here it falls back to its top level.
                 Some(NoiseConfig::Range { t1, .. }) => {
                     let n: f32 = rng.sample(StandardNormal);
-                    2.0 * u / 255.0 - 1.0 + t1 * n
+                    from_u8(byte) + t1 * n
                 }
             };
             out.push(v);

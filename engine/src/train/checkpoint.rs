@@ -212,7 +212,7 @@ impl Checkpoint {
         }
         crate::model::check_weights(&ckpt.model_config, &ckpt.weights)
             .map_err(|e| e.in_file(path))?;
-        for (name, shape) in ckpt.model_config.tensor_shapes() {
+        for (name, shape) in crate::model::tensor_shapes(&ckpt.model_config) {
             if !is_parameter(&name) {
                 continue;
             }

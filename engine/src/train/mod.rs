@@ -43,6 +43,7 @@ pub mod config;
 pub mod dataset;
 pub mod eval;
 pub mod optim;
+mod palettes;
 mod resume;
 pub mod run;
 pub mod schedule;
@@ -61,7 +62,7 @@ pub use eval::{
     BpdReport, EvalLabels, EvalOptions, EvalReport, PlacedBatch, evaluate_bpd, score_in_batches,
 };
 pub use optim::{AdamW, AdamWSettings};
-pub use run::{RunOptions, RunSummary};
+pub use run::{CheckpointAt, RunOptions, RunSummary};
 pub use schedule::LrSchedule;
 pub use start::{
     Conflict, RunRequest, StartError, StartPlan, StartRefusal, Started, StartedAs, plan_start,

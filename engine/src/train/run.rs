@@ -40,11 +40,38 @@ pub struct RunSummary {
     pub stopped: bool,
 }
 
+/// Where [`Trainer::run_with`] calls its hook: at every checkpoint boundary, after the
+/// checkpoint (if `RunOptions::checkpoint` names one) is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointAt {
+    /// Steps applied in all, resumed ones included.
+    pub step: u64,
+    /// The last applied step's metrics in this call.
+    pub last: Option<StepMetrics>,
+    /// Whether this is the end of the run (the target step was reached, or `stop` was set).
+    pub is_final: bool,
+}
+
 impl Trainer {
     /// Train until `opts.until_step` steps are applied (or `opts.stop` is set), with periodic
     /// checkpoints and held-out evaluations, and a final checkpoint. Repeated non-finite steps
-    /// stop it with [`Error::Training`], leaving the last checkpoint as it was.
+    /// stop it with [`Error::Training`](crate::Error::Training), leaving the last checkpoint as
+    /// it was.
     pub fn run(&mut self, opts: &RunOptions) -> Result<RunSummary> {
+        self.run_with(opts, |_, _| Ok::<(), crate::Error>(()))
+    }
+
+    /// [`run`](Self::run), calling `on_checkpoint` at every checkpoint boundary (every
+    /// `opts.checkpoint_every` steps and at the end, stopped or not) with the trainer, so that
+    /// a caller can export the model, write previews or report progress there; an error from it
+    /// ends the run. With `opts.checkpoint` set, the checkpoint is written before the hook runs;
+    /// a caller that must guard its writes (e.g. against a second Ctrl-C) can leave it `None`
+    /// and call [`save_checkpoint`](Self::save_checkpoint) in the hook.
+    pub fn run_with<E: From<crate::Error>>(
+        &mut self,
+        opts: &RunOptions,
+        mut on_checkpoint: impl FnMut(&mut Trainer, &CheckpointAt) -> std::result::Result<(), E>,
+    ) -> std::result::Result<RunSummary, E> {
         let mut summary = RunSummary {
             steps: 0,
             skipped: 0,
@@ -69,17 +96,32 @@ impl Trainer {
             if opts.eval_every > 0 && self.step.is_multiple_of(opts.eval_every) {
                 summary.last_eval = self.evaluate_holdout()?;
             }
-            if let Some(path) = &opts.checkpoint
-                && opts.checkpoint_every > 0
+            if opts.checkpoint_every > 0
                 && self.step.is_multiple_of(opts.checkpoint_every)
                 && self.step < opts.until_step
             {
-                self.save_checkpoint(path)?;
+                self.checkpoint_boundary(opts, &summary, false, &mut on_checkpoint)?;
             }
         }
+        self.checkpoint_boundary(opts, &summary, true, &mut on_checkpoint)?;
+        Ok(summary)
+    }
+
+    fn checkpoint_boundary<E: From<crate::Error>>(
+        &mut self,
+        opts: &RunOptions,
+        summary: &RunSummary,
+        is_final: bool,
+        hook: &mut impl FnMut(&mut Trainer, &CheckpointAt) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
         if let Some(path) = &opts.checkpoint {
             self.save_checkpoint(path)?;
         }
-        Ok(summary)
+        let at = CheckpointAt {
+            step: self.step,
+            last: summary.last.clone(),
+            is_final,
+        };
+        hook(self, &at)
     }
 }

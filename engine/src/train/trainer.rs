@@ -386,9 +386,44 @@ impl Trainer {
         Model::from_weights(cfg, &w, &self.device)
     }
 
-    /// Save the EMA model in our model format (atomically).
+    /// Save the EMA model in our model format (atomically), with the palettes of the training
+    /// data and the run's provenance (the tarflow version, images, steps, batch, learning rate,
+    /// noise, augmentation and seed).
     pub fn export(&self, path: &Path) -> Result<()> {
+        self.export_with(path, std::iter::empty())
+    }
+
+    /// [`export`](Self::export), with `extra` entries added to the model's provenance (a
+    /// caller's own: the data folder as the user named it, this session's seconds...).
+    pub fn export_with(
+        &self,
+        path: &Path,
+        extra: impl IntoIterator<Item = (String, serde_json::Value)>,
+    ) -> Result<()> {
         let mut model = self.ema_model()?;
+        // Checked before anything is written: a wrong model never replaces the user's file.
+        if model.config().num_classes == 0 && self.train.is_conditional() {
+            return Err(Error::Training(
+                "internal: a conditional dataset produced an unconditional model".into(),
+            ));
+        }
+        let c = &self.config;
+        let p = &mut model.config_mut().provenance;
+        p.insert(
+            "trained_with".into(),
+            format!("tarflow {}", env!("CARGO_PKG_VERSION")).into(),
+        );
+        p.insert("images".into(), (self.train.len() as u64).into());
+        p.insert("steps".into(), self.step.into());
+        p.insert("batch".into(), (c.batch_size as u64).into());
+        p.insert("lr".into(), c.lr.into());
+        let json = |v: serde_json::Result<serde_json::Value>| {
+            v.map_err(|e| Error::Training(format!("provenance: {e}")))
+        };
+        p.insert("noise".into(), json(serde_json::to_value(c.noise))?);
+        p.insert("augment".into(), json(serde_json::to_value(c.augment))?);
+        p.insert("seed".into(), c.seed.into());
+        p.extend(extra);
         model.config_mut().palettes = Some(self.palettes().clone());
         save_model(&model, path)
     }

@@ -220,7 +220,8 @@ impl HostGrad {
         let perms: Vec<Permutation> = (0..blocks)
             .map(|t| Permutation::for_block(cfg, t))
             .collect();
-        let shapes: BTreeMap<String, Vec<usize>> = cfg.tensor_shapes().into_iter().collect();
+        let shapes: BTreeMap<String, Vec<usize>> =
+            crate::model::tensor_shapes(cfg).into_iter().collect();
         let Self {
             params,
             caches,

@@ -63,7 +63,7 @@ pub(super) fn items(
         let n = frames.len();
         for (k, (img, fw, fh)) in frames.into_iter().enumerate() {
             items.push(Item {
-                pixels: convert(img.as_raw(), channels),
+                pixels: crate::pixels::rgba_to_channels(img.as_raw(), channels),
                 width: fw,
                 height: fh,
                 label: d.class,
@@ -134,23 +134,4 @@ fn frames(
             Ok(vec![(r, s, s)])
         }
     }
-}
-
-fn luma(p: &[u8]) -> u8 {
-    let y = 0.2126 * p[0] as f32 + 0.7152 * p[1] as f32 + 0.0722 * p[2] as f32;
-    y.round().clamp(0.0, 255.0) as u8
-}
-
-/// Convert RGBA8 pixels to `channels` interleaved channels.
-fn convert(rgba: &[u8], channels: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(rgba.len() / 4 * channels);
-    for p in rgba.chunks_exact(4) {
-        match channels {
-            1 => out.push(luma(p)),
-            2 => out.extend_from_slice(&[luma(p), p[3]]),
-            3 => out.extend_from_slice(&p[..3]),
-            _ => out.extend_from_slice(p),
-        }
-    }
-    out
 }
