@@ -9,7 +9,7 @@ use candle_core::Device;
 
 use super::model_file::{parse_safetensors, read_bounded};
 use super::pth::read_pth;
-use crate::config::{MAX_WEIGHT_BYTES, ModelConfig};
+use crate::config::ModelConfig;
 use crate::error::{Error, Result};
 use crate::model::{Model, ModelNames, Weights};
 
