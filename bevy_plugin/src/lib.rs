@@ -56,6 +56,7 @@ pub mod messages;
 pub mod request;
 pub mod settings;
 mod systems;
+pub mod tileset;
 pub mod worker;
 
 pub use asset::{TarflowModel, TarflowModelLoader};
@@ -63,6 +64,10 @@ pub use atlas::{TarflowAtlas, TarflowAtlasLoader, texture_atlas_layout};
 pub use messages::{PatchRegion, TextureFailed, TextureFinished, TexturePatched, TextureProgress};
 pub use request::{GenerateTexture, TarflowTexture, TextureClass, TextureStatus};
 pub use settings::TarflowSettings;
+pub use tileset::{
+    GenerateTileset, TarflowTileset, TilesetFailed, TilesetFinished, TilesetStatus,
+    TilesetTileFinished,
+};
 pub use worker::{TarflowWorkers, WorkerMonitor, WorkerStats};
 
 use bevy::prelude::*;
@@ -76,6 +81,10 @@ pub mod prelude {
     };
     pub use crate::request::{GenerateTexture, TarflowTexture, TextureClass, TextureStatus};
     pub use crate::settings::TarflowSettings;
+    pub use crate::tileset::{
+        GenerateTileset, TarflowTileset, TilesetFailed, TilesetFinished, TilesetStatus,
+        TilesetTileFinished,
+    };
     pub use crate::{TarflowPlugin, TarflowSystems};
 }
 
@@ -119,16 +128,21 @@ impl Plugin for TarflowPlugin {
             .add_message::<TexturePatched>()
             .add_message::<TextureFinished>()
             .add_message::<TextureFailed>()
+            .init_resource::<tileset::TilesetJobs>()
+            .add_message::<TilesetTileFinished>()
+            .add_message::<TilesetFinished>()
+            .add_message::<TilesetFailed>()
             .configure_sets(PreUpdate, TarflowSystems::Apply)
             .configure_sets(PostUpdate, TarflowSystems::Submit)
             .add_systems(
                 PreUpdate,
-                systems::apply_results.in_set(TarflowSystems::Apply),
+                (systems::apply_results, tileset::apply_tilesets).in_set(TarflowSystems::Apply),
             )
             .add_systems(
                 PostUpdate,
                 (
                     systems::submit_requests.in_set(TarflowSystems::Submit),
+                    tileset::submit_tilesets.in_set(TarflowSystems::Submit),
                     systems::prune_samplers.after(TarflowSystems::Submit),
                 ),
             );
