@@ -218,7 +218,7 @@ fn peak_rss_child(spec: &str) {
     let before = status_kib("VmRSS:");
     black_box(w.sampler.sample(&w.labels(b), &w.opts).expect("sample"));
     let cfg = w.sampler.model().config();
-    let weights_mib = tarflow::model::parameter_count(&cfg) as f64 * 4.0 / (1 << 20) as f64;
+    let weights_mib = tarflow::model::parameter_count(cfg) as f64 * 4.0 / (1 << 20) as f64;
     match (before, status_kib("VmHWM:")) {
         (Some(before), Some(peak)) => println!(
             "peak_rss/{name}/{b}: {:.1} MiB peak; {:.1} MiB resident before the run \

@@ -23,7 +23,11 @@ fn tsx_corners(tsx: &str) -> Result<Vec<Corners>, String> {
     }
     let mut out = vec![None; 16];
     for t in set.children().filter(|n| n.has_tag_name("wangtile")) {
-        let id: usize = t.attribute("tileid").ok_or("no tileid")?.parse().map_err(|_| "tileid")?;
+        let id: usize = t
+            .attribute("tileid")
+            .ok_or("no tileid")?
+            .parse()
+            .map_err(|_| "tileid")?;
         let v: Vec<u8> = t
             .attribute("wangid")
             .ok_or("no wangid")?
@@ -31,13 +35,20 @@ fn tsx_corners(tsx: &str) -> Result<Vec<Corners>, String> {
             .map(|x| x.trim().parse::<u8>().map_err(|_| "wangid value"))
             .collect::<Result<_, _>>()?;
         // top, top right, right, bottom right, bottom, bottom left, left, top left
-        if v.len() != 8 || v.iter().step_by(2).any(|&e| e != 0) || v.iter().skip(1).step_by(2).any(|&c| !(1..=2).contains(&c)) {
-            return Err(format!("wangid {v:?} of tile {id} is not a 2-colour corner id"));
+        if v.len() != 8
+            || v.iter().step_by(2).any(|&e| e != 0)
+            || v.iter().skip(1).step_by(2).any(|&c| !(1..=2).contains(&c))
+        {
+            return Err(format!(
+                "wangid {v:?} of tile {id} is not a 2-colour corner id"
+            ));
         }
         let c = |i: usize| v[i] - 1;
         *out.get_mut(id).ok_or("tile id out of range")? = Some(Corners([c(7), c(1), c(3), c(5)]));
     }
-    out.into_iter().map(|c| c.ok_or_else(|| "a tile without a wangtile".to_string())).collect()
+    out.into_iter()
+        .map(|c| c.ok_or_else(|| "a tile without a wangtile".to_string()))
+        .collect()
 }
 
 /// The tiles of a sheet saved at `scale`, back at scale 1, put in sheet order by `corners`.
@@ -70,14 +81,33 @@ fn a_tileset_its_atlas_and_its_tsx_agree_and_maps_painted_with_it_are_seamless()
     let out = dir.path().join("set.png");
     let map = dir.path().join("map.png");
     let o = tarflow(&[
-        "tileset", "--model", s(&model), "--from", "ground", "--to", "stone", "--seed", "3",
-        "--scale", "2", "--rounds", "4", "--out", s(&out), "--map", s(&map),
+        "tileset",
+        "--model",
+        s(&model),
+        "--from",
+        "ground",
+        "--to",
+        "stone",
+        "--seed",
+        "3",
+        "--scale",
+        "2",
+        "--rounds",
+        "4",
+        "--out",
+        s(&out),
+        "--map",
+        s(&map),
     ]);
     assert_success(&o);
     let printed = text(&o);
     let (w, h, px) = pixels(&out);
     assert_eq!((w, h), (128, 128));
-    let sheet = RgbaImage { width: w, height: h, pixels: px };
+    let sheet = RgbaImage {
+        width: w,
+        height: h,
+        pixels: px,
+    };
     assert_eq!(pixels(&map).0, 8 * 32);
 
     // The atlas: a sheet atlas (the plugin's loader reads it) with each frame's corners.
@@ -85,21 +115,36 @@ fn a_tileset_its_atlas_and_its_tsx_agree_and_maps_painted_with_it_are_seamless()
     tarflow::sheet::Atlas::from_json(&json, &out).unwrap();
     let atlas = TilesetAtlas::from_json(&json, &out).unwrap();
     assert_eq!(atlas.terrains, ["ground".to_string(), "stone".to_string()]);
-    assert_eq!((atlas.tile_size, atlas.width, atlas.tsx.as_str()), (32, 128, "set.tsx"));
+    assert_eq!(
+        (atlas.tile_size, atlas.width, atlas.tsx.as_str()),
+        (32, 128, "set.tsx")
+    );
     assert_eq!(atlas.corner_table(), SHEET_CORNERS.to_vec());
-    assert_eq!(atlas.frames[6].corners, ["stone", "ground", "stone", "stone"].map(String::from));
+    assert_eq!(
+        atlas.frames[6].corners,
+        ["stone", "ground", "stone", "stone"].map(String::from)
+    );
 
     // The .tsx: Tiled's tileset, its image the PNG, its wang ids the tiles' corners.
     let tsx = std::fs::read_to_string(dir.path().join("set.tsx")).unwrap();
     let doc = roxmltree::Document::parse(&tsx).unwrap();
     let root = doc.root_element();
     assert_eq!(root.tag_name().name(), "tileset");
-    for (a, v) in [("tilewidth", "32"), ("tileheight", "32"), ("tilecount", "16"), ("columns", "4")] {
+    for (a, v) in [
+        ("tilewidth", "32"),
+        ("tileheight", "32"),
+        ("tilecount", "16"),
+        ("columns", "4"),
+    ] {
         assert_eq!(root.attribute(a), Some(v), "{a}");
     }
     let image = root.children().find(|n| n.has_tag_name("image")).unwrap();
     assert_eq!(
-        (image.attribute("source"), image.attribute("width"), image.attribute("height")),
+        (
+            image.attribute("source"),
+            image.attribute("width"),
+            image.attribute("height")
+        ),
         (Some("set.png"), Some("128"), Some("128"))
     );
     let colours: Vec<&str> = root
@@ -114,8 +159,15 @@ fn a_tileset_its_atlas_and_its_tsx_agree_and_maps_painted_with_it_are_seamless()
     // A wrong wang id (two tiles' ids exchanged) makes tiles disagree on their edges.
     let mut wrong = corners.clone();
     wrong.swap(1, 2);
-    assert!(!edge_mismatches(&tiles_by(&sheet, 2, &wrong), 1).unwrap().is_empty());
-    assert!(tsx_corners(&tsx.replace("wangid=\"0,1,0,1,0,1,0,1\"", "wangid=\"1,1,0,1,0,1,0,1\"")).is_err());
+    assert!(
+        !edge_mismatches(&tiles_by(&sheet, 2, &wrong), 1)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        tsx_corners(&tsx.replace("wangid=\"0,1,0,1,0,1,0,1\"", "wangid=\"1,1,0,1,0,1,0,1\""))
+            .is_err()
+    );
 
     // A random 8x8 map by corners: no seam across tile edges (the target: 1.1).
     let painted = set.paint_map(&CornerGrid::random(8, 8, 9)).unwrap();
@@ -138,7 +190,16 @@ fn bad_tileset_requests_name_the_flag_or_the_class() {
     assert!(t.contains("lava"), "{t}");
     let t = run(&["--from", "ground", "--to", "stone", "--out", "set.jpg"]);
     assert!(t.contains("--out set.jpg must be a .png file"), "{t}");
-    let t = run(&["--from", "ground", "--to", "stone", "--scale", "0", "--out", s(&out)]);
+    let t = run(&[
+        "--from",
+        "ground",
+        "--to",
+        "stone",
+        "--scale",
+        "0",
+        "--out",
+        s(&out),
+    ]);
     assert!(t.contains("--scale"), "{t}");
     // Sprites on transparency are not terrains.
     let t = run(&["--from", "tools", "--to", "stone", "--out", s(&out)]);

@@ -33,7 +33,7 @@ impl TileGeometry {
     /// blocks (`edge + band <= side / 2`) and the interior must not be empty.
     pub fn validate(&self) -> Result<()> {
         let s = self.side;
-        if s < 4 || s % 2 != 0 {
+        if s < 4 || !s.is_multiple_of(2) {
             return Err(Error::InvalidInput(format!(
                 "tilesets need an even tile side of at least 4 pixels, the model makes {s}"
             )));

@@ -156,7 +156,7 @@ pub fn edge_mismatches(set: &Tileset, depth: usize) -> Result<Vec<String>> {
     }
     let names = ["top", "right", "bottom", "left"];
     let mut out = Vec::new();
-    for side in 0..4 {
+    for (side, name) in names.iter().enumerate() {
         for (k, tile) in set.tiles.iter().enumerate() {
             let first = SHEET_CORNERS
                 .iter()
@@ -166,7 +166,7 @@ pub fn edge_mismatches(set: &Tileset, depth: usize) -> Result<Vec<String>> {
             {
                 out.push(format!(
                     "tile {k} (corners {:?}) differs from tile {j} along its {} side",
-                    SHEET_CORNERS[k].0, names[side]
+                    SHEET_CORNERS[k].0, name
                 ));
             }
         }
@@ -187,7 +187,7 @@ mod tests {
         let r = CornerGrid::random(8, 8, 3);
         assert_eq!(r.vertices.len(), 81);
         assert_eq!(r, CornerGrid::random(8, 8, 3));
-        assert!(r.vertices.iter().any(|&v| v == 0) && r.vertices.iter().any(|&v| v == 1));
+        assert!(r.vertices.contains(&0) && r.vertices.contains(&1));
     }
 
     #[test]
@@ -220,11 +220,10 @@ mod tests {
         seen.dedup();
         assert_eq!(seen.len(), 16);
         // Neighbouring cells agree on the corners they share, wrapping around (a torus).
-        for k in 0..16 {
+        for (k, &me) in SHEET_CORNERS.iter().enumerate() {
             let (c, r) = (k % 4, k / 4);
             let right = SHEET_CORNERS[r * 4 + (c + 1) % 4];
             let below = SHEET_CORNERS[((r + 1) % 4) * 4 + c];
-            let me = SHEET_CORNERS[k];
             assert_eq!(
                 (me.ne(), me.se()),
                 (right.nw(), right.sw()),
