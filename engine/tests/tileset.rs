@@ -181,5 +181,8 @@ fn bad_requests_are_refused_with_the_reason() {
         ..opts(1)
     };
     let err = generate_tileset(&sampler, [Some(0), Some(1)], &strict).unwrap_err();
-    assert!(err.to_string().contains("is not a terrain: its 4 textures"), "{err}");
+    assert!(
+        err.to_string().contains("is not a terrain: its 4 textures"),
+        "{err}"
+    );
 }

@@ -73,7 +73,9 @@ mod archive {
             if entry.compression() != zip::CompressionMethod::Stored {
                 return Err(bad_pth(
                     path,
-                    format!("zip entry `{name}` is compressed; torch.save stores entries as they are"),
+                    format!(
+                        "zip entry `{name}` is compressed; torch.save stores entries as they are"
+                    ),
                 ));
             }
             if name.ends_with("data.pkl") {
@@ -156,9 +158,10 @@ mod archive {
         }
         Err(Error::BadFile {
             path: path.to_path_buf(),
-            reason: "not a PyTorch TarFlow checkpoint: no tensors found at its top level nor under \
+            reason:
+                "not a PyTorch TarFlow checkpoint: no tensors found at its top level nor under \
                      the keys model, state_dict, ema, module"
-                .into(),
+                    .into(),
         })
     }
 }
