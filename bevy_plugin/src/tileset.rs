@@ -221,6 +221,9 @@ struct Running {
 pub(crate) struct TilesetJobs {
     waiting: Vec<Entity>,
     running: HashMap<Entity, Running>,
+    /// Threads of cancelled requests, finishing their current round (joined when they have
+    /// ended, and all of them when the app goes).
+    stopping: Vec<JoinHandle<()>>,
 }
 
 impl TilesetJobs {
@@ -229,7 +232,14 @@ impl TilesetJobs {
         if let Some(mut r) = self.running.remove(&entity) {
             r.cancel.cancel();
             // The thread stops after its current round; it is not waited for here.
-            drop(r.thread.take());
+            self.stopping.extend(r.thread.take());
+        }
+        let (ended, going): (Vec<_>, Vec<_>) = std::mem::take(&mut self.stopping)
+            .into_iter()
+            .partition(JoinHandle::is_finished);
+        self.stopping = going;
+        for t in ended {
+            let _ = t.join();
         }
     }
 }
@@ -243,6 +253,9 @@ impl Drop for TilesetJobs {
             if let Some(t) = r.thread.take() {
                 let _ = t.join();
             }
+        }
+        for t in self.stopping.drain(..) {
+            let _ = t.join();
         }
     }
 }
