@@ -59,13 +59,7 @@ impl TilesetAtlas {
         options: SampleOptions,
         scale: u32,
     ) -> Result<Self> {
-        let t = set
-            .tile_size
-            .checked_mul(scale)
-            .filter(|&t| t > 0 && t <= 1 << 14)
-            .ok_or_else(|| {
-                Error::InvalidInput(format!("scale {scale} of {}-pixel tiles", set.tile_size))
-            })?;
+        let t = scaled_tile(set, scale)?;
         let side = t * SHEET_COLS;
         let frames: Vec<TileFrame> = SHEET_CORNERS
             .iter()
@@ -185,13 +179,7 @@ pub(crate) fn wang_id(c: Corners) -> String {
 /// coloured with its texture's mean colour, represented by its uniform tile) and a `wangtile`
 /// per tile, so Tiled's terrain brush paints with the set directly.
 pub fn tiled_tsx(set: &Tileset, image: &str, scale: u32) -> Result<String> {
-    let t = set
-        .tile_size
-        .checked_mul(scale)
-        .filter(|&t| t > 0 && t <= 1 << 14)
-        .ok_or_else(|| {
-            Error::InvalidInput(format!("scale {scale} of {}-pixel tiles", set.tile_size))
-        })?;
+    let t = scaled_tile(set, scale)?;
     if set.tiles.len() != 16 {
         return Err(Error::InvalidInput(format!(
             "a tileset of {} tiles",
@@ -237,6 +225,16 @@ pub fn tiled_tsx(set: &Tileset, image: &str, scale: u32) -> Result<String> {
     }
     x.push_str("  </wangset>\n </wangsets>\n</tileset>\n");
     Ok(x)
+}
+
+/// The side of a tile of `set` drawn at `scale` (an error for 0 or absurd sizes).
+fn scaled_tile(set: &Tileset, scale: u32) -> Result<u32> {
+    set.tile_size
+        .checked_mul(scale)
+        .filter(|&t| t > 0 && t <= 1 << 14)
+        .ok_or_else(|| {
+            Error::InvalidInput(format!("scale {scale} of {}-pixel tiles", set.tile_size))
+        })
 }
 
 #[cfg(test)]
