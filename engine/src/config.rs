@@ -190,6 +190,13 @@ impl ModelConfig {
         self.noise_range.map(|r| r.t1)
     }
 
+    /// The noise level a noise-conditional model's likelihood is scored at (held-out bits/dim,
+    /// the trainer's evaluation, the asset lint): `t0`, the level nearest the data. `None` for
+    /// other models.
+    pub fn scoring_level(&self) -> Option<f32> {
+        self.noise_range.map(|r| r.t0)
+    }
+
     /// Attention layers of flow block `t`.
     pub fn layers_of_block(&self, t: usize) -> usize {
         self.block_layers

@@ -41,14 +41,17 @@ pub struct PatchBits {
 
 /// Per-patch bits per dimension of images `x` (B, C, H, W) in [-1, 1] (dequantised as the
 /// caller wants: [`lint`] uses uniform dequantisation, as bits/dim does), with labels as in
-/// [`Model::forward`]. Patch p gets `(0.5 mean_D(z_p^2) + 0.5 ln(2 pi) + ln 128 +
+/// [`Model::forward`]; a noise-conditional model is scored at its
+/// [`scoring_level`](crate::config::ModelConfig::scoring_level), as bits/dim is. Patch p gets `(0.5 mean_D(z_p^2) + 0.5 ln(2 pi) + ln 128 +
 /// sum_t mean_D(alpha_t,p)) / ln 2`; their mean is [`Model::bits_per_dim`].
 pub fn patch_bits(model: &Model, x: &Tensor, labels: Option<&[i64]>) -> Result<Vec<PatchBits>> {
     let cfg = model.config();
+    let b = x.dim(0)?;
     let mut h = model.patchify(&x.to_dtype(candle_core::DType::F32)?)?;
+    let levels = cfg.scoring_level().map(|t0| vec![t0; b]);
     let mut alphas: Option<Tensor> = None;
     for blk in model.blocks() {
-        let (y, alpha) = blk.forward_with_alpha(&h, labels, None, Exec::Fast)?;
+        let (y, alpha) = blk.forward_with_alpha(&h, labels, levels.as_deref(), Exec::Fast)?;
         let a = alpha.mean(2)?;
         alphas = Some(match alphas {
             None => a,

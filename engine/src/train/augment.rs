@@ -76,6 +76,16 @@ impl NoiseConfig {
         }
     }
 
+    /// The noise held-out scoring adds: a range is scored at its smallest level `t0` (where
+    /// [`PlacedBatch::bits_per_dim`](super::eval::PlacedBatch::bits_per_dim) runs the model), so
+    /// the images carry the Gaussian of that sigma; any other config is itself.
+    pub fn held_out(&self) -> NoiseConfig {
+        match *self {
+            Self::Range { t0, .. } => Self::Gaussian { sigma: t0 },
+            other => other,
+        }
+    }
+
     /// The noise-conditional range, for [`Self::Range`].
     pub fn range(&self) -> Option<crate::config::NoiseRange> {
         match *self {

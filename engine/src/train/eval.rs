@@ -95,8 +95,8 @@ impl PlacedBatch<'_> {
     pub fn bits_per_dim(&self, model: &Model) -> Result<Vec<f64>> {
         let levels = model
             .config()
-            .noise_range
-            .map(|r| vec![r.t0; self.items.len()]);
+            .scoring_level()
+            .map(|t0| vec![t0; self.items.len()]);
         let out = model.forward_at(&self.x, self.model_labels(), levels.as_deref(), Exec::Fast)?;
         let bits = model.bits_per_dim(&out)?.to_vec1::<f32>()?;
         Ok(bits.into_iter().map(f64::from).collect())
@@ -240,6 +240,8 @@ pub fn evaluate_bpd(
 impl Trainer {
     /// Bits per dimension of `data` (no augmentation, centre crops), with the training noise
     /// drawn from an RNG seeded from the run's seed, so repeated evaluations are comparable.
+    /// A noise-conditional run is scored at its level `t0` with the noise of that level
+    /// ([`NoiseConfig::held_out`]), not at a level other than the one its images carry.
     /// Does not touch the training RNG.
     pub fn evaluate(&mut self, data: &Dataset, opts: EvalOptions) -> Result<EvalReport> {
         let ema_model;
@@ -259,7 +261,7 @@ impl Trainer {
             model,
             data,
             self.config.batch_size,
-            &self.config.noise,
+            &self.config.noise.held_out(),
             &mut rng,
             |item| match opts.labels {
                 EvalLabels::True => item.label.map(|l| l as i64).unwrap_or(-1),
@@ -366,6 +368,114 @@ mod tests {
         assert_eq!(
             again.per_image, r.per_image,
             "same seed, same noise, whatever the batch"
+        );
+    }
+
+    fn black(n: usize) -> Dataset {
+        let item = |i| Item {
+            pixels: vec![0; 48],
+            width: 4,
+            height: 4,
+            label: Some(i % 2),
+            file: 0,
+            frame: 0,
+        };
+        Dataset::from_items(
+            (0..n).map(item).collect(),
+            3,
+            4,
+            vec!["a".into(), "b".into()],
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn a_noise_range_run_is_evaluated_with_the_noise_of_the_level_it_is_scored_at() {
+        // A new model is the identity (z = x) at every level, so its held-out bits/dim depend
+        // only on the noise the evaluation adds: a run over the range 0.01:0.3, scored at t0,
+        // must add t0's noise, as a run trained at the fixed sigma t0 does (same seed, same
+        // draws), and not t1's, which costs black images about 0.065 bits more.
+        let (t0, t1) = (0.01f32, 0.3f32);
+        let held_out = |noise| {
+            let config = crate::train::TrainConfig {
+                noise,
+                holdout_fraction: 0.0,
+                ..crate::train::TrainConfig::default()
+            };
+            let dev = Device::Cpu;
+            let mut t =
+                Trainer::new(ModelConfig::new(3, 4, 2, 64, 1, 1), config, black(4), &dev).unwrap();
+            t.set_holdout(black(32)).unwrap();
+            t.evaluate_holdout().unwrap().unwrap().bits_per_dim
+        };
+        let range = held_out(NoiseConfig::Range {
+            t0,
+            t1,
+            reweight: true,
+        });
+        let at_t0 = held_out(NoiseConfig::Gaussian { sigma: t0 });
+        let at_t1 = held_out(NoiseConfig::Gaussian { sigma: t1 });
+        assert!(
+            (range - at_t0).abs() < 1e-9,
+            "held-out {range}: t0's noise gives {at_t0}, t1's {at_t1}"
+        );
+        assert!(
+            at_t1 > at_t0 + 0.03,
+            "{at_t1} vs {at_t0}: the test cannot tell them apart"
+        );
+    }
+
+    #[test]
+    fn the_lint_scores_a_noise_conditional_model_where_bits_per_dim_does() {
+        // A random (non-identity) noise-conditional flow depends on its level, so the lint's
+        // per-image bits agree with evaluate_bpd only if both run it at the same level.
+        let mut cfg = ModelConfig::new(3, 4, 2, 64, 2, 1)
+            .with_noise_range(Some(crate::config::NoiseRange::new(0.01, 0.3).unwrap()));
+        cfg.num_classes = 2;
+        let dev = Device::Cpu;
+        let opts = InitOptions {
+            proj_out_scale: 0.05,
+        };
+        let model = Model::from_weights(
+            cfg.clone(),
+            &init_weights(&cfg, 3, opts, &dev).unwrap(),
+            &dev,
+        )
+        .unwrap();
+        let data = black(6);
+        let bpd = evaluate_bpd(&model, &data, 4, 7, |_, _| {}).unwrap();
+        let lint = crate::lint::lint(&model, &data, 4, 7, |_, _| {}).unwrap();
+        for (e, want) in lint.entries.iter().zip(&bpd.per_image) {
+            assert!(
+                (e.model_bpd - want).abs() < 1e-4,
+                "{} vs {want}",
+                e.model_bpd
+            );
+        }
+        // And the level matters for this model: at t1 the same images score otherwise.
+        let b = black(6);
+        let mut rng = ChaCha8Rng::seed_from_u64(7);
+        let mut at_t1 = Vec::new();
+        score_in_batches(
+            &model,
+            &b,
+            6,
+            &NoiseConfig::Uniform,
+            &mut rng,
+            |i| known_label(i, 2),
+            |p| {
+                let out = model.forward_at(&p.x, p.model_labels(), Some(&[0.3; 6]), Exec::Fast)?;
+                at_t1.extend(model.bits_per_dim(&out)?.to_vec1::<f32>()?);
+                Ok(())
+            },
+        )
+        .unwrap();
+        assert!(
+            at_t1
+                .iter()
+                .zip(&bpd.per_image)
+                .any(|(a, b)| (f64::from(*a) - b).abs() > 1e-3),
+            "the level makes no difference to this model: the test cannot tell the levels apart"
         );
     }
 }
