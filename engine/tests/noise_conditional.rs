@@ -286,3 +286,60 @@ fn iterative_denoising_follows_itarflows_recurrence() {
         0.0
     );
 }
+
+#[test]
+fn the_stream_denoises_one_cancellable_step_per_level() {
+    use std::ops::ControlFlow;
+    use tarflow::sample::{SampleEvent, SampleStream};
+    let m = random_model(2);
+    let labels = Labels::Classes(vec![0, 1, 1]);
+    let opts = SampleOptions {
+        seed: 5,
+        denoise_steps: Some(4),
+        ..Default::default()
+    };
+    let tokens = m.config().num_blocks * (m.config().num_patches() - 1);
+    let stream = SampleStream::new(&m, &labels, &opts).unwrap();
+    assert_eq!(stream.total_steps(), tokens + 4, "one unit per level");
+    // Progress reaches the total one level at a time, and the result is the iterative
+    // denoising of the raw sample.
+    let mut after_tokens = Vec::new();
+    let s = stream
+        .run(|e| {
+            if let SampleEvent::Progress { done, total } = e {
+                assert_eq!(*total, tokens + 4);
+                if *done > tokens {
+                    after_tokens.push(*done);
+                }
+            }
+            ControlFlow::Continue(())
+        })
+        .unwrap()
+        .unwrap();
+    assert_eq!(after_tokens, (tokens + 1..=tokens + 4).collect::<Vec<_>>());
+    let range = m.config().noise_range.unwrap();
+    let want = denoise_iterative(&m, &s.raw, Some(&[0, 1, 1]), range, 4).unwrap();
+    assert_eq!(max_abs_diff(&s.images, &want), 0.0);
+    // Cancelled after the first level, the stream stops there instead of finishing all four.
+    let stream = SampleStream::new(&m, &labels, &opts).unwrap();
+    let token = stream.cancel_token();
+    let mut seen = 0;
+    let mut finished = false;
+    for e in stream {
+        match e.unwrap() {
+            SampleEvent::Progress { done, .. } => {
+                seen = done;
+                if done == tokens + 1 {
+                    token.cancel();
+                }
+            }
+            SampleEvent::Finished(_) => finished = true,
+            _ => {}
+        }
+    }
+    assert!(
+        !finished,
+        "a stream cancelled during denoising still finished"
+    );
+    assert_eq!(seen, tokens + 1, "levels ran after the cancel");
+}

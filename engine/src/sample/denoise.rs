@@ -4,7 +4,7 @@
 
 use candle_core::{DType, Tensor};
 
-use crate::config::NoiseRange;
+use crate::config::{ModelConfig, NoiseRange};
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::model::host_grad::{self, HostGrad};
@@ -32,13 +32,11 @@ pub fn denoise_steps(
     labels: Option<&[i64]>,
     steps: Option<usize>,
 ) -> Result<Tensor> {
-    match model.config().noise_range {
-        Some(range) => {
-            let k = steps.unwrap_or_else(|| range.default_steps());
-            denoise_iterative(model, images, labels, range, k)
-        }
-        None => denoise_with_sigma(model, images, labels, model.config().noise_sigma),
+    let mut run = DenoiseRun::new(model, images, labels, steps)?;
+    while run.steps_left() > 0 {
+        run.step(model)?;
     }
+    Ok(run.finish())
 }
 
 /// iTARFlow's iterative denoising (`evaluate_fid.py::iterative_denoising`, its default ODE
@@ -55,16 +53,120 @@ pub fn denoise_iterative(
     steps: usize,
 ) -> Result<Tensor> {
     range.validate()?;
-    let mut x = images.to_dtype(DType::F32)?.to_device(model.device())?;
-    let levels = range.levels(steps);
-    for (i, &sigma) in levels.iter().enumerate() {
-        let next = levels.get(i + 1).copied().unwrap_or(0.0);
-        let x0 = score_step(model, &x, labels, sigma, Some(sigma))?;
-        let keep = f64::from(next) / f64::from(sigma);
-        // x - (x - x0) (sigma - next) / sigma = x0 + (x - x0) next / sigma.
-        x = (&x0 + ((&x - &x0)? * keep)?)?;
+    let mut run =
+        DenoiseRun::with_levels(model, images, labels, Levels::Range(range.levels(steps)))?;
+    while run.steps_left() > 0 {
+        run.step(model)?;
     }
-    Ok(x)
+    Ok(run.finish())
+}
+
+/// The score steps a denoising run takes.
+#[derive(Debug, Clone)]
+enum Levels {
+    /// One step at the model's fixed training sigma, the model at its default level.
+    Fixed(f32),
+    /// iTARFlow's iterative steps, the model told each level.
+    Range(Vec<f32>),
+}
+
+impl Levels {
+    /// The steps [`denoise_steps`] takes on a model of `cfg` asked for `steps`.
+    fn of(cfg: &ModelConfig, steps: Option<usize>) -> Result<Self> {
+        Ok(match cfg.noise_range {
+            Some(range) => {
+                range.validate()?;
+                Self::Range(range.levels(steps.unwrap_or_else(|| range.default_steps())))
+            }
+            None => Self::Fixed(cfg.noise_sigma),
+        })
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Self::Fixed(_) => 1,
+            Self::Range(l) => l.len(),
+        }
+    }
+}
+
+/// Score steps [`denoise_steps`] takes on a model of `cfg` asked for `steps` (the units of
+/// work a sample stream counts for its denoising).
+pub(crate) fn planned_steps(cfg: &ModelConfig, steps: Option<usize>) -> Result<usize> {
+    Ok(Levels::of(cfg, steps)?.len())
+}
+
+/// A denoising run one score step at a time ([`denoise_steps`] in steps), so that a caller can
+/// stop between steps and show progress: the sample stream runs one step per unit of work, and
+/// a noise-conditional model's 30 steps no longer make one uninterruptible call.
+#[derive(Debug)]
+pub struct DenoiseRun {
+    x: Tensor,
+    labels: Option<Vec<i64>>,
+    levels: Levels,
+    done: usize,
+}
+
+impl DenoiseRun {
+    /// Denoise `images` (B, C, H, W) as [`denoise_steps`] would with `steps`.
+    pub fn new(
+        model: &Model,
+        images: &Tensor,
+        labels: Option<&[i64]>,
+        steps: Option<usize>,
+    ) -> Result<Self> {
+        Self::with_levels(model, images, labels, Levels::of(model.config(), steps)?)
+    }
+
+    fn with_levels(
+        model: &Model,
+        images: &Tensor,
+        labels: Option<&[i64]>,
+        levels: Levels,
+    ) -> Result<Self> {
+        Ok(Self {
+            x: images.to_dtype(DType::F32)?.to_device(model.device())?,
+            labels: labels.map(<[i64]>::to_vec),
+            levels,
+            done: 0,
+        })
+    }
+
+    /// Score steps of the whole run.
+    pub fn total_steps(&self) -> usize {
+        self.levels.len()
+    }
+
+    /// Score steps still to take.
+    pub fn steps_left(&self) -> usize {
+        self.total_steps() - self.done
+    }
+
+    /// Take the next score step (nothing when none is left).
+    pub fn step(&mut self, model: &Model) -> Result<()> {
+        if self.steps_left() == 0 {
+            return Ok(());
+        }
+        let labels = self.labels.as_deref();
+        self.x = match &self.levels {
+            Levels::Fixed(sigma) => score_step(model, &self.x, labels, *sigma, None)?,
+            Levels::Range(levels) => {
+                let sigma = levels[self.done];
+                let next = levels.get(self.done + 1).copied().unwrap_or(0.0);
+                let x0 = score_step(model, &self.x, labels, sigma, Some(sigma))?;
+                let keep = f64::from(next) / f64::from(sigma);
+                // x - (x - x0) (sigma - next) / sigma = x0 + (x - x0) next / sigma.
+                (&x0 + ((&self.x - &x0)? * keep)?)?
+            }
+        };
+        self.done += 1;
+        Ok(())
+    }
+
+    /// The images as denoised so far (all of it once [`steps_left`](Self::steps_left) is 0).
+    pub fn finish(self) -> Tensor {
+        self.x
+    }
 }
 
 /// Denoise images (B, C, H, W) with noise level `sigma`:

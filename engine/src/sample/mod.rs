@@ -10,7 +10,7 @@
 //!
 //! # fn main() -> tarflow::Result<()> {
 //! let device = "cpu".parse::<DeviceChoice>()?.open()?;
-//! let model = load_model(Path::new("assets/models/textures16.safetensors"), &device)?;
+//! let model = load_model(Path::new("assets/models/textures16.tarflow.safetensors"), &device)?;
 //! let opts = SampleOptions { guidance: 1.5, seed: 42, ..Default::default() };
 //! // Everything at once...
 //! let samples = sample(&model, &Labels::repeat(0, 4), &opts)?;
@@ -45,8 +45,8 @@ pub mod stream;
 mod token_run;
 
 pub use batches::generate_batches;
-pub use cache::LayerCache;
-pub use denoise::{denoise, denoise_iterative, denoise_steps, denoise_with_sigma};
+pub use cache::KvCache;
+pub use denoise::{DenoiseRun, denoise, denoise_iterative, denoise_steps, denoise_with_sigma};
 pub use events::{CancelToken, PatchEvent, Resampled, SampleEvent, Samples};
 pub use image::{RgbaImage, alpha_threshold, planes_to_rgba, snap_alpha, to_rgba8, to_u8};
 pub use noise::{prior_noise, prior_noise_range};

@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 use candle_core::Tensor;
 
 use super::deliver::item_palettes;
-use super::denoise::denoise_steps;
+use super::denoise::{DenoiseRun, planned_steps};
 pub use super::events::{CancelToken, PatchEvent, SampleEvent, Samples};
 use super::finite::{check_finite, keep_raw_where_not_finite, nonfinite_items, zero_items};
 use super::image::{alpha_threshold, despeckle, snap_alpha};
@@ -33,7 +33,8 @@ enum State {
     },
     /// Sample again the items whose reverse pass diverged (see [`RetryRun`]).
     Retry(Box<RetryRun>),
-    Denoise,
+    /// Denoise the batch, one score step per unit of work (`None` until the run is set up).
+    Denoise(Option<Box<DenoiseRun>>),
     /// Repair the wrap-around seams (`SampleOptions::tileable`), one inpainting round per
     /// step (`None` until the repair is set up).
     Tile(Option<Box<crate::edit::TileRun>>),
@@ -173,7 +174,12 @@ impl SampleStream {
         } else {
             0
         };
-        let total = cfg.num_blocks * n.saturating_sub(1) + usize::from(denoising) + tile_rounds;
+        let denoise_units = if denoising {
+            planned_steps(cfg, opts.denoise_steps)?
+        } else {
+            0
+        };
+        let total = cfg.num_blocks * n.saturating_sub(1) + denoise_units + tile_rounds;
         Ok(Self {
             sampler,
             labels: labels.as_slice().map(<[i64]>::to_vec),
@@ -227,8 +233,10 @@ impl SampleStream {
         self.cancel.clone()
     }
 
-    /// Units of work in the whole run: (N - 1) token steps per block, plus 1 for denoising and
-    /// one per inpainting round of a tileable run's seam repair.
+    /// Units of work in the whole run: (N - 1) token steps per block, one per denoising score
+    /// step (1 for a fixed-sigma model, the level count of a noise-conditional one) and one per
+    /// inpainting round of a tileable run's seam repair; retries of diverged items add theirs
+    /// when they start.
     pub fn total_steps(&self) -> usize {
         self.total
     }
@@ -262,6 +270,15 @@ impl SampleStream {
             done: self.done,
             total: self.total,
         });
+    }
+
+    /// The state after denoising: the seam repair of a tileable run, else the end.
+    fn after_denoising(&self) -> State {
+        if self.opts.tileable {
+            State::Tile(None)
+        } else {
+            State::Finish
+        }
     }
 
     /// The alpha threshold of `opts.alpha_cutoff`, if any.
@@ -414,7 +431,7 @@ impl SampleStream {
                                 self.diverged_at.unwrap_or(0),
                             )))
                         } else {
-                            State::Denoise
+                            State::Denoise(None)
                         }
                     };
                 } else {
@@ -449,39 +466,52 @@ impl SampleStream {
                     RetryStep::Done => {
                         self.resampled = std::mem::take(&mut retry.resampled);
                         self.retry_passes = retry.passes;
-                        self.state = State::Denoise;
+                        self.state = State::Denoise(None);
                     }
                 }
             }
-            State::Denoise => {
+            State::Denoise(None) => {
                 let raw = self
                     .raw
                     .clone()
                     .ok_or_else(|| Error::InvalidInput("no image to denoise".into()))?;
                 if self.opts.denoise && model.config().noise_sigma > 0.0 {
-                    let denoised = denoise_steps(
+                    let run = DenoiseRun::new(
                         model,
                         &raw,
                         self.labels.as_deref(),
                         self.opts.denoise_steps,
                     )?;
+                    self.state = State::Denoise(Some(Box::new(run)));
+                } else {
+                    self.images = Some(raw);
+                    self.state = self.after_denoising();
+                }
+            }
+            // One score step per unit, so a cancelled or dropped stream stops between the
+            // steps of a noise-conditional model's iterative denoising.
+            State::Denoise(Some(mut run)) => {
+                if run.steps_left() > 0 {
+                    run.step(model)?;
+                    self.progress();
+                }
+                if run.steps_left() > 0 {
+                    self.state = State::Denoise(Some(run));
+                } else {
+                    let raw = self
+                        .raw
+                        .as_ref()
+                        .ok_or_else(|| Error::InvalidInput("no image to denoise".into()))?;
                     // An item whose score step diverged keeps its (finite) raw image: one bad
                     // texture must not fail the batch (or a whole sheet).
-                    let (images, skipped) = keep_raw_where_not_finite(&denoised, &raw)?;
+                    let (images, skipped) = keep_raw_where_not_finite(&run.finish(), raw)?;
                     self.denoise_skipped = skipped;
-                    self.progress();
                     self.queue.push_back(SampleEvent::Denoised {
                         images: self.deliverable(&images)?,
                     });
                     self.images = Some(images);
-                } else {
-                    self.images = Some(raw);
+                    self.state = self.after_denoising();
                 }
-                self.state = if self.opts.tileable {
-                    State::Tile(None)
-                } else {
-                    State::Finish
-                };
             }
             // Each step of the repair is one inpainting round, so a cancelled or dropped stream
             // stops between rounds and a worker can interleave other streams.
