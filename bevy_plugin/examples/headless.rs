@@ -4,7 +4,7 @@
 //! cargo run -p bevy_tarflow --example headless -- [MODEL.safetensors] [--count N] [--out DIR]
 //! ```
 //!
-//! With no model file (and no `assets/models/textures16.safetensors` in the workspace), a model
+//! With no model file (and no `assets/models/textures16.tarflow.safetensors` in the workspace), a model
 //! with random weights is used: the textures are noise, but every part of the pipeline runs.
 //! Runs in CI-like environments: `MinimalPlugins`, no GPU, no display.
 
@@ -58,8 +58,8 @@ fn main() -> AppExit {
             other => model_path = Some(PathBuf::from(other)),
         }
     }
-    let demo =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/models/textures16.safetensors");
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../assets/models/textures16.tarflow.safetensors");
     if model_path.is_none() && demo.exists() {
         model_path = Some(demo);
     }

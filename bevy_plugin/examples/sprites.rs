@@ -5,7 +5,7 @@
 //! cargo run -p bevy_tarflow --example sprites --features render
 //! ```
 //!
-//! Uses the demo model `assets/models/textures16.safetensors` when the workspace has it, a model
+//! Uses the demo model `assets/models/textures16.tarflow.safetensors` when the workspace has it, a model
 //! with random weights otherwise. With `TARFLOW_SCREENSHOTS=DIR` set, it saves `DIR/midway.png`
 //! as soon as a texture is caught half painted (or, failing that, once half the textures are
 //! done), and `DIR/final.png` when all are done, then exits (for runs under Xvfb; see the
@@ -61,7 +61,7 @@ struct Demo {
 
 fn main() -> AppExit {
     let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets");
-    let demo = assets.join("models/textures16.safetensors");
+    let demo = assets.join("models/textures16.tarflow.safetensors");
     let screenshots = std::env::var_os("TARFLOW_SCREENSHOTS").map(PathBuf::from);
     // For screenshots, paint at most 8 patches a frame: the textures fill in over many frames,
     // so the midway shot shows them half painted however fast the workers are.
@@ -96,7 +96,7 @@ fn main() -> AppExit {
         let handle = app
             .world()
             .resource::<AssetServer>()
-            .load("models/textures16.safetensors");
+            .load("models/textures16.tarflow.safetensors");
         (handle, 0)
     } else {
         match random_model() {

@@ -7,7 +7,7 @@
 //!     [--size COLSxROWS] [--out DIR] [MODEL.safetensors]
 //! ```
 //!
-//! With the demo model (`assets/models/textures16.safetensors`, the default) the set is ground
+//! With the demo model (`assets/models/textures16.tarflow.safetensors`, the default) the set is ground
 //! into stone; without it a model with random weights is used (stone into grass): its tiles are
 //! noise, but every part of the pipeline runs. Writes `DIR/tileset.png` (the 4x4 sheet) and
 //! `DIR/map.png` (4x upscaled), and prints the map's seam ratio.
@@ -103,8 +103,8 @@ fn save(path: &Path, img: &RgbaImage, scale: u32) -> Result<(), String> {
 }
 
 fn main() -> AppExit {
-    let demo =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/models/textures16.safetensors");
+    let demo = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../assets/models/textures16.tarflow.safetensors");
     let mut model_path = demo.exists().then_some(demo);
     let (mut from, mut to) = (None, None);
     let (mut seed, mut cols, mut rows) = (3u64, 16usize, 12usize);

@@ -100,7 +100,13 @@ async fn read_model_asset(
     Ok((path, bytes))
 }
 
-/// Loads our `.safetensors` model files (config in the metadata) on the CPU.
+/// The file extension the model loader registers (`x.tarflow.safetensors`).
+pub const MODEL_EXTENSION: &str = "tarflow.safetensors";
+
+/// Loads our model files (safetensors with the config in the metadata) on the CPU. It claims
+/// the extension `tarflow.safetensors` only, so that it never takes another plugin's
+/// `.safetensors`; Bevy picks it for any path when the handle asks for a [`TarflowModel`]
+/// (it is that type's only loader).
 #[derive(Debug, Default, TypePath)]
 pub struct TarflowModelLoader;
 
@@ -136,6 +142,6 @@ impl AssetLoader for TarflowModelLoader {
     }
 
     fn extensions(&self) -> &[&str] {
-        &["safetensors"]
+        &[MODEL_EXTENSION]
     }
 }

@@ -3,8 +3,11 @@
 //! Bevy integration of the [`tarflow`] engine: textures generated at runtime by TarFlow models,
 //! painted patch by patch as they are made, without ever stalling a frame.
 //!
-//! - Model files (our `.safetensors`) are [`TarflowModel`] assets
-//!   (`asset_server.load("models/x.safetensors")`), shared between requests through an `Arc`.
+//! - Model files (`.tarflow.safetensors`) are [`TarflowModel`] assets
+//!   (`asset_server.load("models/x.tarflow.safetensors")`), shared between requests through an
+//!   `Arc`. The loader claims only that double extension, so other plugins keep plain
+//!   `.safetensors`; a model under another name loads through a typed handle
+//!   (`asset_server.load::<TarflowModel>("models/x.safetensors")`).
 //! - Sprite-sheet atlases (`tarflow sheet`'s `NAME.atlas.json`) are [`TarflowAtlas`] assets, with
 //!   Bevy's `TextureAtlasLayout` as the sub-asset `"NAME.atlas.json#layout"`.
 //! - A [`GenerateTexture`] component is a request; the [`TarflowTexture`] that comes with it
@@ -31,7 +34,7 @@
 //! use bevy_tarflow::prelude::*;
 //!
 //! fn request(mut commands: Commands, assets: Res<AssetServer>) {
-//!     let model: Handle<TarflowModel> = assets.load("models/textures16.safetensors");
+//!     let model: Handle<TarflowModel> = assets.load("models/textures16.tarflow.safetensors");
 //!     commands.spawn(GenerateTexture::new(model).with_class("stone").with_seed(42));
 //! }
 //!
@@ -59,7 +62,7 @@ mod systems;
 pub mod tileset;
 pub mod worker;
 
-pub use asset::{TarflowModel, TarflowModelLoader};
+pub use asset::{MODEL_EXTENSION, TarflowModel, TarflowModelLoader};
 pub use atlas::{TarflowAtlas, TarflowAtlasLoader, texture_atlas_layout};
 pub use messages::{PatchRegion, TextureFailed, TextureFinished, TexturePatched, TextureProgress};
 pub use request::{GenerateTexture, TarflowTexture, TextureClass, TextureStatus};

@@ -91,7 +91,7 @@ impl TextureClass {
 /// # use bevy::prelude::*;
 /// # use bevy_tarflow::prelude::*;
 /// fn spawn(mut commands: Commands, assets: Res<AssetServer>) {
-///     let model: Handle<TarflowModel> = assets.load("models/textures16.safetensors");
+///     let model: Handle<TarflowModel> = assets.load("models/textures16.tarflow.safetensors");
 ///     commands.spawn(
 ///         GenerateTexture::new(model)
 ///             .with_class("stone")

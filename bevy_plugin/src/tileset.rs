@@ -31,7 +31,7 @@ use crate::request::{TextureClass, blank_image};
 /// # use bevy::prelude::*;
 /// # use bevy_tarflow::prelude::*;
 /// fn spawn(mut commands: Commands, assets: Res<AssetServer>) {
-///     let model: Handle<TarflowModel> = assets.load("models/textures16.safetensors");
+///     let model: Handle<TarflowModel> = assets.load("models/textures16.tarflow.safetensors");
 ///     commands.spawn(GenerateTileset::new(model, "ground", "stone").with_seed(3));
 /// }
 /// ```

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use bevy::asset::{AssetPlugin, LoadState};
 use bevy::prelude::*;
+use bevy_tarflow::MODEL_EXTENSION;
 use bevy_tarflow::prelude::*;
 use tarflow::format::{ConfigHints, load_reference, save_model};
 
@@ -98,4 +99,59 @@ fn model_file_loads_as_an_asset() {
             other => panic!("{file} should fail to load, got {other:?}"),
         }
     }
+}
+
+#[test]
+fn the_loader_claims_tarflow_safetensors_and_leaves_plain_safetensors_to_other_plugins() {
+    let dir = tempfile::tempdir().unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden("cond.json")).unwrap()).unwrap();
+    let config = serde_json::from_value(json["config"].clone()).unwrap();
+    let model = load_reference(
+        &golden("cond.pth"),
+        Some(config),
+        ConfigHints::default(),
+        &tarflow::candle::Device::Cpu,
+    )
+    .unwrap();
+    save_model(&model, &dir.path().join("cond.tarflow.safetensors")).unwrap();
+    let mut app = app(dir.path());
+    let server = app.world().resource::<AssetServer>().clone();
+    // By extension (what an untyped or folder load asks): ours is claimed, the plain one not.
+    let ours = bevy::tasks::block_on(server.get_asset_loader_with_extension(MODEL_EXTENSION));
+    assert!(ours.is_ok(), "no loader for .{MODEL_EXTENSION}");
+    assert_eq!(MODEL_EXTENSION, "tarflow.safetensors");
+    let plain = bevy::tasks::block_on(server.get_asset_loader_with_extension("safetensors"));
+    assert!(
+        plain.is_err(),
+        "the plugin still claims every .safetensors file"
+    );
+    // An untyped load of a model file finds our loader from its name alone.
+    let untyped = server
+        .load_builder()
+        .load_untyped("cond.tarflow.safetensors");
+    for _ in 0..2000 {
+        app.update();
+        if !matches!(
+            server.load_state(&untyped),
+            LoadState::Loading | LoadState::NotLoaded
+        ) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    assert!(matches!(server.load_state(&untyped), LoadState::Loaded));
+    let handle = app
+        .world()
+        .resource::<Assets<bevy::asset::LoadedUntypedAsset>>()
+        .get(&untyped)
+        .expect("the untyped load finished")
+        .handle
+        .clone()
+        .typed::<TarflowModel>();
+    let loaded = app.world().resource::<Assets<TarflowModel>>();
+    assert_eq!(
+        loaded.get(&handle).expect("a TarflowModel").model.config(),
+        model.config()
+    );
 }

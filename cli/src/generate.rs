@@ -64,7 +64,7 @@ pub struct SamplingArgs {
     pub device: String,
     /// Reverse-pass method: cached (exact, the default), jacobi (parallel, approximate: see the
     /// --jacobi-* options), cached-ops or plain (slower exact baselines).
-    #[arg(long, default_value = "cached", value_parser = parse_method)]
+    #[arg(long, default_value = "cached")]
     pub method: Method,
     /// Jacobi: segments per flow block.
     #[arg(long, default_value_t = JacobiOptions::default().segments)]
@@ -93,7 +93,7 @@ pub struct SamplingArgs {
     pub palette: Option<tarflow::palette::PaletteChoice>,
     /// Where the palette applies: decoding (each final patch snapped before later patches
     /// condition on it, and the delivered pixels) or filter (the delivered pixels only).
-    #[arg(long, default_value = "decoding", value_parser = parse_palette_mode)]
+    #[arg(long, default_value = "decoding")]
     pub palette_mode: tarflow::palette::PaletteMode,
     /// Seamless tiling: repair each texture's wrap-around seams by inpainting (one patch either
     /// side of them, with these options), so that it tiles without visible edges.
@@ -116,26 +116,6 @@ fn parse_palette(s: &str) -> Result<tarflow::palette::PaletteChoice, String> {
         .to_rgba8();
     let p = Palette::from_pixels(img.as_raw(), 256).map_err(|e| format!("{s}: {e}"))?;
     Ok(PaletteChoice::Colours(p.colours))
-}
-
-fn parse_palette_mode(s: &str) -> Result<tarflow::palette::PaletteMode, String> {
-    match s {
-        "decoding" => Ok(tarflow::palette::PaletteMode::Decoding),
-        "filter" => Ok(tarflow::palette::PaletteMode::Filter),
-        _ => Err(format!("unknown palette mode '{s}' (decoding or filter)")),
-    }
-}
-
-fn parse_method(s: &str) -> Result<Method, String> {
-    match s {
-        "cached" => Ok(Method::Cached),
-        "cached-ops" | "cached_ops" => Ok(Method::CachedOps),
-        "plain" => Ok(Method::Plain),
-        "jacobi" => Ok(Method::Jacobi),
-        _ => Err(format!(
-            "unknown method '{s}' (cached, jacobi, cached-ops or plain)"
-        )),
-    }
 }
 
 impl SamplingArgs {

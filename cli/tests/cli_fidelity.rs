@@ -12,7 +12,7 @@ fn repo() -> PathBuf {
 }
 
 fn demo() -> PathBuf {
-    repo().join("assets/models/textures16.safetensors")
+    repo().join("assets/models/textures16.tarflow.safetensors")
 }
 
 /// The folder holding the demo model's `train/` and `test/` (from its provenance).

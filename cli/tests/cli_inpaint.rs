@@ -8,7 +8,7 @@ use common::{assert_success, pixels, repo, s, tarflow};
 #[test]
 fn inpaint_keeps_unmasked_pixels_bit_identical_and_outpaints() {
     let dir = tempfile::tempdir().unwrap();
-    let model = repo().join("assets/models/textures16.safetensors");
+    let model = repo().join("assets/models/textures16.tarflow.safetensors");
     let input = repo().join("assets/textures/test/wood/default_chest_side.png");
     // A mask with an L-shaped hole: white = regenerate.
     let mut mask = image::RgbaImage::from_pixel(16, 16, image::Rgba([0, 0, 0, 255]));
@@ -103,7 +103,7 @@ fn inpaint_keeps_unmasked_pixels_bit_identical_and_outpaints() {
 #[test]
 fn sample_tileable_keeps_the_middle_of_the_plain_sample() {
     let dir = tempfile::tempdir().unwrap();
-    let model = repo().join("assets/models/textures16.safetensors");
+    let model = repo().join("assets/models/textures16.tarflow.safetensors");
     let common = ["--class", "stone", "--count", "2", "--seed", "3"];
     let (plain, tiled) = (dir.path().join("plain"), dir.path().join("tiled"));
     let mut a = vec!["sample", "--model", s(&model), "--out", s(&plain)];

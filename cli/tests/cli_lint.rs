@@ -24,7 +24,7 @@ fn eval_heatmap_writes_a_heatmap_per_image_and_ranks_them() {
     let out = dir.path().join("lint");
     let o = Command::new(env!("CARGO_BIN_EXE_tarflow"))
         .args(["eval", "--model"])
-        .arg(root.join("assets/models/textures16.safetensors"))
+        .arg(root.join("assets/models/textures16.tarflow.safetensors"))
         .arg(&data)
         .arg("--heatmap")
         .arg(&out)
@@ -72,7 +72,7 @@ fn heatmaps_are_never_written_over_the_art() {
     ] {
         let o = Command::new(env!("CARGO_BIN_EXE_tarflow"))
             .args(["eval", "--model"])
-            .arg(root.join("assets/models/textures16.safetensors"))
+            .arg(root.join("assets/models/textures16.tarflow.safetensors"))
             .arg(&data)
             .arg("--heatmap")
             .arg(&out)

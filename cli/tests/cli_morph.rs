@@ -19,7 +19,7 @@ fn crop(px: &[u8], w: u32, x: u32, y: u32, size: u32) -> Vec<u8> {
 #[test]
 fn morph_strip_has_its_atlas_and_reproduces_the_ends() {
     let dir = tempfile::tempdir().unwrap();
-    let model = repo().join("assets/models/textures16.safetensors");
+    let model = repo().join("assets/models/textures16.tarflow.safetensors");
     let a = repo().join("assets/textures/test/wood/default_chest_front.png");
     let b = repo().join("assets/textures/test/wood/default_bookshelf.png");
     let out = dir.path().join("strip.png");

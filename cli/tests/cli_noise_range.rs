@@ -77,7 +77,7 @@ fn a_noise_conditional_model_trains_samples_and_imports() {
     ]);
     assert!(ok(&["info", s(&rec)]).contains("3 denoising steps"));
     // One-step models have nothing to recommend there.
-    let bundled = root.join("assets/models/textures16.safetensors");
+    let bundled = root.join("assets/models/textures16.tarflow.safetensors");
     let refused = tarflow(&[
         "recommend",
         "--model",

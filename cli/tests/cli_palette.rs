@@ -16,7 +16,7 @@ fn colours(path: &Path) -> HashSet<[u8; 4]> {
 fn palette_command_and_sampling_flags() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = tempfile::tempdir().unwrap();
-    let model = root.join("assets/models/textures16.safetensors");
+    let model = root.join("assets/models/textures16.tarflow.safetensors");
     // Two classes' worth of art is enough to learn from.
     let data = dir.path().join("art");
     for (class, file) in [

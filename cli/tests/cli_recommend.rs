@@ -11,7 +11,7 @@ use common::{ok, s, tarflow, text};
 fn recommended_settings_are_recorded_shown_and_used() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = tempfile::tempdir().unwrap();
-    let model = root.join("assets/models/textures16.safetensors");
+    let model = root.join("assets/models/textures16.tarflow.safetensors");
     let rec = dir.path().join("rec.safetensors");
     let said = ok(&[
         "recommend",
@@ -128,7 +128,7 @@ fn recommended_settings_are_recorded_shown_and_used() {
 fn despeckle_leaves_no_lone_pixel() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = tempfile::tempdir().unwrap();
-    let model = root.join("assets/models/textures16.safetensors");
+    let model = root.join("assets/models/textures16.tarflow.safetensors");
     let frames = |name: &str, extra: &[&str]| -> Vec<image::RgbaImage> {
         let out = dir.path().join(name);
         let mut a = vec![

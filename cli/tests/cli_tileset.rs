@@ -77,7 +77,7 @@ fn tiles_by(sheet: &RgbaImage, scale: u32, corners: &[Corners]) -> Tileset {
 #[test]
 fn a_tileset_its_atlas_and_its_tsx_agree_and_maps_painted_with_it_are_seamless() {
     let dir = tempfile::tempdir().unwrap();
-    let model = repo().join("assets/models/textures16.safetensors");
+    let model = repo().join("assets/models/textures16.tarflow.safetensors");
     let out = dir.path().join("set.png");
     let map = dir.path().join("map.png");
     let o = tarflow(&[
@@ -178,7 +178,7 @@ fn a_tileset_its_atlas_and_its_tsx_agree_and_maps_painted_with_it_are_seamless()
 
 #[test]
 fn bad_tileset_requests_name_the_flag_or_the_class() {
-    let model = repo().join("assets/models/textures16.safetensors");
+    let model = repo().join("assets/models/textures16.tarflow.safetensors");
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("set.png");
     let run = |extra: &[&str]| {

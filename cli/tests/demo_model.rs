@@ -11,7 +11,7 @@ fn repo() -> PathBuf {
 }
 
 fn demo() -> PathBuf {
-    repo().join("assets/models/textures16.safetensors")
+    repo().join("assets/models/textures16.tarflow.safetensors")
 }
 
 const CLASSES: [&str; 13] = [

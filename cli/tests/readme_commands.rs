@@ -102,7 +102,7 @@ fn scratch() -> tempfile::TempDir {
     let golden = repo().join("../shared/golden/small.pth");
     std::fs::copy(golden, d.join("ref.pth")).unwrap();
     std::fs::copy(&textures[3], d.join("master_palette.png")).unwrap();
-    let demo = repo().join("assets/models/textures16.safetensors");
+    let demo = repo().join("assets/models/textures16.tarflow.safetensors");
     std::fs::copy(demo, d.join("old.safetensors")).unwrap();
     // A 16x16 mask: white (regenerate) in the middle 8x8.
     let mask = image::RgbaImage::from_fn(16, 16, |x, y| {
@@ -139,7 +139,7 @@ fn tarflow_args(command: &str) -> Option<Vec<String>> {
             args[i] = v.min(cut).to_string();
         }
         if args[i] == "M" && args[i - 1] == "--model" {
-            args[i] = "assets/models/textures16.safetensors".into();
+            args[i] = "assets/models/textures16.tarflow.safetensors".into();
         }
     }
     if args.first().map(String::as_str) == Some("train") && !args.iter().any(|a| a == "--steps") {
@@ -207,7 +207,7 @@ fn the_readme_parser_sees_continuations_comments_and_cargo_run() {
         [
             "sample",
             "--model",
-            "assets/models/textures16.safetensors",
+            "assets/models/textures16.tarflow.safetensors",
             "--count",
             "4",
             "--out",

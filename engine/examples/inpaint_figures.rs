@@ -63,7 +63,7 @@ fn main() {
     let model_path = args
         .get(2)
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("assets/models/textures16.safetensors"));
+        .unwrap_or_else(|| root.join("assets/models/textures16.tarflow.safetensors"));
     let model = tarflow::format::load_model(&model_path, &Device::Cpu).unwrap();
     let sampler = Sampler::new(&model).unwrap();
     let cfg = model.config().clone();

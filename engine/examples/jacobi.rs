@@ -15,7 +15,8 @@ use tarflow::sample::{JacobiOptions, Sampler};
 fn main() -> tarflow::Result<()> {
     let mut args = std::env::args().skip(1);
     let path = args.next().map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/models/textures16.safetensors")
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../assets/models/textures16.tarflow.safetensors")
     });
     let batch: usize = args.next().and_then(|b| b.parse().ok()).unwrap_or(8);
     let model = load_model(&path, &tarflow::candle::Device::Cpu)?;

@@ -32,7 +32,7 @@ fn main() {
     let model_path = args
         .get(1)
         .map(PathBuf::from)
-        .unwrap_or_else(|| root.join("assets/models/textures16.safetensors"));
+        .unwrap_or_else(|| root.join("assets/models/textures16.tarflow.safetensors"));
     let frames: usize = args.get(2).map_or(8, |s| s.parse().unwrap());
     let device = Device::Cpu;
     let model = tarflow::format::load_model(&model_path, &device).unwrap();

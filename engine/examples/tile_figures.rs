@@ -39,7 +39,7 @@ fn main() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let out_png = std::env::args().nth(1).map(PathBuf::from);
     let model = tarflow::format::load_model(
-        &root.join("assets/models/textures16.safetensors"),
+        &root.join("assets/models/textures16.tarflow.safetensors"),
         &Device::Cpu,
     )
     .unwrap();

@@ -9,7 +9,7 @@
 //!
 //! # fn main() -> tarflow::Result<()> {
 //! let device = "cpu".parse::<DeviceChoice>()?.open()?;
-//! let model = load_model(Path::new("assets/models/textures16.safetensors"), &device)?;
+//! let model = load_model(Path::new("assets/models/textures16.tarflow.safetensors"), &device)?;
 //! println!("{} classes, {} parameters", model.config().num_classes, tarflow::model::parameter_count(model.config()));
 //! # Ok(()) }
 //! ```

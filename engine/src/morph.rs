@@ -16,7 +16,7 @@
 //!
 //! # fn main() -> tarflow::Result<()> {
 //! let device = tarflow::candle::Device::Cpu;
-//! let model = load_model(Path::new("assets/models/textures16.safetensors"), &device)?;
+//! let model = load_model(Path::new("assets/models/textures16.tarflow.safetensors"), &device)?;
 //! let za = prior_noise(model.config(), 1, 1, model.device())?;
 //! let zb = prior_noise(model.config(), 1, 2, model.device())?;
 //! let opts = SampleOptions { denoise: false, ..Default::default() };
@@ -42,6 +42,21 @@ pub enum Spacing {
     /// Evenly in pixel change (arc length of the decoded path, in mean absolute difference).
     #[default]
     ArcLength,
+}
+
+impl std::str::FromStr for Spacing {
+    type Err = Error;
+
+    /// `arc-length` (or `arc_length`, `arclength`) or `slerp`, as `--spacing` takes them.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "arc-length" | "arc_length" | "arclength" => Ok(Self::ArcLength),
+            "slerp" => Ok(Self::Slerp),
+            other => Err(Error::InvalidInput(format!(
+                "spacing `{other}` is not one of arc-length, slerp"
+            ))),
+        }
+    }
 }
 
 /// Options of a morph.

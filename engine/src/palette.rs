@@ -293,6 +293,21 @@ pub enum PaletteMode {
     Filter,
 }
 
+impl std::str::FromStr for PaletteMode {
+    type Err = Error;
+
+    /// `decoding` or `filter`, as `--palette-mode` takes them.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "decoding" => Ok(Self::Decoding),
+            "filter" => Ok(Self::Filter),
+            other => Err(Error::InvalidInput(format!(
+                "palette mode `{other}` is not one of decoding, filter"
+            ))),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,8 @@ use tarflow::sample::{
 };
 
 fn demo() -> tarflow::Model {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/models/textures16.safetensors");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../assets/models/textures16.tarflow.safetensors");
     tarflow::format::load_model(&path, &Device::Cpu).unwrap()
 }
 

@@ -48,7 +48,7 @@ fn classifier_recognises_held_out_minetest16_textures() {
 /// The bundled demo model.
 fn demo_model() -> Model {
     tarflow::format::load_model(
-        &repo().join("assets/models/textures16.safetensors"),
+        &repo().join("assets/models/textures16.tarflow.safetensors"),
         &Device::Cpu,
     )
     .unwrap()

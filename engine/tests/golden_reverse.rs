@@ -399,7 +399,7 @@ mod props {
     #[test]
     fn jacobi_converges_close_to_sequential_in_fewer_passes() {
         let demo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../assets/models/textures16.safetensors");
+            .join("../assets/models/textures16.tarflow.safetensors");
         let m = tarflow::format::load_model(&demo, &device()).unwrap();
         let y = Labels::Classes(vec![0, 5]);
         let base = SampleOptions {

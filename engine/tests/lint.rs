@@ -16,7 +16,7 @@ fn root() -> PathBuf {
 
 fn demo() -> tarflow::Model {
     tarflow::format::load_model(
-        &root().join("assets/models/textures16.safetensors"),
+        &root().join("assets/models/textures16.tarflow.safetensors"),
         &Device::Cpu,
     )
     .unwrap()

@@ -35,7 +35,7 @@ fn read(path: &Path) -> (RgbaImage, Vec<f32>) {
 #[test]
 fn morph_ends_reproduce_the_images_and_arc_length_evens_the_steps() {
     let model = tarflow::format::load_model(
-        &root().join("assets/models/textures16.safetensors"),
+        &root().join("assets/models/textures16.tarflow.safetensors"),
         &Device::Cpu,
     )
     .unwrap();

@@ -11,8 +11,8 @@ use tarflow::palette::{PaletteChoice, PaletteMode, STORED_COLOURS};
 use tarflow::sample::{Labels, SampleEvent, SampleOptions, Sampler, to_rgba8};
 
 fn demo() -> tarflow::Model {
-    let path =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../assets/models/textures16.safetensors");
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../assets/models/textures16.tarflow.safetensors");
     tarflow::format::load_model(&path, &Device::Cpu).unwrap()
 }
 

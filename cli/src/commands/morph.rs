@@ -38,7 +38,7 @@ pub struct MorphArgs {
     #[arg(long, default_value_t = 8)]
     pub frames: usize,
     /// Frame placement: arc-length (even pixel change between frames) or slerp (even angle).
-    #[arg(long, default_value = "arc-length", value_parser = parse_spacing)]
+    #[arg(long, default_value = "arc-length")]
     pub spacing: Spacing,
     /// Arc-length spacing: decoded points per frame step when measuring the path.
     #[arg(long, default_value_t = MorphOptions::default().oversample)]
@@ -77,14 +77,6 @@ pub struct MorphArgs {
     /// Where to write the atlas instead.
     #[arg(long)]
     pub atlas: Option<PathBuf>,
-}
-
-fn parse_spacing(s: &str) -> Result<Spacing, String> {
-    match s {
-        "arc-length" | "arc_length" | "arclength" => Ok(Spacing::ArcLength),
-        "slerp" => Ok(Spacing::Slerp),
-        _ => Err(format!("unknown spacing '{s}' (arc-length or slerp)")),
-    }
 }
 
 /// What the atlas adds about the morph.

@@ -9,7 +9,7 @@
 //! use tarflow::sample::Sampler;
 //!
 //! # fn main() -> tarflow::Result<()> {
-//! let model = load_model(Path::new("assets/models/textures16.safetensors"), &tarflow::candle::Device::Cpu)?;
+//! let model = load_model(Path::new("assets/models/textures16.tarflow.safetensors"), &tarflow::candle::Device::Cpu)?;
 //! let sampler = Sampler::new(&model)?;
 //! let texture = RgbaImage::new(16, 16);
 //! let mut mask = Mask::keep_all(16, 16);

@@ -19,7 +19,7 @@ fn root() -> PathBuf {
 pub(crate) fn demo() -> &'static (Model, Sampler) {
     static DEMO: OnceLock<(Model, Sampler)> = OnceLock::new();
     DEMO.get_or_init(|| {
-        let path = root().join("assets/models/textures16.safetensors");
+        let path = root().join("assets/models/textures16.tarflow.safetensors");
         let model = load_model(&path, &candle_core::Device::Cpu).expect("the demo model loads");
         let sampler = Sampler::new(&model).expect("the demo model samples");
         (model, sampler)

@@ -27,7 +27,7 @@
 //! use tarflow::prelude::*;
 //!
 //! # fn main() -> tarflow::Result<()> {
-//! let model = load_model(Path::new("assets/models/textures16.safetensors"), &tarflow::candle::Device::Cpu)?;
+//! let model = load_model(Path::new("assets/models/textures16.tarflow.safetensors"), &tarflow::candle::Device::Cpu)?;
 //! let data = DataConfig { classes: model.config().class_names.clone(), ..Default::default() };
 //! let train = Dataset::load(Path::new("assets/textures/train"), &data)?;
 //! let test = Dataset::load(Path::new("assets/textures/test"), &data)?;

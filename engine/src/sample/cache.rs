@@ -1,4 +1,4 @@
-//! [`LayerCache`]: the keys and values of one attention layer, preallocated for the whole
+//! [`KvCache`]: the keys and values of one attention layer, preallocated for the whole
 //! sequence and written in place, one token per step.
 
 use candle_core::{DType, Device, Tensor};
@@ -9,13 +9,13 @@ use crate::error::{Error, Result};
 /// Keys and values of one attention layer, each (B, heads, capacity, 64), allocated once and
 /// written in place with `slice_set`: no per-step concatenation or copy of the past.
 #[derive(Debug)]
-pub struct LayerCache {
+pub struct KvCache {
     k: Tensor,
     v: Tensor,
     len: usize,
 }
 
-impl LayerCache {
+impl KvCache {
     /// An empty cache for `batch` rows (the CFG-doubled batch when guiding), `heads` heads and
     /// `capacity` tokens.
     pub fn new(batch: usize, heads: usize, capacity: usize, device: &Device) -> Result<Self> {
@@ -86,7 +86,7 @@ mod tests {
     #[test]
     fn appends_in_place_and_refuses_overflow() {
         let dev = Device::Cpu;
-        let mut c = LayerCache::new(2, 1, 3, &dev).unwrap();
+        let mut c = KvCache::new(2, 1, 3, &dev).unwrap();
         for step in 0..3 {
             let k = Tensor::full(step as f32, (2, 1, 1, HEAD_DIM), &dev).unwrap();
             c.append(&k, &(&k + 10.0).unwrap()).unwrap();

@@ -10,7 +10,7 @@ use candle_core::Tensor;
 
 use super::guide::guide;
 use super::options::{JacobiOptions, SampleOptions};
-use super::run::{BlockCond, BlockStart, Dims, Reversal, check_token, no_step_left};
+use super::run::{BlockCond, BlockDims, BlockStart, Reversal, check_token, no_step_left};
 use crate::error::{Error, Result};
 use crate::model::recipe::coupling;
 use crate::model::{MetaBlock, Model};
@@ -63,7 +63,7 @@ pub(crate) struct HostRun<B: HostBackend> {
     blocks: Arc<[B]>,
     cache: B::Cache,
     schedule: Schedule,
-    dims: Dims,
+    dims: BlockDims,
     cond: B::Cond,
     /// The sequence (B, N, D) in the block's order, row-major; positions `<= steps_done` are
     /// final.
@@ -195,7 +195,7 @@ impl<B: HostBackend> HostRun<B> {
 }
 
 impl<B: HostBackend> Reversal for HostRun<B> {
-    fn dims(&self) -> Dims {
+    fn dims(&self) -> BlockDims {
         self.dims
     }
 
@@ -255,7 +255,7 @@ impl<B: HostBackend> Reversal for HostRun<B> {
     }
 
     fn output(&self, model: &Model) -> Result<Tensor> {
-        let Dims { batch, n, d, .. } = self.dims;
+        let BlockDims { batch, n, d, .. } = self.dims;
         let x = Tensor::from_vec(self.seq.clone(), (batch, n, d), model.device())?;
         model.blocks[self.dims.block].permutation.undo(&x, 1)
     }
@@ -275,7 +275,7 @@ pub(crate) fn check_block(t: usize, len: usize) -> Result<()> {
 /// targets' input values `base` (B, t, D): guidance, then `base * exp(alpha) + mu` (`base + mu`
 /// without `nvp`).
 fn affine_update(
-    dims: &Dims,
+    dims: &BlockDims,
     nvp: bool,
     o: &[f32],
     a: usize,
@@ -283,7 +283,7 @@ fn affine_update(
     base: &[f32],
     opts: &SampleOptions,
 ) -> Result<Vec<f32>> {
-    let Dims { batch: b, d, n, .. } = *dims;
+    let BlockDims { batch: b, d, n, .. } = *dims;
     let ow = if nvp { 2 * d } else { d };
     if o.len() != dims.rows() * t * ow {
         return Err(Error::InvalidInput(format!(

@@ -7,7 +7,7 @@ use std::borrow::Cow;
 
 use candle_core::Tensor;
 
-use super::cache::LayerCache;
+use super::cache::KvCache;
 use super::host_run::HostBackend;
 use super::run::BlockCond;
 use crate::error::{Error, Result};
@@ -79,7 +79,7 @@ pub(crate) struct FastBlock {
 pub(crate) enum Attend<'a> {
     /// From the layers' caches (one per layer), after appending the new tokens', attending
     /// under this causal mask (T, len) when several tokens are new.
-    Cache(&'a mut [LayerCache], Option<&'a Tensor>),
+    Cache(&'a mut [KvCache], Option<&'a Tensor>),
     /// The input is the whole prefix: attend within it under this causal mask (T, T).
     Prefix(&'a Tensor),
 }
@@ -232,17 +232,17 @@ pub(crate) fn prepare(model: &Model) -> Result<Vec<FastBlock>> {
 }
 
 /// One KV cache per layer of a block, for `rows` rows of `model`.
-pub(crate) fn layer_caches(model: &Model, rows: usize) -> Result<Vec<LayerCache>> {
+pub(crate) fn layer_caches(model: &Model, rows: usize) -> Result<Vec<KvCache>> {
     let c = model.config();
     (0..c.max_layers())
-        .map(|_| LayerCache::new(rows, c.num_heads(), c.num_patches(), model.device()))
+        .map(|_| KvCache::new(rows, c.num_heads(), c.num_patches(), model.device()))
         .collect()
 }
 
 /// Jacobi off the CPU: the host sequence's new tokens go to the device, the prediction comes
 /// back (one host round trip per pass).
 impl HostBackend for FastBlock {
-    type Cache = Vec<LayerCache>;
+    type Cache = Vec<KvCache>;
     type Cond = BlockCond;
 
     fn new_cache(model: &Model, rows: usize) -> Result<Self::Cache> {
@@ -250,7 +250,7 @@ impl HostBackend for FastBlock {
     }
 
     fn reset(cache: &mut Self::Cache) {
-        cache.iter_mut().for_each(LayerCache::reset);
+        cache.iter_mut().for_each(KvCache::reset);
     }
 
     fn cond(cond: BlockCond) -> Result<Self::Cond> {

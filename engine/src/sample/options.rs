@@ -63,6 +63,23 @@ impl FromStr for GuideWhat {
     }
 }
 
+impl FromStr for Method {
+    type Err = Error;
+
+    /// `cached`, `jacobi`, `cached-ops` (or `cached_ops`) or `plain`, as `--method` takes them.
+    fn from_str(s: &str) -> Result<Self> {
+        match s.trim() {
+            "cached" => Ok(Self::Cached),
+            "cached-ops" | "cached_ops" => Ok(Self::CachedOps),
+            "plain" => Ok(Self::Plain),
+            "jacobi" => Ok(Self::Jacobi),
+            other => Err(Error::InvalidInput(format!(
+                "method `{other}` is not one of cached, jacobi, cached-ops, plain"
+            ))),
+        }
+    }
+}
+
 /// How the reverse pass computes each autoregressive step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -363,6 +380,38 @@ impl Labels {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flag_values_parse_to_their_variants_and_others_are_named_in_the_error() {
+        use crate::morph::Spacing;
+        use crate::palette::PaletteMode;
+        for (s, m) in [
+            ("cached", Method::Cached),
+            ("cached-ops", Method::CachedOps),
+            ("cached_ops", Method::CachedOps),
+            ("plain", Method::Plain),
+            (" jacobi ", Method::Jacobi),
+        ] {
+            assert_eq!(s.parse::<Method>().unwrap(), m);
+        }
+        assert_eq!(
+            "filter".parse::<PaletteMode>().unwrap(),
+            PaletteMode::Filter
+        );
+        assert_eq!(
+            "decoding".parse::<PaletteMode>().unwrap(),
+            PaletteMode::Decoding
+        );
+        assert_eq!("slerp".parse::<Spacing>().unwrap(), Spacing::Slerp);
+        assert_eq!("arc-length".parse::<Spacing>().unwrap(), Spacing::ArcLength);
+        for err in [
+            "fast".parse::<Method>().unwrap_err().to_string(),
+            "fast".parse::<PaletteMode>().unwrap_err().to_string(),
+            "fast".parse::<Spacing>().unwrap_err().to_string(),
+        ] {
+            assert!(err.contains("`fast` is not one of"), "{err}");
+        }
+    }
 
     #[test]
     fn json_defaults_and_names() {

@@ -19,7 +19,7 @@ use crate::model::{MetaBlock, Model};
 
 /// The sizes of the block being inverted.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Dims {
+pub(crate) struct BlockDims {
     /// Index of the block in the model (forward order).
     pub(crate) block: usize,
     /// Number of items (not doubled).
@@ -32,7 +32,7 @@ pub(crate) struct Dims {
     pub(crate) guided: bool,
 }
 
-impl Dims {
+impl BlockDims {
     /// Rows the transformer runs on: the doubled batch when guiding.
     pub(crate) fn rows(&self) -> usize {
         if self.guided {
@@ -67,7 +67,7 @@ pub(crate) struct BlockCond {
 /// A block about to be inverted: its sizes, its input in the block's order and its conditioning.
 pub(crate) struct BlockStart {
     /// Sizes.
-    pub(crate) dims: Dims,
+    pub(crate) dims: BlockDims,
     /// The input (B, N, D) in the block's order, contiguous.
     pub(crate) x: Tensor,
     /// Conditioning.
@@ -109,7 +109,7 @@ impl BlockStart {
             None
         };
         Ok(Self {
-            dims: Dims {
+            dims: BlockDims {
                 block: t,
                 batch: b,
                 n,
@@ -143,7 +143,7 @@ fn class_rows(block: &MetaBlock, labels: Option<&[i64]>, rows: usize) -> Result<
 /// step.
 pub(crate) trait Reversal: Send + Sync {
     /// The sizes of the block being inverted.
-    fn dims(&self) -> Dims;
+    fn dims(&self) -> BlockDims;
 
     /// Steps of the current block done so far (of N - 1).
     fn steps_done(&self) -> usize;

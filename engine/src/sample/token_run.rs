@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use candle_core::Tensor;
 
-use super::cache::LayerCache;
+use super::cache::KvCache;
 use super::guide::guide_t;
 use super::host_run::check_block;
 use super::ops::{Attend, FastBlock, layer_caches};
 use super::options::SampleOptions;
-use super::run::{BlockCond, BlockStart, Dims, Reversal, check_token, no_step_left};
+use super::run::{BlockCond, BlockDims, BlockStart, Reversal, check_token, no_step_left};
 use crate::error::Result;
 use crate::model::Model;
 use crate::model::recipe::coupling;
@@ -20,7 +20,7 @@ use crate::model::recipe::coupling;
 /// Where a [`TokenRun`] gets the keys and values of earlier tokens.
 pub(crate) enum TokenKv {
     /// One cache per layer, one new token per step (linear cost).
-    Cached(Vec<LayerCache>),
+    Cached(Vec<KvCache>),
     /// None: the whole prefix at every step (quadratic cost; the reference).
     Plain,
 }
@@ -30,7 +30,7 @@ pub(crate) struct TokenRun {
     /// Every block of the model, prepared.
     blocks: Arc<[FastBlock]>,
     kv: TokenKv,
-    dims: Dims,
+    dims: BlockDims,
     cond: BlockCond,
     /// One (B, 1, D) tensor per position, in the block's order; positions `<= steps_done` are
     /// final.
@@ -74,7 +74,7 @@ fn split_tokens(x: &Tensor, n: usize) -> Result<Vec<Tensor>> {
 }
 
 impl Reversal for TokenRun {
-    fn dims(&self) -> Dims {
+    fn dims(&self) -> BlockDims {
         self.dims
     }
 
@@ -93,7 +93,7 @@ impl Reversal for TokenRun {
         self.cond = start.cond;
         self.steps_done = 0;
         if let TokenKv::Cached(caches) = &mut self.kv {
-            caches.iter_mut().for_each(LayerCache::reset);
+            caches.iter_mut().for_each(KvCache::reset);
         }
         Ok(())
     }

@@ -26,7 +26,7 @@
 //! use tarflow::tileset::{CornerGrid, TilesetOptions, generate_tileset, map_seams};
 //!
 //! # fn main() -> tarflow::Result<()> {
-//! let model = load_model(Path::new("assets/models/textures16.safetensors"), &tarflow::candle::Device::Cpu)?;
+//! let model = load_model(Path::new("assets/models/textures16.tarflow.safetensors"), &tarflow::candle::Device::Cpu)?;
 //! let sampler = Sampler::new(&model)?;
 //! let (grass, stone) = (model.config().class_id("foliage")? as i64, model.config().class_id("stone")? as i64);
 //! let set = generate_tileset(&sampler, [Some(grass), Some(stone)], &TilesetOptions::recommended(model.config()))?;

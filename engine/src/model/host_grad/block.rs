@@ -2,7 +2,7 @@
 //! embeddings, the attention layers, proj_out with the one-token shift, the affine transform and
 //! the block's log-determinant (DESIGN.md section 3).
 //!
-//! Buffers: a [`BlockCache`] per block keeps what its backward pass reads; a [`Scratch`] shared
+//! Buffers: a [`BlockSaved`] per block keeps what its backward pass reads; a [`Scratch`] shared
 //! by all blocks holds the residual stream and every temporary. Both live across calls and only
 //! grow, so a pass allocates nothing once the batch size has been seen.
 
@@ -11,15 +11,15 @@ use super::kernels::{
     gelu_bwd, gelu_fwd, layer_norm_bwd, layer_norm_fwd, layer_norm_output, linear_dw, linear_dx,
     linear_fwd,
 };
-use super::layout::{Cond, Dims, fit, permute, unpermute};
+use super::layout::{Cond, PassDims, fit, permute, unpermute};
 use super::params::BlockParams;
 use super::time::{self, TimeCache};
 use crate::error::{Error, Result};
 use crate::model::recipe::{self, Step, Sublayer};
 
-/// What one attention layer's backward pass reads.
+/// The activations of one attention layer saved by the forward pass for its backward pass.
 #[derive(Debug, Default)]
-pub(super) struct LayerCache {
+pub(super) struct LayerSaved {
     xhat1: Vec<f32>,
     rstd1: Vec<f32>,
     qkv: Vec<f32>,
@@ -34,9 +34,9 @@ pub(super) struct LayerCache {
     g: Vec<f32>,
 }
 
-/// What one flow block's backward pass reads.
+/// The activations of one flow block saved by the forward pass for its backward pass.
 #[derive(Debug, Default)]
-pub(super) struct BlockCache {
+pub(super) struct BlockSaved {
     /// The input in block order (permuted).
     xp: Vec<f32>,
     /// The output in block order.
@@ -49,7 +49,7 @@ pub(super) struct BlockCache {
     clip_d: Vec<f32>,
     /// The time embedding's rows and what its backward reads (noise-conditional models).
     time: TimeCache,
-    layers: Vec<LayerCache>,
+    layers: Vec<LayerSaved>,
 }
 
 /// Temporaries shared by every block.
@@ -77,17 +77,17 @@ pub(super) struct Scratch {
 pub(super) fn forward(
     w: &BlockParams<&[f32]>,
     order: &[usize],
-    d: &Dims,
+    d: &PassDims,
     cond: &Cond,
     x: &[f32],
     out: &mut [f32],
-    cache: &mut BlockCache,
+    cache: &mut BlockSaved,
     s: &mut Scratch,
     keep: bool,
     logdet: &mut [f64],
 ) -> Result<()> {
     let (m, n, dd) = (d.m(), d.n, d.d);
-    let BlockCache {
+    let BlockSaved {
         xp,
         y,
         e,
@@ -100,7 +100,7 @@ pub(super) fn forward(
     check_order(order, n)?;
     permute(x, xp, d, dd, order);
     if layers.len() < w.layers.len() {
-        layers.resize_with(w.layers.len(), LayerCache::default);
+        layers.resize_with(w.layers.len(), LayerSaved::default);
     }
     let time_rows = match (&w.time, cond.feats) {
         (Some(tw), Some(feats)) => {
@@ -165,7 +165,7 @@ pub(super) fn forward(
 /// backward reads in the layers' caches (and the weight-gradient inputs too when `keep`).
 struct Pass<'a, 'w> {
     w: &'a BlockParams<&'w [f32]>,
-    d: &'a Dims,
+    d: &'a PassDims,
     /// The block's token order (see [`permute`]).
     order: &'a [usize],
     cond: &'a Cond<'a>,
@@ -173,7 +173,7 @@ struct Pass<'a, 'w> {
     time_rows: Option<&'a [f32]>,
     /// The input in block order.
     xp: &'a [f32],
-    layers: &'a mut [LayerCache],
+    layers: &'a mut [LayerSaved],
     /// Where proj_out's input is kept (when `keep`).
     kept_h: &'a mut Vec<f32>,
     /// Where the soft clip's derivative is kept (with a soft clip).
@@ -303,11 +303,11 @@ impl recipe::Kernels for Pass<'_, '_> {
 pub(super) fn backward(
     w: &BlockParams<&[f32]>,
     order: &[usize],
-    d: &Dims,
+    d: &PassDims,
     cond: &Cond,
     dout: &[f32],
     dx: Option<&mut [f32]>,
-    cache: &BlockCache,
+    cache: &BlockSaved,
     s: &mut Scratch,
     grads: Option<&mut BlockParams<Vec<f32>>>,
 ) -> Result<()> {
@@ -391,11 +391,11 @@ fn need(v: &[f32]) -> Result<&[f32]> {
 /// output on entry; `s.dh` carries the residual stream's gradient down the layers.
 struct GradPass<'a, 'w> {
     w: &'a BlockParams<&'w [f32]>,
-    d: &'a Dims,
+    d: &'a PassDims,
     /// The block's token order (see [`permute`]).
     order: &'a [usize],
     cond: &'a Cond<'a>,
-    cache: &'a BlockCache,
+    cache: &'a BlockSaved,
     s: &'a mut Scratch,
     /// Where the parameters' gradients go, when wanted.
     grads: Option<&'a mut BlockParams<Vec<f32>>>,

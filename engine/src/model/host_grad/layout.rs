@@ -3,7 +3,7 @@
 
 /// The sizes of one pass.
 #[derive(Debug, Clone, Copy)]
-pub(super) struct Dims {
+pub(super) struct PassDims {
     /// Items.
     pub(super) b: usize,
     /// Tokens per item.
@@ -24,7 +24,7 @@ pub(super) struct Dims {
     pub(super) soft_clip: f32,
 }
 
-impl Dims {
+impl PassDims {
     /// Rows of the token matrices (B * N).
     pub(super) fn m(&self) -> usize {
         self.b * self.n
@@ -41,7 +41,7 @@ pub(super) fn fit(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
 
 /// Copy `src` (raster order) to `dst` (block order), both (b, n, width): position `i` of
 /// each item gets the token at raster index `order[i]`.
-pub(super) fn permute(src: &[f32], dst: &mut [f32], d: &Dims, width: usize, order: &[usize]) {
+pub(super) fn permute(src: &[f32], dst: &mut [f32], d: &PassDims, width: usize, order: &[usize]) {
     let item = d.n * width;
     for (s, t) in src.chunks_exact(item).zip(dst.chunks_exact_mut(item)) {
         for (i, tr) in t.chunks_exact_mut(width).enumerate() {
@@ -52,7 +52,7 @@ pub(super) fn permute(src: &[f32], dst: &mut [f32], d: &Dims, width: usize, orde
 }
 
 /// The inverse of [`permute`]: `src` in block order back to `dst` in raster order.
-pub(super) fn unpermute(src: &[f32], dst: &mut [f32], d: &Dims, width: usize, order: &[usize]) {
+pub(super) fn unpermute(src: &[f32], dst: &mut [f32], d: &PassDims, width: usize, order: &[usize]) {
     let item = d.n * width;
     for (s, t) in src.chunks_exact(item).zip(dst.chunks_exact_mut(item)) {
         for (i, sr) in s.chunks_exact(width).enumerate() {

@@ -27,8 +27,8 @@ use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
 
-use self::block::{BlockCache, Scratch};
-use self::layout::{Cond, Dims, fit};
+use self::block::{BlockSaved, Scratch};
+use self::layout::{Cond, PassDims, fit};
 use self::params::{BlockParams, tensors_of, with_slices};
 use crate::config::{HEAD_DIM, MLP_EXPANSION, ModelConfig};
 use crate::error::{Error, Result};
@@ -104,7 +104,7 @@ pub struct LossAndGrads {
 pub struct HostGrad {
     config: ModelConfig,
     params: Vec<BlockParams<Tensor>>,
-    caches: Vec<BlockCache>,
+    caches: Vec<BlockSaved>,
     scratch: Scratch,
     x: [Vec<f32>; 2],
     logdet: Vec<f64>,
@@ -205,7 +205,7 @@ impl HostGrad {
             feats: feats.as_deref(),
             weights,
         };
-        let d = Dims {
+        let d = PassDims {
             b: batch,
             n: cfg.num_patches(),
             d: cfg.patch_dim(),
@@ -231,7 +231,7 @@ impl HostGrad {
             ..
         } = self;
         if caches.len() < blocks {
-            caches.resize_with(blocks, BlockCache::default);
+            caches.resize_with(blocks, BlockSaved::default);
         }
         with_slices(params, |w| {
             let m = d.m();
