@@ -67,6 +67,119 @@ pub(crate) const LAYER: [Step; 8] = [
     Step::AddFc2,
 ];
 
+/// A value inside one attention layer, as its steps hand it on. The backends keep some of them
+/// in one buffer (the host kernels normalise both sublayers into the same scratch), so a step
+/// can only read a value while its [`slot`](Value::slot) still holds it: [`dataflow_holds`]
+/// checks that for an order of steps, and [`LAYER`] is checked at compile time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Value {
+    /// The residual stream `h` (read and updated in place).
+    Stream,
+    /// `a` normed for the attention.
+    AttnIn,
+    /// `a` normed for the MLP.
+    MlpIn,
+    /// `qkv`.
+    Qkv,
+    /// `y`, the attention's output.
+    Attended,
+    /// `f`, fc1's output.
+    Hidden,
+    /// `g = gelu(f)`.
+    Activated,
+}
+
+impl Value {
+    /// The buffer the backends keep the value in: the two normed inputs share one.
+    pub(crate) const fn slot(self) -> usize {
+        match self {
+            Self::Stream => 0,
+            Self::AttnIn | Self::MlpIn => 1,
+            Self::Qkv => 2,
+            Self::Attended => 3,
+            Self::Hidden => 4,
+            Self::Activated => 5,
+        }
+    }
+}
+
+impl Step {
+    /// The values the step reads.
+    pub(crate) const fn reads(self) -> &'static [Value] {
+        match self {
+            Self::Norm(_) => &[Value::Stream],
+            Self::Qkv => &[Value::AttnIn],
+            Self::Attend => &[Value::Qkv],
+            Self::AddProj => &[Value::Stream, Value::Attended],
+            Self::Fc1 => &[Value::MlpIn],
+            Self::Gelu => &[Value::Hidden],
+            Self::AddFc2 => &[Value::Stream, Value::Activated],
+        }
+    }
+
+    /// The value the step writes.
+    pub(crate) const fn writes(self) -> Value {
+        match self {
+            Self::Norm(Sublayer::Attention) => Value::AttnIn,
+            Self::Norm(Sublayer::Mlp) => Value::MlpIn,
+            Self::Qkv => Value::Qkv,
+            Self::Attend => Value::Attended,
+            Self::AddProj | Self::AddFc2 => Value::Stream,
+            Self::Fc1 => Value::Hidden,
+            Self::Gelu => Value::Activated,
+        }
+    }
+}
+
+/// Whether `steps`, run in order from the residual stream, read every value while its slot
+/// still holds it (never before it is written, never after another value took its buffer), and
+/// use every value they compute. The host pass's forward and backward hand values between
+/// steps through such shared buffers, so an order this refuses would compile and compute wrong
+/// values or gradients; [`LAYER`] is checked at compile time.
+pub(crate) const fn dataflow_holds(steps: &[Step]) -> bool {
+    // The value each slot holds (`None`: nothing yet); slot 0, the stream, is always there.
+    let mut held: [Option<Value>; 6] = [Some(Value::Stream), None, None, None, None, None];
+    let mut read = [false; 7];
+    let mut i = 0;
+    while i < steps.len() {
+        let reads = steps[i].reads();
+        let mut r = 0;
+        while r < reads.len() {
+            let v = reads[r];
+            match held[v.slot()] {
+                Some(h) if h as u8 == v as u8 => read[v as usize] = true,
+                _ => return false,
+            }
+            r += 1;
+        }
+        let w = steps[i].writes();
+        held[w.slot()] = Some(w);
+        i += 1;
+    }
+    // Every intermediate value computed is read by a later step.
+    let mut v = 1;
+    while v < read.len() {
+        let mut written = false;
+        let mut i = 0;
+        while i < steps.len() {
+            if steps[i].writes() as usize == v {
+                written = true;
+            }
+            i += 1;
+        }
+        if written && !read[v] {
+            return false;
+        }
+        v += 1;
+    }
+    true
+}
+
+const _: () = assert!(
+    dataflow_holds(&LAYER),
+    "LAYER reads a value after its buffer was reused, or before it is computed"
+);
+
 /// A backend's forward kernels for one pass of a block's network.
 pub(crate) trait Kernels {
     /// Attention layers of the block.
@@ -255,6 +368,36 @@ mod tests {
 
     /// The reference's order (`AttentionBlock.forward`: `x + attention(norm1(x))`, then
     /// `x + mlp(norm2(x))`), and the backward visits exactly the forward's calls, reversed.
+    #[test]
+    fn orders_that_would_hand_on_the_wrong_buffer_are_refused() {
+        assert!(dataflow_holds(&LAYER));
+        let swap = |i: usize, j: usize| {
+            let mut l = LAYER;
+            l.swap(i, j);
+            l
+        };
+        // Qkv before its norm; GELU before fc1; the attention's output added before it exists.
+        for (i, j) in [(0, 1), (5, 6), (2, 3)] {
+            assert!(!dataflow_holds(&swap(i, j)), "steps {i} and {j} swapped");
+        }
+        // The MLP's norm moved up: it overwrites the normed input Qkv then reads (one buffer).
+        let mut early = LAYER.to_vec();
+        let norm = early.remove(4);
+        early.insert(1, norm);
+        assert!(!dataflow_holds(&early));
+        // A step dropped: GELU's input is computed and never used, fc2 reads nothing.
+        let mut dropped = LAYER.to_vec();
+        dropped.remove(6);
+        assert!(!dataflow_holds(&dropped));
+        // A value computed and not used.
+        assert!(!dataflow_holds(&[Step::Norm(Sublayer::Attention)]));
+        // Attention and MLP are independent sublayers: the MLP first is a valid order.
+        let mlp_first = [
+            LAYER[4], LAYER[5], LAYER[6], LAYER[7], LAYER[0], LAYER[1], LAYER[2], LAYER[3],
+        ];
+        assert!(dataflow_holds(&mlp_first));
+    }
+
     #[test]
     fn the_backward_is_the_forward_reversed() {
         let mut fwd = Trace {
