@@ -1,9 +1,9 @@
 //! Every `tarflow` command the README shows runs and succeeds, in the README's order (the
-//! `train` that writes `my.safetensors` comes before the `eval` that reads it), in a scratch
+//! `train` that writes `my.tarflow.safetensors` comes before the `eval` that reads it), in a scratch
 //! folder where `assets/` is the repository's. `cargo run --release -p tarflow-cli -- ARGS` runs
 //! as `tarflow ARGS`; `cargo test --workspace` is CI's own command.
 //!
-//! What the README leaves to the reader is filled in: `M` and `old.safetensors` are the bundled
+//! What the README leaves to the reader is filled in: `M` and `old.tarflow.safetensors` are the bundled
 //! demo model; `tex.png`, `a.png`, `b.png`, `master_palette.png` are held-out textures;
 //! `mask.png` masks their middle; `ref.pth` is the reference's small checkpoint; `new_art/` and
 //! `more_art/` are folders of textures. To keep CI short, work sizes are cut
@@ -103,7 +103,7 @@ fn scratch() -> tempfile::TempDir {
     std::fs::copy(golden, d.join("ref.pth")).unwrap();
     std::fs::copy(&textures[3], d.join("master_palette.png")).unwrap();
     let demo = repo().join("assets/models/textures16.tarflow.safetensors");
-    std::fs::copy(demo, d.join("old.safetensors")).unwrap();
+    std::fs::copy(demo, d.join("old.tarflow.safetensors")).unwrap();
     // A 16x16 mask: white (regenerate) in the middle 8x8.
     let mask = image::RgbaImage::from_fn(16, 16, |x, y| {
         let inside = (4..12).contains(&x) && (4..12).contains(&y);
@@ -191,7 +191,7 @@ fn every_readme_command_runs_as_written() {
     // Nothing was written into the repository's assets through the link.
     let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets");
     assert!(
-        !assets.join("my.safetensors").exists() && !assets.join("sheet.png").exists(),
+        !assets.join("my.tarflow.safetensors").exists() && !assets.join("sheet.png").exists(),
         "a README command wrote into assets/"
     );
 }
