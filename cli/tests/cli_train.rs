@@ -555,6 +555,34 @@ fn periodic_held_out_lines_reach_a_log_without_a_terminal() {
     }
 }
 
+/// `--preview-every 0` writes no preview grid (a noise-conditional model's costs minutes);
+/// `--preview-every N` writes one at the end whatever N (the cadence: `Preview`'s unit test).
+#[test]
+fn preview_grids_follow_preview_every() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("art");
+    make_folder(&data, &["stripes", "checks"], 4);
+    let d = data.to_str().unwrap();
+    let none = dir.path().join("none.safetensors");
+    let mut args = train_args(d, none.to_str().unwrap(), "2", "1");
+    args.extend(["--preview-every", "0"]);
+    ok(&args);
+    assert!(none.exists() && dir.path().join("none.ckpt.safetensors").exists());
+    assert!(
+        !dir.path().join("none.samples.png").exists(),
+        "--preview-every 0 wrote a grid"
+    );
+    // Every 10 steps in a 2-step run: the end's grid is still written.
+    let some = dir.path().join("some.safetensors");
+    let mut args = train_args(d, some.to_str().unwrap(), "2", "1");
+    args.extend(["--preview-every", "10"]);
+    ok(&args);
+    assert!(
+        dir.path().join("some.samples.png").exists(),
+        "no grid at the end of the run"
+    );
+}
+
 /// `eval` on art whose class the model was not trained on scores it with the unconditional
 /// likelihood and says so, instead of refusing the folder; the known classes' rows are unchanged.
 #[test]

@@ -135,6 +135,12 @@ pub struct TrainArgs {
     /// Steps between checkpoints, sample grids and model exports.
     #[arg(long, default_value_t = 250)]
     pub checkpoint_every: u64,
+    /// Steps between the preview sample grids (`NAME.samples.png`, 8 samples per class),
+    /// written at the first checkpoint this many steps after the last one and at the end; 0:
+    /// none. A noise-conditional model's grid costs its 30 denoising passes per sample, minutes
+    /// on a CPU [default: every checkpoint].
+    #[arg(long)]
+    pub preview_every: Option<u64>,
     /// Steps between held-out evaluations (0: only at the end).
     #[arg(long, default_value_t = 0)]
     pub eval_every: u64,
@@ -175,6 +181,38 @@ fn describe(data: &Dataset) -> String {
 
 /// A grid of samples from the EMA model, one row per class (8 per row). Skipped (false) when
 /// a Ctrl-C arrives while sampling.
+/// When training writes its preview grid (`--preview-every`).
+struct Preview {
+    /// Steps between grids; `None`: at every checkpoint; `Some(0)`: never.
+    every: Option<u64>,
+    /// The step after which the next grid is due.
+    next: u64,
+}
+
+impl Preview {
+    fn new(every: Option<u64>, start: u64) -> Self {
+        Self {
+            every,
+            next: start.saturating_add(every.unwrap_or(0)),
+        }
+    }
+
+    /// Whether the checkpoint at `step` writes a grid (and, if so, when the next is due).
+    fn due(&mut self, step: u64, is_final: bool) -> bool {
+        match self.every {
+            None => true,
+            Some(0) => false,
+            Some(n) => {
+                let due = is_final || step >= self.next;
+                if due {
+                    self.next = step.saturating_add(n);
+                }
+                due
+            }
+        }
+    }
+}
+
 fn write_samples(model: &Model, path: &Path, int: &Interrupt) -> anyhow::Result<bool> {
     let k = model.config().num_classes;
     let labels = if k == 0 {
@@ -353,6 +391,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         eval_every: args.eval_every,
         stop: Some(int.stop.clone()),
     };
+    let mut preview = Preview::new(args.preview_every, start_step);
     trainer.run_with(&opts, |trainer, at| -> anyhow::Result<()> {
         {
             // The checkpoint first; a second Ctrl-C waits for these writes.
@@ -360,7 +399,7 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             trainer.save_checkpoint(&ckpt_path)?;
             export(trainer, &args, started, start_step)?;
         }
-        if int.stopped() {
+        if int.stopped() || !preview.due(at.step, at.is_final) {
             return Ok(());
         }
         // The grid is a preview: a model that cannot be sampled yet (an early uniform-noise
@@ -468,5 +507,31 @@ mod tests {
             beside(Path::new("a/m.safetensors"), "ckpt.safetensors"),
             Path::new("a/m.ckpt.safetensors")
         );
+    }
+
+    #[test]
+    fn preview_grids_come_every_n_steps_from_the_start_and_at_the_end() {
+        let steps = |every, start, checkpoints: &[(u64, bool)]| {
+            let mut p = Preview::new(every, start);
+            checkpoints
+                .iter()
+                .filter(|&&(s, last)| p.due(s, last))
+                .map(|&(s, _)| s)
+                .collect::<Vec<_>>()
+        };
+        let run = [
+            (250, false),
+            (500, false),
+            (750, false),
+            (1000, false),
+            (1100, true),
+        ];
+        assert_eq!(steps(None, 0, &run), [250, 500, 750, 1000, 1100]);
+        assert_eq!(steps(Some(0), 0, &run), Vec::<u64>::new());
+        assert_eq!(steps(Some(500), 0, &run), [500, 1000, 1100]);
+        // Not a multiple of the checkpoint cadence: the first checkpoint at least N on.
+        assert_eq!(steps(Some(400), 0, &run), [500, 1000, 1100]);
+        // Resumed at step 500: N steps from there.
+        assert_eq!(steps(Some(500), 500, &run[1..]), [1000, 1100]);
     }
 }
