@@ -15,6 +15,20 @@ fn golden(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The reference's small class-conditional model (`../shared/golden/cond.*`).
+fn cond_model() -> tarflow::Model {
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(golden("cond.json")).unwrap()).unwrap();
+    let config = serde_json::from_value(json["config"].clone()).unwrap();
+    load_reference(
+        &golden("cond.pth"),
+        Some(config),
+        ConfigHints::default(),
+        &tarflow::candle::Device::Cpu,
+    )
+    .unwrap()
+}
+
 fn app(root: &std::path::Path) -> App {
     let mut app = App::new();
     app.add_plugins((
@@ -43,16 +57,7 @@ fn wait(app: &mut App, handle: &Handle<TarflowModel>) -> LoadState {
 #[test]
 fn model_file_loads_as_an_asset() {
     let dir = tempfile::tempdir().unwrap();
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(golden("cond.json")).unwrap()).unwrap();
-    let config = serde_json::from_value(json["config"].clone()).unwrap();
-    let model = load_reference(
-        &golden("cond.pth"),
-        Some(config),
-        ConfigHints::default(),
-        &tarflow::candle::Device::Cpu,
-    )
-    .unwrap();
+    let model = cond_model();
     save_model(&model, &dir.path().join("cond.safetensors")).unwrap();
     std::fs::write(dir.path().join("broken.safetensors"), b"not a model").unwrap();
     // The loader reads the header first and then exactly the data it describes.
@@ -104,16 +109,7 @@ fn model_file_loads_as_an_asset() {
 #[test]
 fn the_loader_claims_tarflow_safetensors_and_leaves_plain_safetensors_to_other_plugins() {
     let dir = tempfile::tempdir().unwrap();
-    let json: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(golden("cond.json")).unwrap()).unwrap();
-    let config = serde_json::from_value(json["config"].clone()).unwrap();
-    let model = load_reference(
-        &golden("cond.pth"),
-        Some(config),
-        ConfigHints::default(),
-        &tarflow::candle::Device::Cpu,
-    )
-    .unwrap();
+    let model = cond_model();
     save_model(&model, &dir.path().join("cond.tarflow.safetensors")).unwrap();
     let mut app = app(dir.path());
     let server = app.world().resource::<AssetServer>().clone();

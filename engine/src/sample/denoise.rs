@@ -32,11 +32,7 @@ pub fn denoise_steps(
     labels: Option<&[i64]>,
     steps: Option<usize>,
 ) -> Result<Tensor> {
-    let mut run = DenoiseRun::new(model, images, labels, steps)?;
-    while run.steps_left() > 0 {
-        run.step(model)?;
-    }
-    Ok(run.finish())
+    DenoiseRun::new(model, images, labels, steps)?.run_to_end(model)
 }
 
 /// iTARFlow's iterative denoising (`evaluate_fid.py::iterative_denoising`, its default ODE
@@ -53,12 +49,8 @@ pub fn denoise_iterative(
     steps: usize,
 ) -> Result<Tensor> {
     range.validate()?;
-    let mut run =
-        DenoiseRun::with_levels(model, images, labels, Levels::Range(range.levels(steps)))?;
-    while run.steps_left() > 0 {
-        run.step(model)?;
-    }
-    Ok(run.finish())
+    DenoiseRun::with_levels(model, images, labels, Levels::Range(range.levels(steps)))?
+        .run_to_end(model)
 }
 
 /// The score steps a denoising run takes.
@@ -161,6 +153,14 @@ impl DenoiseRun {
         };
         self.done += 1;
         Ok(())
+    }
+
+    /// Take every step left and return the denoised images.
+    pub fn run_to_end(mut self, model: &Model) -> Result<Tensor> {
+        while self.steps_left() > 0 {
+            self.step(model)?;
+        }
+        Ok(self.finish())
     }
 
     /// The images as denoised so far (all of it once [`steps_left`](Self::steps_left) is 0).
