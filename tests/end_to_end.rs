@@ -28,30 +28,21 @@ fn parse<A: clap::Args>(argv: &[&str]) -> A {
         .args
 }
 
-/// Two classes of 8x8 RGBA art, 12 images each, in varying colours: stripes on transparency
-/// (sprite-like) and opaque checkerboards.
+/// A game's own art: 12 of the bundled corpus's 32x32 weapon sprites (on transparency) and 12
+/// of its opaque floor tiles (CC0, `assets/sprites32/ATTRIBUTION.md`), the first by name.
 fn write_art(root: &Path) {
-    for (class, pattern) in [
-        (
-            "stripes",
-            (|_: u32, y: u32| (y / 2).is_multiple_of(2)) as fn(u32, u32) -> bool,
-        ),
-        ("checks", |x, y| (x / 2 + y / 2).is_multiple_of(2)),
-    ] {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/sprites32/train");
+    for class in ["weapon", "floor"] {
+        let mut files: Vec<_> = std::fs::read_dir(corpus.join(class))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "png"))
+            .collect();
+        files.sort();
         let dir = root.join(class);
         std::fs::create_dir_all(&dir).unwrap();
-        for k in 0..12u32 {
-            let (a, b) = (
-                [40 + 15 * k as u8, 90, 200 - 10 * k as u8],
-                [230, 220 - 5 * k as u8, 60],
-            );
-            let img = image::RgbaImage::from_fn(8, 8, |x, y| {
-                let on = pattern(x, y);
-                let c = if on { a } else { b };
-                let alpha = if on || class == "checks" { 255 } else { 0 };
-                image::Rgba([c[0], c[1], c[2], alpha])
-            });
-            img.save(dir.join(format!("{class}_{k:02}.png"))).unwrap();
+        for f in &files[..12] {
+            std::fs::copy(f, dir.join(f.file_name().unwrap())).unwrap();
         }
     }
 }
@@ -106,8 +97,17 @@ fn cli_train_then_the_plugin_paints_the_clis_texture() {
     tarflow_cli::commands::train::run(train).unwrap();
     let trained = tarflow::format::load_model(&model, &tarflow::candle::Device::Cpu).unwrap();
     let cfg = trained.config();
-    assert_eq!((cfg.img_size, cfg.in_channels, cfg.num_classes), (8, 4, 2));
-    assert_eq!(cfg.class_names, ["checks", "stripes"]);
+    assert_eq!(
+        (
+            cfg.img_size,
+            cfg.patch_size,
+            cfg.in_channels,
+            cfg.num_classes
+        ),
+        (32, 2, 4, 2),
+        "32x32 RGBA sprites in 256 tokens"
+    );
+    assert_eq!(cfg.class_names, ["floor", "weapon"]);
 
     // 2. The CLI samples one texture and a sheet from the model file.
     let samples = root.join("samples");
@@ -116,7 +116,7 @@ fn cli_train_then_the_plugin_paints_the_clis_texture() {
         "--model",
         &s(&model),
         "--class",
-        "stripes",
+        "weapon",
         "--count",
         "1",
         "--seed",
@@ -175,7 +175,7 @@ fn cli_train_then_the_plugin_paints_the_clis_texture() {
         .world_mut()
         .spawn(
             GenerateTexture::new(handle)
-                .with_class("stripes")
+                .with_class("weapon")
                 .with_seed(7)
                 .with_guidance(1.5),
         )
@@ -207,7 +207,7 @@ fn cli_train_then_the_plugin_paints_the_clis_texture() {
     let painted = images.get(&image).unwrap();
     assert_eq!(
         (painted.width(), painted.height()),
-        (8, 8),
+        (32, 32),
         "the model's size"
     );
     assert_eq!(
@@ -229,9 +229,9 @@ fn cli_train_then_the_plugin_paints_the_clis_texture() {
     assert_eq!((layout.size.x, layout.size.y), (w, h));
     assert_eq!(
         (w, h),
-        (3 * 8 + 2, 2 * 8 + 1),
+        (3 * 32 + 2, 2 * 32 + 1),
         "3 per class, one row per class"
     );
     assert_eq!(layout.len(), 6);
-    assert_eq!(layout.textures[4].min, UVec2::new(9, 9), "stripes_1");
+    assert_eq!(layout.textures[4].min, UVec2::new(33, 33), "weapon_1");
 }

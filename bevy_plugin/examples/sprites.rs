@@ -5,8 +5,9 @@
 //! cargo run -p bevy_tarflow --example sprites --features render
 //! ```
 //!
-//! Uses the demo model `assets/models/textures16.tarflow.safetensors` when the workspace has it, a model
-//! with random weights otherwise. With `TARFLOW_SCREENSHOTS=DIR` set, it saves `DIR/midway.png`
+//! Uses the bundled 32x32 sprite model `assets/models/sprites32.safetensors` (or, failing that,
+//! the 16x16 texture model `textures16.tarflow.safetensors`) at its recommended settings when
+//! the workspace has it, a 32x32 model with random weights otherwise. With `TARFLOW_SCREENSHOTS=DIR` set, it saves `DIR/midway.png`
 //! as soon as a texture is caught half painted (or, failing that, once half the textures are
 //! done), and `DIR/final.png` when all are done, then exits (for runs under Xvfb; see the
 //! examples' README). The folder is created if needed.
@@ -28,9 +29,15 @@ const GAP: f32 = 16.0;
 /// exits with an error (a run under Xvfb must never hang).
 const WATCHDOG: std::time::Duration = std::time::Duration::from_secs(600);
 
-/// A 16x16 RGBA model with 4 classes and random weights.
+/// The bundled models the example looks for under `assets/`, first found first.
+const BUNDLED: [&str; 2] = [
+    "models/sprites32.safetensors",
+    "models/textures16.tarflow.safetensors",
+];
+
+/// A 32x32 RGBA model with 4 classes and random weights.
 fn random_model() -> tarflow::Result<Model> {
-    let mut cfg = ModelConfig::new(4, 16, 2, 128, 4, 1);
+    let mut cfg = ModelConfig::new(4, 32, 2, 128, 4, 1);
     cfg.num_classes = 4;
     cfg.noise_sigma = 0.05;
     let device = tarflow::candle::Device::Cpu;
@@ -61,7 +68,7 @@ struct Demo {
 
 fn main() -> AppExit {
     let assets = Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets");
-    let demo = assets.join("models/textures16.tarflow.safetensors");
+    let bundled = BUNDLED.iter().find(|m| assets.join(m).exists());
     let screenshots = std::env::var_os("TARFLOW_SCREENSHOTS").map(PathBuf::from);
     // For screenshots, paint at most 8 patches a frame: the textures fill in over many frames,
     // so the midway shot shows them half painted however fast the workers are.
@@ -91,18 +98,15 @@ fn main() -> AppExit {
             }),
         TarflowPlugin { settings },
     ));
-    let (model, classes) = if demo.exists() {
-        info!("model: {}", demo.display());
-        let handle = app
-            .world()
-            .resource::<AssetServer>()
-            .load("models/textures16.tarflow.safetensors");
+    let (model, classes) = if let Some(&path) = bundled {
+        info!("model: {}", assets.join(path).display());
+        let handle = app.world().resource::<AssetServer>().load(path);
         (handle, 0)
     } else {
         match random_model() {
             Ok(model) => {
                 info!(
-                    "model: random weights (no demo model in {})",
+                    "model: random weights (no bundled model in {})",
                     assets.display()
                 );
                 let classes = model.config().num_classes;
@@ -147,18 +151,22 @@ fn main() -> AppExit {
 
 /// A request for the sprite at `i` in this round.
 fn request(demo: &Demo, models: &Assets<TarflowModel>, i: usize) -> GenerateTexture {
-    let classes = models
-        .get(&demo.model)
-        .map_or(demo.classes, |m| m.model.config().num_classes);
+    let config = models.get(&demo.model).map(|m| m.model.config());
+    let classes = config.map_or(demo.classes, |c| c.num_classes);
     let class = if classes == 0 {
         TextureClass::Unconditional
     } else {
         TextureClass::Id(i % classes)
     };
-    GenerateTexture::new(demo.model.clone())
+    let request = GenerateTexture::new(demo.model.clone())
         .with_class(class)
-        .with_seed(demo.round * 1000 + i as u64)
-        .with_guidance(if classes == 0 { 0.0 } else { 1.5 })
+        .with_seed(demo.round * 1000 + i as u64);
+    // The model's recommended settings apply by themselves; a model without them gets the
+    // README's guidance.
+    match config.and_then(|c| c.sampling.as_ref()) {
+        Some(_) => request,
+        None => request.with_guidance(if classes == 0 { 0.0 } else { 1.5 }),
+    }
 }
 
 fn setup(

@@ -187,3 +187,110 @@ fn despeckle_leaves_no_lone_pixel() {
     assert_eq!(clean.iter().map(lone).sum::<usize>(), 0);
     assert_ne!(plain, clean);
 }
+
+/// The training art's licence: `train --licence` records it, `recommend --licence` adds it to
+/// a file trained without it (its recommendations and weights kept), `info` shows it, a model
+/// without one says it is not recorded, and a resumed run keeps it; an empty licence is
+/// refused, naming it.
+#[test]
+fn the_training_arts_licence_is_recorded_and_shown() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = tempfile::tempdir().unwrap();
+    let model = root.join("assets/models/textures16.tarflow.safetensors");
+    let rec = dir.path().join("rec.safetensors");
+    ok(&[
+        "recommend",
+        "--model",
+        s(&model),
+        "--guidance",
+        "1.5",
+        "--out",
+        s(&rec),
+    ]);
+    let lic = dir.path().join("lic.safetensors");
+    let said = ok(&[
+        "recommend",
+        "--model",
+        s(&rec),
+        "--licence",
+        " CC-BY-SA-3.0 ",
+        "--out",
+        s(&lic),
+    ]);
+    assert!(
+        said.contains("licence CC-BY-SA-3.0") && said.contains("bit-identical"),
+        "{said}"
+    );
+    let info = ok(&["info", s(&lic)]);
+    assert!(
+        info.contains("licence:     CC-BY-SA-3.0 (of the training art"),
+        "{info}"
+    );
+    assert!(info.contains("recommended guidance 1.5"), "{info}");
+    let bare = dir.path().join("bare.safetensors");
+    ok(&[
+        "recommend",
+        "--model",
+        s(&lic),
+        "--clear",
+        "--out",
+        s(&bare),
+    ]);
+    assert!(ok(&["info", s(&bare)]).contains("licence:     CC-BY-SA-3.0"));
+    let empty = tarflow(&[
+        "recommend",
+        "--model",
+        s(&rec),
+        "--licence",
+        " ",
+        "--out",
+        s(&dir.path().join("x")),
+    ]);
+    assert!(
+        !empty.status.success() && text(&empty).contains("licence \" \""),
+        "{}",
+        text(&empty)
+    );
+
+    // Training records it in the model and its checkpoint; resuming keeps it.
+    let art = dir.path().join("art/stone");
+    std::fs::create_dir_all(&art).unwrap();
+    for k in 0..4u8 {
+        image::RgbaImage::from_fn(8, 8, |x, y| {
+            image::Rgba([x as u8 * 30, y as u8 * 30, k * 60, 255])
+        })
+        .save(art.join(format!("s{k}.png")))
+        .unwrap();
+    }
+    let trained = dir.path().join("t.safetensors");
+    let train = |steps: &str, licence: &[&str]| {
+        let mut args = vec![
+            "train",
+            s(art.parent().unwrap()),
+            "--out",
+            s(&trained),
+            "--steps",
+            steps,
+            "--batch",
+            "2",
+            "--channels",
+            "64",
+            "--blocks",
+            "1",
+            "--layers",
+            "1",
+            "--preview-every",
+            "0",
+        ];
+        args.extend_from_slice(licence);
+        ok(&args)
+    };
+    train("1", &[]);
+    assert!(ok(&["info", s(&trained)]).contains("licence:     not recorded"));
+    train("2", &["--licence", "CC0-1.0"]);
+    assert!(ok(&["info", s(&trained)]).contains("licence:     CC0-1.0"));
+    train("3", &[]);
+    assert!(ok(&["info", s(&trained)]).contains("licence:     CC0-1.0"));
+    // The bundled demo model names its share-alike terms.
+    assert!(ok(&["info", s(&model)]).contains("licence:     mostly CC-BY-SA"));
+}

@@ -566,21 +566,29 @@ fn preview_grids_follow_preview_every() {
     let none = dir.path().join("none.safetensors");
     let mut args = train_args(d, none.to_str().unwrap(), "2", "1");
     args.extend(["--preview-every", "0"]);
-    ok(&args);
+    let text = ok(&args);
     assert!(none.exists() && dir.path().join("none.ckpt.safetensors").exists());
     assert!(
         !dir.path().join("none.samples.png").exists(),
         "--preview-every 0 wrote a grid"
     );
+    // The checkpoint's log line comes without a grid too; the final line does not name a
+    // grid it did not write.
+    assert!(text.contains("step 2/2: loss "), "{text}");
+    assert!(
+        text.contains("no sample grid") && !text.contains("none.samples.png"),
+        "{text}"
+    );
     // Every 10 steps in a 2-step run: the end's grid is still written.
     let some = dir.path().join("some.safetensors");
     let mut args = train_args(d, some.to_str().unwrap(), "2", "1");
     args.extend(["--preview-every", "10"]);
-    ok(&args);
+    let text = ok(&args);
     assert!(
         dir.path().join("some.samples.png").exists(),
         "no grid at the end of the run"
     );
+    assert!(text.contains("samples: "), "{text}");
 }
 
 /// `eval` on art whose class the model was not trained on scores it with the unconditional

@@ -100,7 +100,28 @@ fn is_zero(v: &f32) -> bool {
     *v == 0.0
 }
 
+/// The provenance key of the training art's licence ([`ModelConfig::licence`]).
+pub const LICENCE_KEY: &str = "licence";
+
+/// A licence as a model file records it: trimmed, one line, at most 200 characters (an SPDX
+/// identifier such as `CC0-1.0`, or a short phrase naming the terms).
+pub fn licence_text(text: &str) -> Result<String> {
+    let t = text.trim();
+    if t.is_empty() || t.contains(['\n', '\r']) || t.chars().count() > 200 {
+        return Err(Error::InvalidConfig(format!(
+            "licence {text:?}: give one line of 1 to 200 characters (e.g. CC0-1.0)"
+        )));
+    }
+    Ok(t.to_string())
+}
+
 impl ModelConfig {
+    /// The licence of the art the model was trained on, as recorded in its provenance
+    /// (`tarflow train --licence`); generated art carries those terms. `None`: not recorded.
+    pub fn licence(&self) -> Option<&str> {
+        self.provenance.get(LICENCE_KEY).and_then(|v| v.as_str())
+    }
+
     /// A config with the given sizes, no classes, affine coupling and no noise.
     pub fn new(
         in_channels: usize,

@@ -88,7 +88,19 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     } else {
         println!("noise sigma: 0 (no denoising)");
     }
-    for (k, v) in &c.provenance {
+    match c.licence() {
+        Some(l) => println!(
+            "licence:     {l} (of the training art; what the model generates carries its terms)"
+        ),
+        None => println!(
+            "licence:     not recorded (`tarflow train --licence`); what the model generates carries the training art's terms"
+        ),
+    }
+    for (k, v) in c
+        .provenance
+        .iter()
+        .filter(|(k, _)| *k != tarflow::config::LICENCE_KEY)
+    {
         println!("provenance:  {k} = {v}");
     }
     Ok(())

@@ -41,6 +41,10 @@ pub struct RecommendArgs {
     /// How the settings were chosen, shown by `tarflow info`.
     #[arg(long)]
     pub note: Option<String>,
+    /// Also record the training art's licence (as `tarflow train --licence` does), for a
+    /// model trained without it; shown by `tarflow info`.
+    #[arg(long, alias = "license", value_name = "TEXT")]
+    pub licence: Option<String>,
     /// Drop every recommendation instead (the engine's defaults apply again).
     #[arg(long, conflicts_with_all = ["guidance", "guidance_rule", "attn_temp", "alpha_cutoff", "despeckle", "no_denoise", "denoise_steps", "note"])]
     pub clear: bool,
@@ -66,9 +70,14 @@ pub fn run(args: RecommendArgs) -> anyhow::Result<()> {
         note: args.note.clone(),
     };
     rec.validate()?;
-    if !args.clear && rec == RecommendedSampling::default() {
+    let licence = args
+        .licence
+        .as_deref()
+        .map(tarflow::config::licence_text)
+        .transpose()?;
+    if !args.clear && rec == RecommendedSampling::default() && licence.is_none() {
         bail!(
-            "no setting given: pass --guidance, --guidance-rule, --attn-temp, --alpha-cutoff, --despeckle, --no-denoise or --denoise-steps (or \
+            "no setting given: pass --guidance, --guidance-rule, --attn-temp, --alpha-cutoff, --despeckle, --no-denoise, --denoise-steps or --licence (or \
              --clear to drop the model's recommendations)"
         );
     }
@@ -87,20 +96,31 @@ pub fn run(args: RecommendArgs) -> anyhow::Result<()> {
             args.model.display()
         );
     }
-    model.config_mut().sampling = (!args.clear).then(|| rec.clone());
+    // Only --licence given: the recommendations the file has stay.
+    if args.clear || rec != RecommendedSampling::default() {
+        model.config_mut().sampling = (!args.clear).then(|| rec.clone());
+    }
+    if let Some(l) = &licence {
+        model
+            .config_mut()
+            .provenance
+            .insert(tarflow::config::LICENCE_KEY.into(), l.clone().into());
+    }
     let before = tarflow::format::read_safetensors(&args.model, &device)?.tensors;
     let in_place = std::fs::canonicalize(&args.out).ok() == std::fs::canonicalize(&args.model).ok();
     // Written atomically (temp file, rename): a failure leaves `--out` as it was.
     tarflow::format::save_model(&model, &args.out)?;
     let tensors = check_same_tensors(&before, &args.model, &args.out, &device, !in_place)?;
+    let what = match (&model.config().sampling, args.clear) {
+        (_, true) | (None, false) => "nothing (the engine's defaults)".to_string(),
+        (Some(r), false) => r.describe(),
+    };
+    let licence_note = licence
+        .map(|l| format!(", licence {l}"))
+        .unwrap_or_default();
     println!(
-        "wrote {} recommending {}; its {tensors} weight tensors are bit-identical to {}",
+        "wrote {} recommending {what}{licence_note}; its {tensors} weight tensors are bit-identical to {}",
         args.out.display(),
-        if args.clear {
-            "nothing (the engine's defaults)".to_string()
-        } else {
-            rec.describe()
-        },
         args.model.display()
     );
     Ok(())

@@ -153,6 +153,12 @@ pub struct TrainArgs {
     /// Start over, ignoring (and then replacing) an existing checkpoint and model.
     #[arg(long)]
     pub fresh: bool,
+    /// The licence of the training art (e.g. `CC0-1.0`, `CC-BY-SA-3.0`), recorded in the
+    /// model's provenance and shown by `tarflow info`, so that whoever samples the model knows
+    /// the terms of what it generates. A resumed or fine-tuned run keeps the one it has unless
+    /// this is given.
+    #[arg(long, alias = "license", value_name = "TEXT")]
+    pub licence: Option<String>,
 }
 
 /// `NAME.ext` -> `NAME.<suffix>`, beside it.
@@ -179,8 +185,16 @@ fn describe(data: &Dataset) -> String {
     )
 }
 
-/// A grid of samples from the EMA model, one row per class (8 per row). Skipped (false) when
-/// a Ctrl-C arrives while sampling.
+/// The final line's mention of the preview grid: its path when this run wrote it, else that
+/// none was written (`--preview-every 0`, or every grid failed or was interrupted).
+fn grid_note(wrote: bool, path: &Path) -> String {
+    if wrote {
+        format!(", samples: {}", path.display())
+    } else {
+        ", no sample grid".to_string()
+    }
+}
+
 /// When training writes its preview grid (`--preview-every`).
 struct Preview {
     /// Steps between grids; `None`: at every checkpoint; `Some(0)`: never.
@@ -213,6 +227,8 @@ impl Preview {
     }
 }
 
+/// A grid of samples from the EMA model, one row per class (8 per row). Skipped (false) when
+/// a Ctrl-C arrives while sampling.
 fn write_samples(model: &Model, path: &Path, int: &Interrupt) -> anyhow::Result<bool> {
     let k = model.config().num_classes;
     let labels = if k == 0 {
@@ -277,6 +293,10 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             eprintln!("{s}")
         })
         .map_err(|e| explain(e, &args))?;
+    if let Some(l) = &args.licence {
+        let l = tarflow::config::licence_text(l)?;
+        trainer.set_provenance(tarflow::config::LICENCE_KEY, l.into());
+    }
     if let Some(n) = split_test_images {
         println!(
             "{} is split: training on train/, holding out test/ ({n} images)",
@@ -392,6 +412,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         stop: Some(int.stop.clone()),
     };
     let mut preview = Preview::new(args.preview_every, start_step);
+    // Whether this run wrote the grid (the final line names it only then).
+    let mut wrote_grid = false;
     trainer.run_with(&opts, |trainer, at| -> anyhow::Result<()> {
         {
             // The checkpoint first; a second Ctrl-C waits for these writes.
@@ -399,25 +421,11 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             trainer.save_checkpoint(&ckpt_path)?;
             export(trainer, &args, started, start_step)?;
         }
-        if int.stopped() || !preview.due(at.step, at.is_final) {
-            return Ok(());
-        }
-        // The grid is a preview: a model that cannot be sampled yet (an early uniform-noise
-        // model can diverge) must not stop a run whose checkpoint is already safe.
-        if let Err(e) = write_samples(&trainer.ema_model()?, &samples_path, &int) {
-            say(
-                &bar,
-                format!(
-                    "step {}: no sample grid ({}); training goes on",
-                    at.step,
-                    crate::error_chain(&e)
-                ),
-            );
-        }
         if bar.is_hidden()
             && let Some(m) = &at.last
         {
-            // No terminal (a log file, CI): one line per checkpoint instead of the bar.
+            // No terminal (a log file, CI): one line per checkpoint instead of the bar, grid
+            // or not.
             println!(
                 "step {}/{}: loss {:.4} bpd {:.3} |g| {:.2} {:.0} img/s, {:.0} s",
                 m.step,
@@ -428,6 +436,22 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
                 m.images_per_sec,
                 started.elapsed().as_secs_f64()
             );
+        }
+        if int.stopped() || !preview.due(at.step, at.is_final) {
+            return Ok(());
+        }
+        // The grid is a preview: a model that cannot be sampled yet (an early uniform-noise
+        // model can diverge) must not stop a run whose checkpoint is already safe.
+        match write_samples(&trainer.ema_model()?, &samples_path, &int) {
+            Ok(written) => wrote_grid |= written,
+            Err(e) => say(
+                &bar,
+                format!(
+                    "step {}: no sample grid ({}); training goes on",
+                    at.step,
+                    crate::error_chain(&e)
+                ),
+            ),
         }
         Ok(())
     })?;
@@ -454,12 +478,12 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
         )?)
     };
     println!(
-        "trained to step {} in {:.0} s; model: {}, checkpoint: {}, samples: {}",
+        "trained to step {} in {:.0} s; model: {}, checkpoint: {}{}",
         trainer.step_count(),
         secs,
         args.out.display(),
         ckpt_path.display(),
-        samples_path.display()
+        grid_note(wrote_grid, &samples_path)
     );
     match report {
         Some(r) => println!(
