@@ -1,5 +1,6 @@
-//! The bundled demo model: it loads, has the 13 classes of `assets/textures`, and the README's main command
-//! (a sprite sheet with its atlas) produces a finite, seed-reproducible sheet.
+//! The bundled models: the texture model loads with the 13 classes of `assets/textures`, and the
+//! README's main command (a sprite sheet of the 32x32 sprite model, with its atlas) produces a
+//! finite, seed-reproducible sheet of every class of the model it names.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -64,16 +65,30 @@ fn readme_main_command() -> Vec<String> {
 #[test]
 fn readme_main_command_writes_a_reproducible_sheet_and_atlas() {
     let dir = tempfile::tempdir().unwrap();
+    let command = readme_main_command();
+    let at = |flag: &str| {
+        let i = command.iter().position(|a| a == flag).unwrap();
+        command[i + 1].clone()
+    };
+    let (model_path, out_name) = (at("--model"), at("--out"));
+    let per_class: usize = at("--per-class").parse().unwrap();
+    assert_eq!(model_path, "assets/models/sprites32.safetensors");
+    let model =
+        tarflow::format::load_model(&repo().join(&model_path), &tarflow::candle::Device::Cpu)
+            .unwrap();
+    let (classes, side) = (model.config().class_names.clone(), model.config().img_size);
+    assert_eq!(side, 32, "the main job is a sheet of 32x32 sprites");
     let mut outs = Vec::new();
     for run in 0..2 {
+        // Written in the scratch folder, never into the repository.
         let out = dir.path().join(format!("sheet{run}.png"));
-        let args: Vec<String> = readme_main_command()
-            .into_iter()
+        let args: Vec<String> = command
+            .iter()
             .map(|a| {
-                if a == "sheet.png" {
+                if *a == out_name {
                     out.to_string_lossy().into_owned()
                 } else {
-                    a
+                    a.clone()
                 }
             })
             .collect();
@@ -88,23 +103,31 @@ fn readme_main_command_writes_a_reproducible_sheet_and_atlas() {
     let a = image::open(&outs[0]).unwrap().to_rgba8();
     let b = image::open(&outs[1]).unwrap().to_rgba8();
     assert_eq!(a, b, "the same seed gives the same sheet");
-    let k = CLASSES.len() as u32;
+    let (k, n, s) = (classes.len(), per_class, side as u32);
     assert_eq!(
         (a.width(), a.height()),
-        (8 * 16, k * 16),
-        "8 per class, one row per class, of 16 px"
+        (n as u32 * s, k as u32 * s),
+        "{n} per class, one row per class, of {s} px"
     );
     let atlas: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(outs[0].with_extension("atlas.json")).unwrap(),
     )
     .unwrap();
     let frames = atlas["frames"].as_array().unwrap();
-    assert_eq!(frames.len(), 8 * CLASSES.len());
-    for (i, class) in CLASSES.iter().enumerate() {
-        assert_eq!(frames[i * 8]["class"], *class);
+    assert_eq!(frames.len(), n * k);
+    for (i, class) in classes.iter().enumerate() {
+        assert_eq!(frames[i * n]["class"], class.as_str());
     }
-    // Not blank: the sheet has visible, varied pixels.
+    // Not blank: the sheet has visible, varied pixels (sprites on transparency).
     let opaque = a.pixels().filter(|p| p[3] > 0).count();
-    let n = 8 * CLASSES.len() * 16 * 16;
-    assert!(opaque > n / 4, "only {opaque} of {n} pixels visible");
+    let total = n * k * side * side;
+    assert!(
+        opaque > total / 8,
+        "only {opaque} of {total} pixels visible"
+    );
+    assert!(a.pixels().any(|p| p[3] == 0), "no transparency");
+    assert!(
+        !repo().join(&out_name).exists(),
+        "{out_name} was written into the repository"
+    );
 }
