@@ -122,6 +122,13 @@ impl ModelConfig {
         self.provenance.get(LICENCE_KEY).and_then(|v| v.as_str())
     }
 
+    /// Record the training art's licence in the provenance (checked by [`licence_text`]).
+    pub fn set_licence(&mut self, text: &str) -> Result<()> {
+        let t = licence_text(text)?;
+        self.provenance.insert(LICENCE_KEY.into(), t.into());
+        Ok(())
+    }
+
     /// A config with the given sizes, no classes, affine coupling and no noise.
     pub fn new(
         in_channels: usize,

@@ -101,10 +101,7 @@ pub fn run(args: RecommendArgs) -> anyhow::Result<()> {
         model.config_mut().sampling = (!args.clear).then(|| rec.clone());
     }
     if let Some(l) = &licence {
-        model
-            .config_mut()
-            .provenance
-            .insert(tarflow::config::LICENCE_KEY.into(), l.clone().into());
+        model.config_mut().set_licence(l)?;
     }
     let before = tarflow::format::read_safetensors(&args.model, &device)?.tensors;
     let in_place = std::fs::canonicalize(&args.out).ok() == std::fs::canonicalize(&args.model).ok();

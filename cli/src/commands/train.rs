@@ -262,6 +262,12 @@ fn write_samples(model: &Model, path: &Path, int: &Interrupt) -> anyhow::Result<
 
 /// Train.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    // Checked before any data is read or file written.
+    let licence = args
+        .licence
+        .as_deref()
+        .map(tarflow::config::licence_text)
+        .transpose()?;
     let device = open_device(&args.device)?;
     let ckpt_path = beside(&args.out, "ckpt.safetensors");
     let samples_path = beside(&args.out, "samples.png");
@@ -293,9 +299,8 @@ pub fn run(args: TrainArgs) -> anyhow::Result<()> {
             eprintln!("{s}")
         })
         .map_err(|e| explain(e, &args))?;
-    if let Some(l) = &args.licence {
-        let l = tarflow::config::licence_text(l)?;
-        trainer.set_provenance(tarflow::config::LICENCE_KEY, l.into());
+    if let Some(l) = &licence {
+        trainer.set_provenance(tarflow::config::LICENCE_KEY, l.clone().into());
     }
     if let Some(n) = split_test_images {
         println!(
