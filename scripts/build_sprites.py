@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
-"""Rebuild assets/sprites32 from Debian's `crawl` 0.28 source package, reproducibly.
+"""Rebuild assets/sprites32 from Debian's `crawl` 0.28 source package and crawl/tiles' CC0
+exports, reproducibly.
 
-    python3 scripts/build_sprites.py SOURCE [--out assets/sprites32] [--sheets DIR] [--log FILE]
+    python3 scripts/build_sprites.py SOURCE --crawl-tiles TILES [--out assets/sprites32]
+        [--sheets DIR] [--log FILE]
 
 SOURCE is the unpacked upstream tree (`stone_soup-0.28.0/`, or its `source/rltiles/`), the
 `crawl_0.28.0.orig.tar.xz` tarball or the `crawl_0.28.0-1.1.dsc` beside it. To get them without
@@ -14,7 +16,16 @@ system's suite (bookworm here):
          -o Dir::State::Lists=/tmp/apt-src/lists"
     apt-get $APT update
     cd /tmp/apt-src/dl && apt-get $APT source --download-only crawl
-    python3 scripts/build_sprites.py /tmp/apt-src/dl/crawl_0.28.0.orig.tar.xz
+
+TILES is a checkout of https://github.com/crawl/tiles at commit a6ea165 (its
+`TILES_UNDER_UNKNOWN_LICENSE.md` must be the copy beside this script), whose curated CC0 exports
+`releases/Nov-2015/` and `releases/Ancient/Oct-5-2010/` hold earlier drawings of tiles that crawl
+later redrew or dropped (1,104 of the 3,705 sprites):
+
+    git clone https://github.com/crawl/tiles /tmp/crawl-tiles && git -C /tmp/crawl-tiles checkout a6ea165
+    python3 scripts/build_sprites.py /tmp/apt-src/dl/crawl_0.28.0.orig.tar.xz --crawl-tiles /tmp/crawl-tiles
+
+Without `--crawl-tiles` only the package's tiles are used (2,601 sprites: not the committed set).
 
 (The Debian packaging tarball `crawl_0.28.0-1.1.debian.tar.xz` is only needed for its
 `debian/copyright`, which Debian installs unchanged as `/usr/share/doc/crawl-common/copyright`:
@@ -24,7 +35,8 @@ to check the quotation in ATTRIBUTION.md against it.)
 What it does, in order (every rule below is checked by looking at contact sheets, `--sheets`):
 
 1. Takes every 32x32 PNG under `source/rltiles/` (6,157 files; and 11 of 30 or 31 pixels a side,
-   padded), as 8-bit RGBA.
+   padded), then those of the two crawl/tiles exports (the 2010 one's `dc-mon/`, `dc-dngn/`...
+   read as today's `mon/`, `dngn/`), as 8-bit RGBA.
 2. Leaves out, with the reason logged (`--log`):
    - every tile that `crawl_tiles_TILES_UNDER_UNKNOWN_LICENSE.md` (crawl/tiles, commit a6ea165,
      copied beside this script) names: a listed file name anywhere in the tree, and a listed
@@ -39,7 +51,8 @@ What it does, in order (every rule below is checked by looking at contact sheets
      of a kept tile or its mirror image (under `NEAR_DUP_FRACTION` of the opaque pixels differ by
      more than `NEAR_DUP_LEVELS`: animation frames that move a few pixels, grass with three
      flowers more; or a mean difference under `NEAR_COPY_LEVELS`, `tarflow eval`'s near-copy
-     threshold); the first in path order is kept, `UNUSED/` last.
+     threshold); the first in path order is kept (the package before the exports, newest
+     first; `UNUSED/` last in each).
 3. Sorts each tile into a class by its folder and name (`CLASS_RULES`, first match wins).
 4. Splits each class into `train/` and `test/` by *family* (the file name without its trailing
    number, so `brick_dark0..15` or `potion1..3` never straddle the split): families in the order
@@ -64,6 +77,7 @@ import tarfile
 import tempfile
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image
@@ -84,6 +98,7 @@ TEST_FRACTION = 0.12
 # Folders (relative to rltiles, prefix match) that hold no stand-alone sprites.
 SKIP_DIR = (
     "gui/",  # GUI: abilities, commands, spells, skills, tabs, backgrounds
+    "spells/",  # spell icons (the 2010 export's folder; gui/spells/ later)
     "misc/",  # cursors, masks, halos, blood splats, numbers, status icons
     "player/",  # paper-doll parts: bodies, hair, beards, worn armour, held weapons
     "mon/tentacles/",  # tentacle ends and segments: pieces of one monster
@@ -113,35 +128,132 @@ SKIP_PATH = re.compile(
     r"|^dngn/wall/shadow_|^UNUSED/features/shadow"  # wall shadows
     r"|_wave_|_wave\.png$|_bord_|/grey_dirt_b"  # water and dirt border pieces
     r"|^dngn/floor/pedestal_(n|s|e|w|ne|nw|se|sw)\.png$|sarcophagus_pedestal_"  # halves
-    r"|^dngn/doors/gate_.*_(left|right)\.png$"  # ends of multi-tile gates
+    r"|^dngn/(doors/)?v?gate_"  # the left, middle and right (up, down) pieces of wide gates
     r"|_(left|right)\.png$"  # other left/right halves (sigils, toadstools)
-    r"|/transparent_|^dngn/unseen|dimension_edge"  # see-through and unseen markers
+    r"|/transparent_|^dngn/unseen|/dngn_unseen|dimension_edge"  # see-through and unseen markers
+    r"|^dngn/floor/(grass/)?(dirt|grass)_(n|s|e|w|ne|nw|se|sw)\.png$"  # edge pieces (2010)
     r"|^mon/mutantbeast/(?!base)"  # the facets a mutant beast is drawn from (wings, horns)
     r"|_trail\d*\.png$|/disjunct\d|/indicator_|_range\.png$"  # effect pieces
 )
 
 # (class, regex on the path relative to rltiles), first match wins. Checked on contact sheets.
 CLASS_RULES: list[tuple[str, str]] = [
-    # Items.
-    ("weapon", r"^(item/weapon|UNUSED/weapons)/|^UNUSED/other/spwpn_"),
+    # Items. Wands, staves and rods are drawn as weapons are (a thin shaft across the tile):
+    # a class of their own was read as weapons by the fidelity classifier, 13 of 19.
+    (
+        "weapon",
+        r"^(item/weapon|UNUSED/weapons)/|^UNUSED/other/spwpn_|^item/(wand|staff|rod)/",
+    ),
     ("armour", r"^(item/armour|UNUSED/armour)/"),
-    # Potions, scrolls, spellbooks and food: each too thin alone (23 to 31 sprites).
-    ("consumable", r"^item/(potion|scroll|book|food)/|^UNUSED/food/"),
-    # Rings, amulets, wands, staves and rods (51 and 32 alone).
-    ("magic_item", r"^item/(ring|amulet|wand|staff|rod)/"),
-    ("treasure", r"^item/(gold|misc)/|^UNUSED/other/(magic_lamp|misc_|insect_eggs)"),
+    # Spellbooks and manuals; potions, scrolls and food (each too thin alone: 10 to 41).
+    ("book", r"^item/book/|^UNUSED/books/"),
+    ("consumable", r"^item/(potion|scroll|food)/|^UNUSED/(food|potions)/"),
+    # Gold, rings, amulets, gems, runes, decks, lamps and the other evocables.
+    (
+        "treasure",
+        r"^item/(gold|misc|ring|amulet)/|^UNUSED/rings/"
+        r"|^UNUSED/other/(magic_lamp|misc_|insect_eggs)",
+    ),
     # Dungeon.
     ("altar", r"^dngn/altars/|^UNUSED/features/altar"),
-    ("door", r"^dngn/doors/"),
-    ("stairs_portal", r"^dngn/gateways/|^UNUSED/features/.*(stair|portal|gate|exit|enter)"),
-    ("water_lava", r"^dngn/water/|^dngn/floor/lava"),
-    ("floor", r"^dngn/floor/"),
+    # Doors, gates, stairs and portals: the ways between places (doors alone: 60 sprites).
+    (
+        "passage",
+        r"^dngn/(doors|gateways)/|^UNUSED/features/.*(stair|portal|gate|exit|enter)"
+        r"|^dngn/dngn_(closed|open)_door",
+    ),
+    # Ground to walk or wade on: floors, shallow and deep water, lava (water alone: 61).
+    ("floor", r"^dngn/water/|^dngn/floor/"),
     ("wall", r"^dngn/wall/"),
     ("dungeon_feature", r"^dngn/|^UNUSED/features/"),
     # Creatures.
     ("monster", r"^mon/|^UNUSED/monsters/|^player/transform/"),
     ("effect", r"^effect/|^UNUSED/tomahawk"),
 ]
+
+
+class Source(NamedTuple):
+    """Where tiles come from: the package's rltiles (tag and label empty) or a crawl/tiles export."""
+
+    tag: str  # prefix of the output names ("" for the package)
+    label: str  # prefix of the source paths in the log and ATTRIBUTION.md
+    root: Path
+
+
+class Tile(NamedTuple):
+    src: Source
+    orig: str  # path under the source's root, as the source spells it
+
+    @property
+    def rel(self) -> str:
+        """The path the rules read: the 2010 export's `dc-mon/` is today's `mon/`."""
+        return normalise(self.orig)
+
+    @property
+    def name(self) -> str:
+        return self.orig.rsplit("/", 1)[-1]
+
+    @property
+    def path(self) -> Path:
+        return self.src.root / self.orig
+
+    @property
+    def source_path(self) -> str:
+        return f"{self.src.label}{self.orig}"
+
+    @staticmethod
+    def from_source_path(roots: dict[str, Source], spath: str) -> "Tile":
+        for label, src in sorted(roots.items(), key=lambda kv: -len(kv[0])):
+            if spath.startswith(label):
+                return Tile(src, spath[len(label) :])
+        raise KeyError(spath)
+
+
+def normalise(orig: str) -> str:
+    return re.sub(r"^dc-", "", orig)
+
+
+# crawl/tiles' curated CC0 exports, oldest last (a tile's newest drawing wins the duplicate checks).
+CRAWL_TILES_COMMIT = "a6ea165"
+CRAWL_TILES_EXPORTS = [
+    ("nov2015", "releases/Nov-2015"),
+    ("oct2010", "releases/Ancient/Oct-5-2010"),
+]
+CRAWL_TILES_QUOTE = (
+    "Many of those artist making these changes have signed off their copyright, returning "
+    "these tiles to a license similar to \"public domain\", CC Zero "
+    "(http://creativecommons.org/publicdomain/zero/1.0/)."
+)
+CRAWL_TILES_2010_QUOTE = (
+    "The wonderful developers/artists who work on Crawl Stone Soup have signed off their "
+    "copyrights on the tiles enclosed in here, returning them back to a state similar to public "
+    "domain (CC Zero, see LICENSE.TXT). They are free to use for any purpose."
+)
+
+
+def crawl_tiles_sources(root: Path) -> list[Source]:
+    """The exports of a crawl/tiles checkout, after checking it is the one this script read."""
+    listed = root / "TILES_UNDER_UNKNOWN_LICENSE.md"
+    if not listed.is_file():
+        sys.exit(f"{root}: not a crawl/tiles checkout (no TILES_UNDER_UNKNOWN_LICENSE.md)")
+    if listed.read_bytes() != UNKNOWN_LICENCE_LIST.read_bytes():
+        sys.exit(
+            f"{listed} differs from {UNKNOWN_LICENCE_LIST}: check out crawl/tiles at commit "
+            f"{CRAWL_TILES_COMMIT}, or review the new list and copy it beside this script"
+        )
+    readme = " ".join((root / "README.md").read_text(encoding="utf-8").split())
+    if CRAWL_TILES_QUOTE not in readme:
+        sys.exit(f"{root}/README.md no longer says: {CRAWL_TILES_QUOTE[:60]}...")
+    out = []
+    for tag, sub in CRAWL_TILES_EXPORTS:
+        d = root / sub
+        if not d.is_dir():
+            sys.exit(f"{d}: missing from the crawl/tiles checkout")
+        out.append(Source(tag, f"crawl/tiles:{sub}/", d))
+    old = root / CRAWL_TILES_EXPORTS[1][1] / "README.txt"
+    if CRAWL_TILES_2010_QUOTE not in " ".join(old.read_text(encoding="utf-8").split()):
+        sys.exit(f"{old} no longer says: {CRAWL_TILES_2010_QUOTE[:60]}...")
+    return out
 
 
 def find_rltiles(source: Path, tmp: Path) -> Path:
@@ -340,6 +452,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("source", type=Path, help="unpacked crawl 0.28 tree, its orig tarball or .dsc")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent.parent / "assets/sprites32")
+    ap.add_argument(
+        "--crawl-tiles",
+        type=Path,
+        help="a checkout of https://github.com/crawl/tiles at commit "
+        f"{CRAWL_TILES_COMMIT}: adds its CC0 exports' tiles that the package lacks",
+    )
     ap.add_argument("--sheets", type=Path, help="write a contact sheet of every class here")
     ap.add_argument("--log", type=Path, help="write every tile's decision (TSV) here")
     ap.add_argument("--debian-copyright", type=Path, help="debian/copyright, to check the quote")
@@ -365,72 +483,94 @@ def build(args, tmp: Path) -> None:
             sys.exit("debian/copyright no longer says what ATTRIBUTION.md quotes")
     unknown = load_unknown_licence(UNKNOWN_LICENCE_LIST)
 
-    log: list[tuple[str, str, str]] = []  # (rel, decision, detail)
-    cand: list[tuple[str, str, np.ndarray]] = []  # (rel, class, rgba)
-    files = sorted(
-        (p.relative_to(rl).as_posix() for p in rl.rglob("*.png") if not p.name.startswith(".")),
-        key=sort_key,
-    )  # "._*" files are macOS resource forks, not images
+    # The package's tiles first (the newest drawing of a tile wins the duplicate checks), then
+    # crawl/tiles' CC0 exports: tiles of earlier versions that crawl redrew or dropped.
+    sources = [Source("", "", rl)]
+    if args.crawl_tiles:
+        sources += crawl_tiles_sources(args.crawl_tiles.resolve())
+    else:
+        print(
+            "note: without --crawl-tiles only the package's tiles are used (assets/sprites32 "
+            "also holds crawl/tiles' CC0 exports)",
+            file=sys.stderr,
+        )
+
+    log: list[tuple[str, str, str]] = []  # (source path, decision, detail)
+    cand: list[tuple[Tile, str, np.ndarray]] = []  # (tile, class, rgba)
     seen_hash: dict[bytes, str] = {}
-    n32 = 0
-    for rel in files:
-        with Image.open(rl / rel) as im:
-            w, h = im.size
-            # 32x32, and the few tiles of 30 or 31 pixels (padded); not the 32x48 giants.
-            if not (SIZE - 2 <= w <= SIZE and SIZE - 2 <= h <= SIZE):
+    n32 = Counter()
+    for src in sources:
+        files = sorted(
+            (
+                p.relative_to(src.root).as_posix()
+                for p in src.root.rglob("*.png")
+                if not p.name.startswith(".")
+            ),
+            key=lambda f: sort_key(normalise(f)),
+        )  # "._*" files are macOS resource forks, not images
+        for orig in files:
+            tile = Tile(src, orig)
+            with Image.open(tile.path) as im:
+                w, h = im.size
+                # 32x32, and the few tiles of 30 or 31 pixels (padded); not the 32x48 giants.
+                if not (SIZE - 2 <= w <= SIZE and SIZE - 2 <= h <= SIZE):
+                    continue
+            n32[src.label] += 1
+            why = skip_reason(tile.rel, unknown) or skip_reason(orig, unknown)
+            if why:
+                log.append((tile.source_path, "removed", why))
                 continue
-        n32 += 1
-        why = skip_reason(rel, unknown)
-        if why:
-            log.append((rel, "removed", why))
-            continue
-        cls = classify(rel)
-        if cls is None:
-            log.append((rel, "removed", "no class"))
-            continue
-        a = load_rgba(rl / rel)
-        if int((a[..., 3] >= 128).sum()) < MIN_OPAQUE:
-            log.append((rel, "removed", "near-empty"))
-            continue
-        h = hashlib.sha256(a.tobytes()).digest()
-        if h in seen_hash:
-            log.append((rel, "removed", f"duplicate of {seen_hash[h]}"))
-            continue
-        seen_hash[h] = rel
-        cand.append((rel, cls, a))
+            cls = classify(tile.rel)
+            if cls is None:
+                log.append((tile.source_path, "removed", "no class"))
+                continue
+            a = load_rgba(tile.path)
+            if int((a[..., 3] >= 128).sum()) < MIN_OPAQUE:
+                log.append((tile.source_path, "removed", "near-empty"))
+                continue
+            h = hashlib.sha256(a.tobytes()).digest()
+            if h in seen_hash:
+                log.append((tile.source_path, "removed", f"duplicate of {seen_hash[h]}"))
+                continue
+            seen_hash[h] = tile.source_path
+            cand.append((tile, cls, a))
 
     dup = near_duplicates([a for _, _, a in cand])
     kept = []
-    for i, (rel, cls, a) in enumerate(cand):
+    for i, (tile, cls, a) in enumerate(cand):
         if i in dup:
-            log.append((rel, "removed", f"near duplicate of {cand[dup[i]][0]}"))
+            log.append((tile.source_path, "removed", f"near duplicate of {cand[dup[i]][0].source_path}"))
         else:
-            kept.append((rel, cls, a))
+            kept.append((tile, cls, a))
 
-    # Output names: the file name, with its folder prefixed where two share one in a class.
-    by_class: dict[str, list[tuple[str, np.ndarray]]] = defaultdict(list)
-    for rel, cls, a in kept:
-        by_class[cls].append((rel, a))
-    entries = []  # (split, cls, outname, rel, a)
+    # Output names: the file name (after the export's tag), with its folder prefixed where two
+    # share one in a class.
+    by_class: dict[str, list[tuple[Tile, np.ndarray]]] = defaultdict(list)
+    for tile, cls, a in kept:
+        by_class[cls].append((tile, a))
+    entries = []  # (split, cls, outname, tile, a)
     for cls in sorted(by_class):
         items = by_class[cls]
-        counts = Counter(r.rsplit("/", 1)[-1] for r, _ in items)
+        counts = Counter((t.src.tag, t.name) for t, _ in items)
         named = []
-        for rel, a in items:
-            base = rel.rsplit("/", 1)[-1]
-            if counts[base] > 1:
-                parts = rel.split("/")
-                base = f"{parts[-2]}_{base}"
-            named.append((base, rel, a))
+        for tile, a in items:
+            base = tile.name
+            if counts[(tile.src.tag, base)] > 1:
+                base = f"{tile.rel.split('/')[-2]}_{base}"
+            if tile.src.tag:
+                base = f"{tile.src.tag}_{base}"
+            named.append((base, tile, a))
         assert len({b for b, _, _ in named}) == len(named), cls
         fams: dict[str, list[str]] = defaultdict(list)
-        for base, rel, _ in named:
-            fams[family(rel.rsplit("/", 1)[-1][:-4])].append(base)
+        # A family spans the sources: an old drawing of a tile never straddles the split
+        # with its new one.
+        for base, tile, _ in named:
+            fams[family(tile.name[:-4])].append(base)
         test_fams = split_test(fams, TEST_FRACTION)
-        for base, rel, a in named:
-            split = "test" if family(rel.rsplit("/", 1)[-1][:-4]) in test_fams else "train"
-            entries.append((split, cls, base, rel, a))
-            log.append((rel, f"kept {split}/{cls}", base))
+        for base, tile, a in named:
+            split = "test" if family(tile.name[:-4]) in test_fams else "train"
+            entries.append((split, cls, base, tile, a))
+            log.append((tile.source_path, f"kept {split}/{cls}", base))
 
     out = args.out
     for split in ("train", "test"):
@@ -447,7 +587,7 @@ def build(args, tmp: Path) -> None:
         if dec == "removed"
     )
     counts = Counter((s, c) for s, c, *_ in entries)
-    write_attribution(out, entries, counts, removed, n32)
+    write_attribution(out, entries, counts, removed, n32, sources)
 
     if args.log:
         args.log.write_text("".join(f"{r}\t{d}\t{x}\n" for r, d, x in sorted(log)))
@@ -455,18 +595,21 @@ def build(args, tmp: Path) -> None:
         args.sheets.mkdir(parents=True, exist_ok=True)
         for cls in sorted(by_class):
             for split in ("train", "test"):
-                its = [(r, a) for s, c, _, r, a in entries if c == cls and s == split]
+                its = [(t, a) for s, c, _, t, a in entries if c == cls and s == split]
                 sheet(its, args.sheets / f"{cls}.{split}.png")
         rem = defaultdict(list)
-        for rel, dec, det in log:
+        roots = {src.label: src for src in sources}
+        for spath, dec, det in log:
             if dec == "removed":
                 key = re.sub(r"\W+", "_", re.sub(r" of .*| \(.*", "", det)).strip("_")
-                rem[key].append(rel)
-        for key, rels in rem.items():
-            rels = sorted(rels)[:960]
-            sheet([(r, load_rgba(rl / r)) for r in rels], args.sheets / f"removed.{key}.png")
+                rem[key].append(spath)
+        for key, paths in rem.items():
+            paths = sorted(paths)[:960]
+            tiles = [Tile.from_source_path(roots, p) for p in paths]
+            sheet([(t, load_rgba(t.path)) for t in tiles], args.sheets / f"removed.{key}.png")
 
-    print(f"{n32} tiles of (about) 32x32; kept {len(entries)}", file=sys.stderr)
+    total32 = sum(n32.values())
+    print(f"{total32} tiles of (about) 32x32; kept {len(entries)}", file=sys.stderr)
     for cls in sorted(by_class):
         tr, te = counts[("train", cls)], counts[("test", cls)]
         print(f"  {cls:20s} {tr:5d} train {te:4d} test ({te / (tr + te):.0%})", file=sys.stderr)
@@ -490,18 +633,35 @@ DEBIAN_QUOTE = (
 )
 
 
-def write_attribution(out: Path, entries, counts, removed, n32) -> None:
+def write_attribution(out: Path, entries, counts, removed, n32, sources) -> None:
     classes = sorted({c for _, c, *_ in entries})
     total = len(entries)
+    per_source = Counter(t.src.label for _, _, _, t, _ in entries)
     lines = [
         "# Training sprites: source and licence",
         "",
-        f"{total} sprites of 32x32 pixels (RGBA) from Dungeon Crawl Stone Soup's tiles, "
-        f"`source/rltiles/` of Debian's source package `{PACKAGE}` version `{VERSION}` "
-        f"(upstream tarball `{ORIG}`, sha256 `{ORIG_SHA256}`), rebuilt by "
-        "`scripts/build_sprites.py`, which holds the rules that choose, classify and split "
-        "them. Each file's pixels are the tile's own, converted to 8-bit RGBA with the colour "
-        "of fully transparent pixels set to zero.",
+        f"{total} sprites of 32x32 pixels (RGBA) from Dungeon Crawl Stone Soup's tiles: "
+        f"{per_source['']} from `source/rltiles/` of Debian's source package `{PACKAGE}` "
+        f"version `{VERSION}` (upstream tarball `{ORIG}`, sha256 `{ORIG_SHA256}`)",
+    ]
+    exports = [s for s in sources if s.tag]
+    if exports:
+        lines[-1] += (
+            ", and "
+            + " and ".join(
+                f"{per_source[s.label]} from `{s.label.split(':', 1)[1]}` of crawl/tiles" for s in exports
+            )
+            + f" (https://github.com/crawl/tiles, commit {CRAWL_TILES_COMMIT}: curated CC0 "
+            "exports of earlier versions, drawings crawl later redrew or dropped; named "
+            + ", ".join(f"`{s.tag}_*`" for s in exports)
+            + " here)"
+        )
+    lines[-1] += (
+        ". Rebuilt by `scripts/build_sprites.py`, which holds the rules that choose, classify "
+        "and split them. Each file's pixels are the tile's own, converted to 8-bit RGBA with "
+        "the colour of fully transparent pixels set to zero."
+    )
+    lines += [
         "",
         "## Licence",
         "",
@@ -520,6 +680,19 @@ def write_attribution(out: Path, entries, counts, removed, n32) -> None:
         DEBIAN_QUOTE,
         "```",
         "",
+    ]
+    if exports:
+        lines += [
+            "crawl/tiles' `README.md` says of its exports:",
+            "",
+            "> " + CRAWL_TILES_QUOTE,
+            "",
+            "and the 2010 export's `README.txt`:",
+            "",
+            "> " + CRAWL_TILES_2010_QUOTE,
+            "",
+        ]
+    lines += [
         "Erring on that side of caution, every tile that crawl/tiles' "
         "`TILES_UNDER_UNKNOWN_LICENSE.md` (https://github.com/crawl/tiles, commit a6ea165; "
         "copied as `scripts/crawl_tiles_TILES_UNDER_UNKNOWN_LICENSE.md`) names is left out: "
@@ -530,8 +703,9 @@ def write_attribution(out: Path, entries, counts, removed, n32) -> None:
         "",
         "## Contents",
         "",
-        f"Of the package's {n32} tiles of 32x32 (and a few of 30 or 31 pixels, padded), kept "
-        f"{total}; removed:",
+        f"Of {sum(n32.values())} tiles of 32x32 (and a few of 30 or 31 pixels, padded; "
+        + ", ".join(f"{n32[s.label]} in {s.label.rstrip('/') or 'the package'}" for s in sources)
+        + f"), kept {total}; removed:",
         "",
     ]
     for why, n in removed.most_common():
@@ -543,13 +717,14 @@ def write_attribution(out: Path, entries, counts, removed, n32) -> None:
         "",
         "## Files",
         "",
-        "Source paths are relative to `source/rltiles/` in the package. Licence: CC0-1.0 for all.",
+        "Source paths are relative to `source/rltiles/` in the package, or start with the "
+        "crawl/tiles export they come from. Licence: CC0-1.0 for all.",
         "",
         "| file | source path |",
         "|---|---|",
     ]
-    for split, cls, base, rel, _ in sorted(entries, key=lambda e: (e[0], e[1], e[2])):
-        lines.append(f"| {split}/{cls}/{base} | {rel} |")
+    for split, cls, base, tile, _ in sorted(entries, key=lambda e: (e[0], e[1], e[2])):
+        lines.append(f"| {split}/{cls}/{base} | {tile.source_path} |")
     (out / "ATTRIBUTION.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
