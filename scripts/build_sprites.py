@@ -289,7 +289,7 @@ def find_rltiles(source: Path, tmp: Path) -> Path:
 def kind(rel: str) -> str:
     """The kind of tile a path holds, the same across crawl's folder renames (dc-mon/ -> mon/,
     UNUSED/monsters/, player/transform/): mon, dngn, effect, item/<sub>, or the top folder."""
-    rel = re.sub(r"^dc-", "", rel)
+    rel = normalise(rel)
     parts = rel.split("/")
     if parts[0] == "mon" or rel.startswith(("UNUSED/monsters/", "player/transform/")):
         return "mon"
@@ -539,7 +539,8 @@ def build(args, tmp: Path) -> None:
     kept = []
     for i, (tile, cls, a) in enumerate(cand):
         if i in dup:
-            log.append((tile.source_path, "removed", f"near duplicate of {cand[dup[i]][0].source_path}"))
+            first = cand[dup[i]][0].source_path
+            log.append((tile.source_path, "removed", f"near duplicate of {first}"))
         else:
             kept.append((tile, cls, a))
 
