@@ -52,6 +52,10 @@ pub struct SamplingArgs {
     /// to its smallest [default: the model's recommendation, else t1 / 0.01 as iTARFlow].
     #[arg(long)]
     pub denoise_steps: Option<usize>,
+    /// Denoise by the flow's own score step (a gradient pass) even where the model carries a
+    /// learned denoiser (`tarflow info` says), which is used otherwise.
+    #[arg(long, conflicts_with = "no_denoise")]
+    pub score_denoise: bool,
     /// Ignore the sampling settings the model file recommends (`tarflow info` lists them):
     /// every setting not given is the engine's default.
     #[arg(long)]
@@ -150,6 +154,7 @@ impl SamplingArgs {
                 self.denoise || base.denoise
             },
             denoise_steps: self.denoise_steps.or(base.denoise_steps),
+            score_denoise: self.score_denoise,
             seed: self.seed,
             method: self.method,
             jacobi: JacobiOptions {

@@ -17,7 +17,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Train a model on a folder of images (resumes from its checkpoint when run again).
-    Train(commands::train::TrainArgs),
+    Train(Box<commands::train::TrainArgs>),
     /// Generate samples: a grid PNG, or one PNG per sample in a folder.
     Sample(commands::sample::SampleArgs),
     /// Generate a sprite sheet (a row per class) with a JSON atlas.
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
     unsafe { tarflow::runtime::tune_process() };
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Train(a) => commands::train::run(a),
+        Command::Train(a) => commands::train::run(*a),
         Command::Sample(a) => commands::sample::run(a),
         Command::Sheet(a) => commands::sheet::run(a),
         Command::Tileset(a) => commands::tileset::run(a),

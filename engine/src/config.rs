@@ -6,11 +6,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
+mod denoiser;
 mod noise;
 mod order;
 pub mod palette;
 mod sampling;
 
+pub use denoiser::DenoiserConfig;
 pub use noise::NoiseRange;
 pub use order::Order;
 pub use sampling::{GuidanceRule, RecommendedSampling};
@@ -90,6 +92,10 @@ pub struct ModelConfig {
     /// to an existing model file; absent in older files).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub palettes: Option<palette::Palettes>,
+    /// The learned denoiser's sizes, when the file carries one (`tarflow train --denoiser`;
+    /// absent by default and in the reference's checkpoints).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denoiser: Option<DenoiserConfig>,
 }
 
 fn default_true() -> bool {
@@ -156,6 +162,7 @@ impl ModelConfig {
             sampling: None,
             provenance: BTreeMap::new(),
             palettes: None,
+            denoiser: None,
         }
     }
 
@@ -400,7 +407,14 @@ impl ModelConfig {
             } else {
                 0.0
             };
-        let bytes = 4.0 * (n * d + f(self.num_blocks) * per_block);
+        let denoiser = match &self.denoiser {
+            Some(dn) => {
+                dn.validate()?;
+                dn.weight_bytes(n, d, k)
+            }
+            None => 0.0,
+        };
+        let bytes = 4.0 * (n * d + f(self.num_blocks) * per_block) + denoiser;
         if bytes > MAX_WEIGHT_BYTES as f64 {
             return Err(Error::TooLarge {
                 what: "model config refused: the weights".into(),

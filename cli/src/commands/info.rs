@@ -88,6 +88,18 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
     } else {
         println!("noise sigma: 0 (no denoising)");
     }
+    if let Some(d) = &c.denoiser {
+        let steps = c
+            .provenance
+            .get("denoiser")
+            .and_then(|p| p.get("steps"))
+            .map(|s| format!(", trained {s} steps"))
+            .unwrap_or_default();
+        println!(
+            "denoiser:    learned, {} layers of width {}{steps} (denoises in one forward pass;              --score-denoise takes the flow's gradient step instead)",
+            d.layers, d.channels
+        );
+    }
     match c.licence() {
         Some(l) => println!(
             "licence:     {l} (of the training art; what the model generates carries its terms)"

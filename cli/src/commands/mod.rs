@@ -14,4 +14,5 @@ pub mod sample;
 pub mod sheet;
 pub mod tileset;
 pub mod train;
+pub mod train_denoiser;
 pub mod train_request;

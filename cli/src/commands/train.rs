@@ -159,6 +159,19 @@ pub struct TrainArgs {
     /// this is given.
     #[arg(long, alias = "license", value_name = "TEXT")]
     pub licence: Option<String>,
+    /// Train a learned denoiser for the finished model given by `--from` instead of a flow
+    /// (STARFlow's): `--out` gets the same model with the denoiser added, and its samples are
+    /// then denoised in one forward pass instead of a gradient pass through every block.
+    /// Resumes from `OUT.denoiser.ckpt.safetensors`. Takes --steps, --batch, --lr, --warmup,
+    /// --seed, --label-dropout, the flips, --checkpoint-every, --eval-every, --fresh.
+    #[arg(long)]
+    pub denoiser: bool,
+    /// Attention layers of the denoiser [default: 4].
+    #[arg(long, requires = "denoiser")]
+    pub denoiser_layers: Option<usize>,
+    /// Width of the denoiser [default: the model's].
+    #[arg(long, requires = "denoiser")]
+    pub denoiser_channels: Option<usize>,
 }
 
 /// `NAME.ext` -> `NAME.<suffix>`, beside it.
@@ -262,6 +275,9 @@ fn write_samples(model: &Model, path: &Path, int: &Interrupt) -> anyhow::Result<
 
 /// Train.
 pub fn run(args: TrainArgs) -> anyhow::Result<()> {
+    if args.denoiser {
+        return super::train_denoiser::run(&args);
+    }
     // Checked before any data is read or file written.
     let licence = args
         .licence

@@ -17,8 +17,8 @@ use super::mask::Mask;
 use crate::error::{Error, Result};
 use crate::pixels::rgba_to_planes;
 use crate::sample::{
-    Labels, RgbaImage, SampleOptions, Sampler, alpha_threshold, denoise_steps, prior_noise_range,
-    to_rgba8,
+    DenoiseMethod, DenoiseRun, Labels, RgbaImage, SampleOptions, Sampler, alpha_threshold,
+    prior_noise_range, to_rgba8,
 };
 
 /// Items inpainted together by [`inpaint_rgba`] (bounds memory; the noise of item k does not
@@ -276,12 +276,14 @@ impl InpaintRun {
         let model = self.sampler.model();
         let mut x = self.x.clone();
         if self.opts.sample.denoise && model.config().noise_sigma > 0.0 {
-            let d = denoise_steps(
+            let d = DenoiseRun::with_method(
                 model,
                 &x,
                 self.labels.as_slice(),
                 self.opts.sample.denoise_steps,
-            )?;
+                DenoiseMethod::from_score_flag(self.opts.sample.score_denoise),
+            )?
+            .run_to_end(model)?;
             x = self.paste(&d)?;
         }
         let bad = x

@@ -317,7 +317,8 @@ pub fn save_model(model: &Model, path: &Path) -> Result<()> {
 }
 
 /// Save weights in the reference's layout only (no config), loadable by PyTorch's
-/// `Model.load_state_dict(safetensors.torch.load_file(path))`.
+/// `Model.load_state_dict(safetensors.torch.load_file(path))`. A learned denoiser is left
+/// out: the reference has none.
 ///
 /// A model whose blocks read their patches in another order than the reference's (raster,
 /// reversed in odd blocks) is refused: the reference would load its weights and compute
@@ -353,7 +354,9 @@ pub fn save_reference_safetensors(model: &Model, path: &Path) -> Result<()> {
             crate::config::Order::show_list(&c.orders)
         )));
     }
-    let bytes = safetensors_bytes(&model.weights()?, HashMap::new())?;
+    // The learned denoiser is ours (STARFlow's idea, not ml-tarflow's): the reference gets the
+    // flow alone.
+    let bytes = safetensors_bytes(&model.without_denoiser().weights()?, HashMap::new())?;
     write_atomic(path, &bytes)
 }
 

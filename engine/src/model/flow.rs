@@ -6,9 +6,10 @@ use std::collections::BTreeMap;
 use candle_core::{DType, Device, Tensor, Var};
 
 use super::attention::{Attention, AttentionBlock, Mlp};
+use super::denoiser::{Denoiser, supports_denoiser};
 use super::layers::{Exec, LayerNorm, Linear};
 use super::meta_block::{MetaBlock, Permutation, causal_mask};
-use super::names::{ModelNames, TensorKind, TensorSpec, WeightBias};
+use super::names::{LayerNames, ModelNames, TensorKind, TensorSpec, WeightBias};
 use super::patchify::{patchify, unpatchify};
 use super::time_embed::TimeEmbed;
 use crate::config::ModelConfig;
@@ -35,6 +36,8 @@ pub struct Model {
     pub(crate) blocks: Vec<MetaBlock>,
     /// The prior's per-position variance (N, D); all ones unless trained with `update_prior`.
     pub(crate) var: Tensor,
+    /// The learned denoiser, when the file carries one ([`ModelConfig::denoiser`]).
+    pub(crate) denoiser: Option<Denoiser>,
     device: Device,
 }
 
@@ -56,6 +59,21 @@ impl Model {
         let norm = |p: &WeightBias| -> Result<LayerNorm> {
             Ok(LayerNorm::new(get(&p.weight)?, get(&p.bias)?))
         };
+        let layer = |a: &LayerNames, num_heads: usize| -> Result<AttentionBlock> {
+            Ok(AttentionBlock {
+                attention: Attention {
+                    norm: norm(&a.attention.norm)?,
+                    qkv: linear(&a.attention.qkv)?,
+                    proj: linear(&a.attention.proj)?,
+                    num_heads,
+                },
+                mlp: Mlp {
+                    norm: norm(&a.mlp.norm)?,
+                    fc1: linear(&a.mlp.fc1)?,
+                    fc2: linear(&a.mlp.fc2)?,
+                },
+            })
+        };
         let names = ModelNames::new();
         let n = config.num_patches();
         let mask = causal_mask(n, device)?;
@@ -64,20 +82,7 @@ impl Model {
             let b = names.block(t);
             let mut layers = Vec::with_capacity(config.layers_of_block(t));
             for l in 0..config.layers_of_block(t) {
-                let a = b.layer(l);
-                layers.push(AttentionBlock {
-                    attention: Attention {
-                        norm: norm(&a.attention.norm)?,
-                        qkv: linear(&a.attention.qkv)?,
-                        proj: linear(&a.attention.proj)?,
-                        num_heads: config.num_heads(),
-                    },
-                    mlp: Mlp {
-                        norm: norm(&a.mlp.norm)?,
-                        fc1: linear(&a.mlp.fc1)?,
-                        fc2: linear(&a.mlp.fc2)?,
-                    },
-                });
+                layers.push(layer(&b.layer(l), config.num_heads())?);
             }
             let time_embed = match config.noise_range {
                 Some(_) => Some(TimeEmbed {
@@ -106,10 +111,34 @@ impl Model {
             });
         }
         let var = get(&names.var)?;
+        let denoiser = match config.denoiser {
+            Some(dn) => {
+                supports_denoiser(&config)?;
+                let d = names.denoiser();
+                Some(Denoiser {
+                    proj_in: linear(&d.proj_in)?,
+                    pos_embed: get(&d.pos_embed)?,
+                    class_embed: if config.num_classes > 0 {
+                        Some(get(&d.class_embed)?.squeeze(1)?)
+                    } else {
+                        None
+                    },
+                    layers: (0..dn.layers)
+                        .map(|l| layer(&d.layer(l), dn.num_heads()))
+                        .collect::<Result<_>>()?,
+                    proj_out: linear(&d.proj_out)?,
+                    in_channels: config.in_channels,
+                    img_size: config.img_size,
+                    patch_size: config.patch_size,
+                })
+            }
+            None => None,
+        };
         Ok(Self {
             config,
             blocks,
             var,
+            denoiser,
             device: device.clone(),
         })
     }
@@ -141,6 +170,21 @@ impl Model {
         &self.var
     }
 
+    /// The learned denoiser, when the model carries one.
+    pub fn denoiser(&self) -> Option<&Denoiser> {
+        self.denoiser.as_ref()
+    }
+
+    /// The flow alone: this model without its learned denoiser (the same flow weights). What
+    /// fine-tuning starts from, since a denoiser learned on the old flow would not match the
+    /// new one.
+    pub fn without_denoiser(&self) -> Self {
+        let mut m = self.clone();
+        m.config.denoiser = None;
+        m.denoiser = None;
+        m
+    }
+
     /// Every tensor under its reference state_dict name, buffers (`var`, `attn_mask`) included.
     pub fn weights(&self) -> Result<Weights> {
         let mut w = Weights::new();
@@ -169,6 +213,24 @@ impl Model {
             }
             for (l, layer) in blk.layers.iter().enumerate() {
                 let a = b.layer(l);
+                ln(&mut w, &a.attention.norm, &layer.attention.norm);
+                lin(&mut w, &a.attention.qkv, &layer.attention.qkv);
+                lin(&mut w, &a.attention.proj, &layer.attention.proj);
+                ln(&mut w, &a.mlp.norm, &layer.mlp.norm);
+                lin(&mut w, &a.mlp.fc1, &layer.mlp.fc1);
+                lin(&mut w, &a.mlp.fc2, &layer.mlp.fc2);
+            }
+        }
+        if let Some(dn) = &self.denoiser {
+            let d = names.denoiser();
+            w.insert(d.pos_embed.clone(), dn.pos_embed.clone());
+            if let Some(c) = &dn.class_embed {
+                w.insert(d.class_embed.clone(), c.unsqueeze(1)?);
+            }
+            lin(&mut w, &d.proj_in, &dn.proj_in);
+            lin(&mut w, &d.proj_out, &dn.proj_out);
+            for (l, layer) in dn.layers.iter().enumerate() {
+                let a = d.layer(l);
                 ln(&mut w, &a.attention.norm, &layer.attention.norm);
                 lin(&mut w, &a.attention.qkv, &layer.attention.qkv);
                 lin(&mut w, &a.attention.proj, &layer.attention.proj);

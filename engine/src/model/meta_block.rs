@@ -141,6 +141,30 @@ pub fn causal_mask(n: usize, device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, (n, n), device)?)
 }
 
+/// The rows of a class embedding `table` (K, C) for `labels`, (B, 1, C): a label < 0 selects
+/// the mean of the table (the reference's "dropped label"); no labels at all, the mean alone,
+/// (1, C). A label >= K is an error.
+pub(crate) fn class_rows(table: &Tensor, labels: Option<&[i64]>) -> Result<Tensor> {
+    let k = table.dim(0)?;
+    let mean = table.mean_keepdim(0)?;
+    let Some(labels) = labels else {
+        return Ok(mean);
+    };
+    let idx: Vec<u32> = labels
+        .iter()
+        .map(|&y| match y {
+            y if y < 0 => Ok(k as u32),
+            y if (y as usize) < k => Ok(y as u32),
+            y => Err(Error::InvalidInput(format!(
+                "class label {y} is out of range for a model with {k} classes"
+            ))),
+        })
+        .collect::<Result<_>>()?;
+    let idx = Tensor::from_vec(idx, labels.len(), table.device())?;
+    let extended = Tensor::cat(&[table, &mean], 0)?;
+    Ok(extended.index_select(&idx, 0)?.unsqueeze(1)?)
+}
+
 impl MetaBlock {
     /// Width of a token (D).
     pub fn patch_dim(&self) -> usize {
@@ -152,27 +176,10 @@ impl MetaBlock {
     /// A label < 0, or no labels at all, selects the mean of the class embeddings (the
     /// reference's "dropped label"); a model without classes ignores labels.
     pub(crate) fn class_term(&self, labels: Option<&[i64]>) -> Result<Option<Tensor>> {
-        let Some(table) = &self.class_embed else {
-            return Ok(None);
-        };
-        let k = table.dim(0)?;
-        let mean = table.mean_keepdim(0)?;
-        let Some(labels) = labels else {
-            return Ok(Some(mean));
-        };
-        let idx: Vec<u32> = labels
-            .iter()
-            .map(|&y| match y {
-                y if y < 0 => Ok(k as u32),
-                y if (y as usize) < k => Ok(y as u32),
-                y => Err(Error::InvalidInput(format!(
-                    "class label {y} is out of range for a model with {k} classes"
-                ))),
-            })
-            .collect::<Result<_>>()?;
-        let idx = Tensor::from_vec(idx, labels.len(), table.device())?;
-        let extended = Tensor::cat(&[table, &mean], 0)?;
-        Ok(Some(extended.index_select(&idx, 0)?.unsqueeze(1)?))
+        self.class_embed
+            .as_ref()
+            .map(|table| class_rows(table, labels))
+            .transpose()
     }
 
     /// Everything added to every token after `proj_in` and the position embedding: the noise
@@ -282,12 +289,19 @@ impl MetaBlock {
                 l.len()
             )));
         }
+        let pos = self.permutation.apply(&self.pos_embed, 0)?;
+        let mut h = self.proj_in.forward(x)?.broadcast_add(&pos)?;
+        if let Some(c) = self.condition_term(labels, levels, b)? {
+            h = h.broadcast_add(&c)?;
+        }
         let mut pass = TensorPass {
-            blk: self,
+            layers: &self.layers,
+            mask: Some(&self.mask),
+            proj_out: &self.proj_out,
+            soft_clip: self.soft_clip,
             exec,
             scale: Attention::scale(temp),
-            x,
-            class: self.condition_term(labels, levels, b)?,
+            embedded: Some(h),
             h: x.clone(),
             t: x.clone(),
         };
@@ -298,40 +312,43 @@ impl MetaBlock {
     }
 }
 
-/// A full-sequence pass of a block's network on candle's ops, under the block's causal mask:
-/// any device, and under [`Exec::Grad`] every op is on autograd's tape.
-struct TensorPass<'a> {
-    blk: &'a MetaBlock,
-    exec: Exec,
+/// A full-sequence pass of a stack of attention layers on candle's ops, under a mask (a flow
+/// block's causal one) or none (the learned denoiser): any device, and under [`Exec::Grad`]
+/// every op is on autograd's tape. The caller embeds the tokens (`proj_in`, position and
+/// conditioning rows) into `embedded`.
+pub(crate) struct TensorPass<'a> {
+    pub(crate) layers: &'a [AttentionBlock],
+    /// Additive attention mask (N, N); `None`: every token sees every other.
+    pub(crate) mask: Option<&'a Tensor>,
+    pub(crate) proj_out: &'a Linear,
+    /// Soft clip of `proj_out` (0: off).
+    pub(crate) soft_clip: f32,
+    pub(crate) exec: Exec,
     /// Softmax scale of the attention scores.
-    scale: f64,
-    /// The input tokens (B, N, D), in the block's order.
-    x: &'a Tensor,
-    /// Noise-level and class conditioning, (B, 1, C) or (1, C).
-    class: Option<Tensor>,
+    pub(crate) scale: f64,
+    /// The embedded tokens (B, N, C), taken by [`embed`](recipe::Kernels::embed).
+    pub(crate) embedded: Option<Tensor>,
     /// The residual stream (B, N, C).
-    h: Tensor,
+    pub(crate) h: Tensor,
     /// The last step's output: `a`, `qkv`, `y`, `f`, `g`, then `o`.
-    t: Tensor,
+    pub(crate) t: Tensor,
 }
 
 impl recipe::Kernels for TensorPass<'_> {
     fn layers(&self) -> usize {
-        self.blk.layers.len()
+        self.layers.len()
     }
 
     fn embed(&mut self) -> Result<()> {
-        let blk = self.blk;
-        let pos = blk.permutation.apply(&blk.pos_embed, 0)?;
-        self.h = blk.proj_in.forward(self.x)?.broadcast_add(&pos)?;
-        if let Some(c) = &self.class {
-            self.h = self.h.broadcast_add(c)?;
-        }
+        self.h = self
+            .embedded
+            .take()
+            .ok_or_else(|| Error::InvalidInput("a layer pass run twice".into()))?;
         Ok(())
     }
 
     fn step(&mut self, l: usize, step: Step) -> Result<()> {
-        let layer = &self.blk.layers[l];
+        let layer = &self.layers[l];
         let (att, mlp) = (&layer.attention, &layer.mlp);
         match step {
             Step::Norm(Sublayer::Attention) => self.t = att.norm.forward(&self.h, self.exec)?,
@@ -339,8 +356,7 @@ impl recipe::Kernels for TensorPass<'_> {
             Step::Qkv => self.t = att.qkv.forward(&self.t)?,
             Step::Attend => {
                 let (q, k, v) = split_qkv(&self.t, att.num_heads)?;
-                let mask = Some(&self.blk.mask);
-                self.t = attend_heads(&q, &k, &v, Some(self.scale), mask, self.exec)?;
+                self.t = attend_heads(&q, &k, &v, Some(self.scale), self.mask, self.exec)?;
             }
             Step::AddProj => self.h = (&self.h + att.proj.forward(&self.t)?)?,
             Step::Fc1 => self.t = mlp.fc1.forward(&self.t)?,
@@ -351,8 +367,7 @@ impl recipe::Kernels for TensorPass<'_> {
     }
 
     fn proj_out(&mut self) -> Result<()> {
-        self.t =
-            recipe::soft_clip::apply_t(self.blk.proj_out.forward(&self.h)?, self.blk.soft_clip)?;
+        self.t = recipe::soft_clip::apply_t(self.proj_out.forward(&self.h)?, self.soft_clip)?;
         Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The TarFlow network: layers, flow blocks, the whole model and its initialisation.
 
 pub mod attention;
+pub mod denoiser;
 pub mod flow;
 pub(crate) mod grad_ops;
 pub mod host_grad;
@@ -12,6 +13,7 @@ pub mod patchify;
 pub(crate) mod recipe;
 pub mod time_embed;
 
+pub use denoiser::{Denoiser, supports_denoiser};
 pub use flow::{ForwardOutput, Model, Weights, check_weights};
 pub use init::{InitOptions, init_weights};
 pub use layers::Exec;

@@ -42,6 +42,10 @@ const MAIN_FC2: usize = 2;
 // GELU, Linear(4C, C))`), present only in noise-conditional models.
 const TIME_EMBED: &str = "time_embed";
 const TIME_MLP: &str = "mlp";
+// STARFlow's `Model.learnable_self_denoiser` (`NonCausalBlock`: `proj_in`, `attn_blocks[l]`,
+// `proj_out`), with a learned position embedding where STARFlow uses RoPE, and a class
+// embedding as its `conditional_denoiser` option; present only in files that carry one.
+const DENOISER: &str = "learnable_self_denoiser";
 const WEIGHT: &str = "weight";
 const BIAS: &str = "bias";
 
@@ -210,6 +214,38 @@ impl BlockNames {
     }
 }
 
+/// The names of the learned denoiser (`learnable_self_denoiser.*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DenoiserNames {
+    layers: Prefix,
+    /// Position embedding (N, C).
+    pub pos_embed: String,
+    /// Class embedding table (classes, 1, C); present only in class-conditional models.
+    pub class_embed: String,
+    /// Patch tokens to the denoiser's width.
+    pub proj_in: WeightBias,
+    /// The denoiser's width back to a patch (the predicted score step).
+    pub proj_out: WeightBias,
+}
+
+impl DenoiserNames {
+    /// The names under `prefix` (`learnable_self_denoiser`).
+    pub fn at(prefix: &Prefix) -> Self {
+        Self {
+            layers: prefix.pp(ATTN_BLOCKS),
+            pos_embed: prefix.name(POS_EMBED),
+            class_embed: prefix.name(CLASS_EMBED),
+            proj_in: WeightBias::at(&prefix.pp(PROJ_IN)),
+            proj_out: WeightBias::at(&prefix.pp(PROJ_OUT)),
+        }
+    }
+
+    /// The names of attention layer `l`.
+    pub fn layer(&self, l: usize) -> LayerNames {
+        LayerNames::at(&self.layers.pp(l))
+    }
+}
+
 /// What a tensor of the state_dict is, for initialisation and for telling parameters from buffers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TensorKind {
@@ -262,6 +298,7 @@ pub struct TensorSpec {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelNames {
     blocks: Prefix,
+    denoiser: Prefix,
     /// The prior variance buffer (N, D).
     pub var: String,
 }
@@ -278,6 +315,7 @@ impl ModelNames {
         let root = Prefix::root();
         Self {
             blocks: root.pp(BLOCKS),
+            denoiser: root.pp(DENOISER),
             var: root.name(VAR),
         }
     }
@@ -285,6 +323,17 @@ impl ModelNames {
     /// The names of flow block `t`.
     pub fn block(&self, t: usize) -> BlockNames {
         BlockNames::at(&self.blocks.pp(t))
+    }
+
+    /// The names of the learned denoiser.
+    pub fn denoiser(&self) -> DenoiserNames {
+        DenoiserNames::at(&self.denoiser)
+    }
+
+    /// Whether `name` belongs to the learned denoiser (`learnable_self_denoiser.*`).
+    pub fn is_denoiser(&self, name: &str) -> bool {
+        name.strip_prefix(self.denoiser.as_str())
+            .is_some_and(|rest| rest.starts_with('.'))
     }
 
     /// The block index of a name under the blocks (`blocks.{t}.*`), if it is one.
@@ -330,9 +379,18 @@ impl ModelNames {
             );
             push(out, &names.bias, vec![o], TensorKind::LinearBias { fan_in });
         };
-        let norm = |out: &mut Vec<TensorSpec>, names: &WeightBias| {
+        let norm = |out: &mut Vec<TensorSpec>, names: &WeightBias, c: usize| {
             push(out, &names.weight, vec![c], TensorKind::NormWeight);
             push(out, &names.bias, vec![c], TensorKind::NormBias);
+        };
+        let layer = |out: &mut Vec<TensorSpec>, layer: &LayerNames, c: usize| {
+            let h = MLP_EXPANSION * c;
+            norm(out, &layer.attention.norm, c);
+            linear(out, &layer.attention.qkv, (3 * c, c), false);
+            linear(out, &layer.attention.proj, (c, c), false);
+            norm(out, &layer.mlp.norm, c);
+            linear(out, &layer.mlp.fc1, (h, c), false);
+            linear(out, &layer.mlp.fc2, (c, h), false);
         };
         push(&mut out, &self.var, vec![n, d], TensorKind::PriorVar);
         for t in 0..config.num_blocks {
@@ -345,19 +403,29 @@ impl ModelNames {
             push(&mut out, &b.attn_mask, vec![n, n], TensorKind::AttnMask);
             linear(&mut out, &b.proj_in, (c, d), false);
             for l in 0..config.layers_of_block(t) {
-                let layer = b.layer(l);
-                norm(&mut out, &layer.attention.norm);
-                linear(&mut out, &layer.attention.qkv, (3 * c, c), false);
-                linear(&mut out, &layer.attention.proj, (c, c), false);
-                norm(&mut out, &layer.mlp.norm);
-                linear(&mut out, &layer.mlp.fc1, (h, c), false);
-                linear(&mut out, &layer.mlp.fc2, (c, h), false);
+                layer(&mut out, &b.layer(l), c);
             }
             linear(&mut out, &b.proj_out, (config.proj_out_dim(), c), true);
             if config.noise_range.is_some() {
                 linear(&mut out, &b.time_fc1, (h, c), false);
                 linear(&mut out, &b.time_fc2, (c, h), false);
             }
+        }
+        if let Some(dn) = &config.denoiser {
+            let names = self.denoiser();
+            let c = dn.channels;
+            push(&mut out, &names.pos_embed, vec![n, c], TensorKind::PosEmbed);
+            if config.num_classes > 0 {
+                let shape = vec![config.num_classes, 1, c];
+                push(&mut out, &names.class_embed, shape, TensorKind::ClassEmbed);
+            }
+            linear(&mut out, &names.proj_in, (c, d), false);
+            for l in 0..dn.layers {
+                layer(&mut out, &names.layer(l), c);
+            }
+            // STARFlow zero-initialises the denoiser's `proj_out.weight`: a new denoiser
+            // predicts one constant step (its bias) whatever its input.
+            linear(&mut out, &names.proj_out, (d, c), true);
         }
         out
     }

@@ -1,13 +1,15 @@
 //! Score-based denoising: one step of `x + sigma^2 * grad_x log p(x)` through the model's own
-//! likelihood, for models trained on noise-augmented data, and iTARFlow's iterative denoising
-//! for noise-conditional models: such steps from the sampling level down to the smallest.
+//! likelihood, for models trained on noise-augmented data, or the same step predicted in one
+//! forward pass by the model's learned denoiser when it carries one; and iTARFlow's iterative
+//! denoising for noise-conditional models: such steps from the sampling level down to the
+//! smallest.
 
 use candle_core::{DType, Tensor};
 
 use crate::config::{ModelConfig, NoiseRange};
 use crate::error::{Error, Result};
-use crate::model::Model;
 use crate::model::host_grad::{self, HostGrad};
+use crate::model::{Exec, Model};
 
 /// Items denoised together through candle's autograd: bounds the memory of its graph.
 const DENOISE_CHUNK: usize = 8;
@@ -19,7 +21,8 @@ const HOST_DENOISE_CHUNK: usize = 16;
 /// Denoise images (B, C, H, W) with the model's training noise level
 /// ([`ModelConfig::noise_sigma`](crate::config::ModelConfig::noise_sigma)); a sigma of 0 returns
 /// the images unchanged. A noise-conditional model is denoised iteratively
-/// ([`denoise_iterative`]) in its default number of steps.
+/// ([`denoise_iterative`]) in its default number of steps; a model with a learned denoiser
+/// through it.
 pub fn denoise(model: &Model, images: &Tensor, labels: Option<&[i64]>) -> Result<Tensor> {
     denoise_steps(model, images, labels, None)
 }
@@ -33,6 +36,23 @@ pub fn denoise_steps(
     steps: Option<usize>,
 ) -> Result<Tensor> {
     DenoiseRun::new(model, images, labels, steps)?.run_to_end(model)
+}
+
+/// How a denoising run takes its steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DenoiseMethod {
+    /// The learned denoiser where the model carries one, else the flow's score step.
+    #[default]
+    Auto,
+    /// The flow's score step (its input gradient) whatever the model carries.
+    Score,
+}
+
+impl DenoiseMethod {
+    /// The method [`SampleOptions::score_denoise`](super::SampleOptions::score_denoise) asks for.
+    pub fn from_score_flag(score: bool) -> Self {
+        if score { Self::Score } else { Self::Auto }
+    }
 }
 
 /// iTARFlow's iterative denoising (`evaluate_fid.py::iterative_denoising`, its default ODE
@@ -58,17 +78,22 @@ pub fn denoise_iterative(
 enum Levels {
     /// One step at the model's fixed training sigma, the model at its default level.
     Fixed(f32),
+    /// The same step predicted by the model's learned denoiser.
+    Learned(f32),
     /// iTARFlow's iterative steps, the model told each level.
     Range(Vec<f32>),
 }
 
 impl Levels {
     /// The steps [`denoise_steps`] takes on a model of `cfg` asked for `steps`.
-    fn of(cfg: &ModelConfig, steps: Option<usize>) -> Result<Self> {
+    fn of(cfg: &ModelConfig, steps: Option<usize>, method: DenoiseMethod) -> Result<Self> {
         Ok(match cfg.noise_range {
             Some(range) => {
                 range.validate()?;
                 Self::Range(range.levels(steps.unwrap_or_else(|| range.default_steps())))
+            }
+            None if cfg.denoiser.is_some() && method == DenoiseMethod::Auto => {
+                Self::Learned(cfg.noise_sigma)
             }
             None => Self::Fixed(cfg.noise_sigma),
         })
@@ -76,7 +101,7 @@ impl Levels {
 
     fn len(&self) -> usize {
         match self {
-            Self::Fixed(_) => 1,
+            Self::Fixed(_) | Self::Learned(_) => 1,
             Self::Range(l) => l.len(),
         }
     }
@@ -85,7 +110,7 @@ impl Levels {
 /// Score steps [`denoise_steps`] takes on a model of `cfg` asked for `steps` (the units of
 /// work a sample stream counts for its denoising).
 pub(crate) fn planned_steps(cfg: &ModelConfig, steps: Option<usize>) -> Result<usize> {
-    Ok(Levels::of(cfg, steps)?.len())
+    Ok(Levels::of(cfg, steps, DenoiseMethod::Auto)?.len())
 }
 
 /// A denoising run one score step at a time ([`denoise_steps`] in steps), so that a caller can
@@ -107,7 +132,19 @@ impl DenoiseRun {
         labels: Option<&[i64]>,
         steps: Option<usize>,
     ) -> Result<Self> {
-        Self::with_levels(model, images, labels, Levels::of(model.config(), steps)?)
+        Self::with_method(model, images, labels, steps, DenoiseMethod::Auto)
+    }
+
+    /// [`new`](Self::new), taking the steps by `method`.
+    pub fn with_method(
+        model: &Model,
+        images: &Tensor,
+        labels: Option<&[i64]>,
+        steps: Option<usize>,
+        method: DenoiseMethod,
+    ) -> Result<Self> {
+        let levels = Levels::of(model.config(), steps, method)?;
+        Self::with_levels(model, images, labels, levels)
     }
 
     fn with_levels(
@@ -142,6 +179,7 @@ impl DenoiseRun {
         let labels = self.labels.as_deref();
         self.x = match &self.levels {
             Levels::Fixed(sigma) => score_step(model, &self.x, labels, *sigma, None)?,
+            Levels::Learned(sigma) => learned_step(model, &self.x, labels, *sigma)?,
             Levels::Range(levels) => {
                 let sigma = levels[self.done];
                 let next = levels.get(self.done + 1).copied().unwrap_or(0.0);
@@ -184,6 +222,50 @@ pub fn denoise_with_sigma(
     sigma: f32,
 ) -> Result<Tensor> {
     score_step(model, images, labels, sigma, None)
+}
+
+/// The score step at `sigma` as the model's learned denoiser predicts it, in chunks of
+/// [`HOST_DENOISE_CHUNK`] items (each item's prediction is independent of the others).
+fn learned_step(
+    model: &Model,
+    images: &Tensor,
+    labels: Option<&[i64]>,
+    sigma: f32,
+) -> Result<Tensor> {
+    let dn = model
+        .denoiser()
+        .ok_or_else(|| Error::InvalidInput("the model carries no learned denoiser".into()))?;
+    let x = images.to_dtype(DType::F32)?.to_device(model.device())?;
+    let b = x.dim(0)?;
+    if let Some(l) = labels
+        && l.len() != b
+    {
+        return Err(Error::InvalidInput(format!(
+            "{} labels for a batch of {b}",
+            l.len()
+        )));
+    }
+    // Every chunk is padded to the same size, so the products have the same shapes whatever
+    // the batch and an item's result does not depend on how many were sampled with it.
+    let chunk = HOST_DENOISE_CHUNK;
+    let mut out = Vec::with_capacity(b.div_ceil(chunk));
+    for start in (0..b).step_by(chunk) {
+        let n = chunk.min(b - start);
+        let mut xc = x.narrow(0, start, n)?;
+        if n < chunk {
+            let (_, c, h, w) = xc.dims4()?;
+            let pad = Tensor::zeros((chunk - n, c, h, w), DType::F32, x.device())?;
+            xc = Tensor::cat(&[&xc, &pad], 0)?;
+        }
+        let lc = labels.map(|l| {
+            let mut v = l[start..start + n].to_vec();
+            v.resize(chunk, -1);
+            v
+        });
+        let d = dn.denoise(&xc, lc.as_deref(), sigma, Exec::Fast)?;
+        out.push(d.narrow(0, 0, n)?);
+    }
+    Ok(Tensor::cat(&out, 0)?)
 }
 
 /// One score step at `sigma`, the model run at noise level `level` (noise-conditional models;

@@ -46,7 +46,9 @@ mod token_run;
 
 pub use batches::generate_batches;
 pub use cache::KvCache;
-pub use denoise::{DenoiseRun, denoise, denoise_iterative, denoise_steps, denoise_with_sigma};
+pub use denoise::{
+    DenoiseMethod, DenoiseRun, denoise, denoise_iterative, denoise_steps, denoise_with_sigma,
+};
 pub use events::{CancelToken, PatchEvent, Resampled, SampleEvent, Samples};
 pub use image::{RgbaImage, alpha_threshold, planes_to_rgba, snap_alpha, to_rgba8, to_u8};
 pub use noise::{prior_noise, prior_noise_range};

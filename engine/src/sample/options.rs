@@ -157,6 +157,10 @@ pub struct SampleOptions {
     /// down to `t0`; [`denoise_iterative`](crate::sample::denoise_iterative)). `None`:
     /// iTARFlow's default, `t1 / 0.01`. Other models take one step.
     pub denoise_steps: Option<usize>,
+    /// Denoise by the flow's own score step (a gradient pass through every block) even where
+    /// the model carries a learned denoiser ([`Denoiser`](crate::model::Denoiser)), which is
+    /// used otherwise: one forward pass that approximates that step.
+    pub score_denoise: bool,
     /// Seed of the prior noise. Item `k` of a batch draws from stream `k` of a ChaCha8 generator
     /// seeded with it, on the host, so its noise depends on neither the batch size nor the device.
     pub seed: u64,
@@ -207,6 +211,7 @@ impl Default for SampleOptions {
             temperature: 1.0,
             denoise: true,
             denoise_steps: None,
+            score_denoise: false,
             seed: 0,
             previews: false,
             method: Method::Cached,

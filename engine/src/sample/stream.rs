@@ -8,7 +8,7 @@ use std::ops::ControlFlow;
 use candle_core::Tensor;
 
 use super::deliver::item_palettes;
-use super::denoise::{DenoiseRun, planned_steps};
+use super::denoise::{DenoiseMethod, DenoiseRun, planned_steps};
 pub use super::events::{CancelToken, PatchEvent, SampleEvent, Samples};
 use super::finite::{check_finite, keep_raw_where_not_finite, nonfinite_items, zero_items};
 use super::image::{alpha_threshold, despeckle, snap_alpha};
@@ -476,11 +476,12 @@ impl SampleStream {
                     .clone()
                     .ok_or_else(|| Error::InvalidInput("no image to denoise".into()))?;
                 if self.opts.denoise && model.config().noise_sigma > 0.0 {
-                    let run = DenoiseRun::new(
+                    let run = DenoiseRun::with_method(
                         model,
                         &raw,
                         self.labels.as_deref(),
                         self.opts.denoise_steps,
+                        DenoiseMethod::from_score_flag(self.opts.score_denoise),
                     )?;
                     self.state = State::Denoise(Some(Box::new(run)));
                 } else {

@@ -41,6 +41,7 @@ pub mod checkpoint;
 mod classes;
 pub mod config;
 pub mod dataset;
+pub mod denoiser;
 pub mod eval;
 pub mod optim;
 mod palettes;
@@ -57,6 +58,9 @@ pub use config::TrainConfig;
 pub use dataset::{
     ChannelChoice, DataConfig, DataManifest, Dataset, Item, ManifestEntry, ResizeFilter,
     SizePolicy, Skipped, is_split,
+};
+pub use denoiser::{
+    DenoiserEval, DenoiserStep, DenoiserTrainConfig, DenoiserTrainer, checkpoint_model_config,
 };
 pub use eval::{
     BpdReport, EvalLabels, EvalOptions, EvalReport, PlacedBatch, evaluate_bpd, score_in_batches,

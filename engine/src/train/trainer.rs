@@ -127,7 +127,8 @@ impl Trainer {
     }
 
     /// Continue training a trained model (incremental training): fresh optimizer and schedule,
-    /// EMA started from its weights. The data must keep the model's class ids (load it with
+    /// EMA started from its weights; a learned denoiser it carries is dropped (train a new one
+    /// on the result). The data must keep the model's class ids (load it with
     /// [`DataConfig::classes`] set to the model's class names); classes new in the data get
     /// new rows in every `class_embed`, initialised N(0, 0.01^2) like the reference.
     pub fn from_model(
@@ -137,6 +138,8 @@ impl Trainer {
         device: &Device,
     ) -> Result<Self> {
         config.validate()?;
+        // A learned denoiser fits the flow it was trained on, not the one this run makes.
+        let model = &model.without_denoiser();
         let old = model.config().clone();
         check_class_ids(&old, &data)?;
         let cfg = config_for_data(old.clone(), &data, &config.noise)?;
