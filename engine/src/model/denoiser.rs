@@ -14,7 +14,7 @@ use candle_core::Tensor;
 
 use super::attention::{Attention, AttentionBlock};
 use super::layers::{Exec, Linear};
-use super::meta_block::{TensorPass, class_rows};
+use super::meta_block::{TensorPass, check_label_count, class_rows};
 use super::patchify::{patchify, unpatchify};
 use super::recipe;
 use crate::config::ModelConfig;
@@ -50,14 +50,7 @@ impl Denoiser {
             }
         }
         let b = x.dim(0)?;
-        if let Some(l) = labels
-            && l.len() != b
-        {
-            return Err(Error::InvalidInput(format!(
-                "{} labels for a batch of {b}",
-                l.len()
-            )));
-        }
+        check_label_count(labels, b)?;
         let tokens = patchify(x, self.patch_size)?;
         let mut h = self
             .proj_in

@@ -141,6 +141,17 @@ pub fn causal_mask(n: usize, device: &Device) -> Result<Tensor> {
     Ok(Tensor::from_vec(v, (n, n), device)?)
 }
 
+/// Labels, when given, must be one per item of a batch of `b`.
+pub(crate) fn check_label_count(labels: Option<&[i64]>, b: usize) -> Result<()> {
+    match labels {
+        Some(l) if l.len() != b => Err(Error::InvalidInput(format!(
+            "{} labels for a batch of {b}",
+            l.len()
+        ))),
+        _ => Ok(()),
+    }
+}
+
 /// The rows of a class embedding `table` (K, C) for `labels`, (B, 1, C): a label < 0 selects
 /// the mean of the table (the reference's "dropped label"); no labels at all, the mean alone,
 /// (1, C). A label >= K is an error.
@@ -281,14 +292,7 @@ impl MetaBlock {
         exec: Exec,
     ) -> Result<Tensor> {
         let (b, n, _) = x.dims3()?;
-        if let Some(l) = labels
-            && l.len() != b
-        {
-            return Err(Error::InvalidInput(format!(
-                "{} labels for a batch of {b}",
-                l.len()
-            )));
-        }
+        check_label_count(labels, b)?;
         let pos = self.permutation.apply(&self.pos_embed, 0)?;
         let mut h = self.proj_in.forward(x)?.broadcast_add(&pos)?;
         if let Some(c) = self.condition_term(labels, levels, b)? {

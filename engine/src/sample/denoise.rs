@@ -9,6 +9,7 @@ use candle_core::{DType, Tensor};
 use crate::config::{ModelConfig, NoiseRange};
 use crate::error::{Error, Result};
 use crate::model::host_grad::{self, HostGrad};
+use crate::model::meta_block::check_label_count;
 use crate::model::{Exec, Model};
 
 /// Items denoised together through candle's autograd: bounds the memory of its graph.
@@ -237,14 +238,7 @@ fn learned_step(
         .ok_or_else(|| Error::InvalidInput("the model carries no learned denoiser".into()))?;
     let x = images.to_dtype(DType::F32)?.to_device(model.device())?;
     let b = x.dim(0)?;
-    if let Some(l) = labels
-        && l.len() != b
-    {
-        return Err(Error::InvalidInput(format!(
-            "{} labels for a batch of {b}",
-            l.len()
-        )));
-    }
+    check_label_count(labels, b)?;
     // Every chunk is padded to the same size, so the products have the same shapes whatever
     // the batch and an item's result does not depend on how many were sampled with it.
     let chunk = HOST_DENOISE_CHUNK;
@@ -287,14 +281,7 @@ fn score_step(
         return Ok(x);
     }
     let b = x.dim(0)?;
-    if let Some(l) = labels
-        && l.len() != b
-    {
-        return Err(Error::InvalidInput(format!(
-            "{} labels for a batch of {b}",
-            l.len()
-        )));
-    }
+    check_label_count(labels, b)?;
     // Items are independent (the loss is a mean over items), so the batch is denoised in chunks:
     // the autograd graph of a whole large batch would take gigabytes. On the CPU one host pass
     // serves every chunk, on the same buffers.
