@@ -70,7 +70,8 @@ fn a_denoiser_trains_on_a_finished_model_resumes_and_samples() {
     assert!(said.contains("held-out: explains"), "{said}");
     let info = ok(&["info", s(&out)]);
     assert!(
-        info.contains("denoiser:    learned, 1 layers of width 64, trained 4 steps"),
+        info.contains("denoiser:    learned, 1 layers of width 64, trained 4 steps")
+            && info.contains("one forward pass; --score-denoise"),
         "{info}"
     );
     // The same command with more steps resumes from the checkpoint beside the output.

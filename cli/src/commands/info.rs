@@ -96,7 +96,8 @@ pub fn run(args: InfoArgs) -> anyhow::Result<()> {
             .map(|s| format!(", trained {s} steps"))
             .unwrap_or_default();
         println!(
-            "denoiser:    learned, {} layers of width {}{steps} (denoises in one forward pass;              --score-denoise takes the flow's gradient step instead)",
+            "denoiser:    learned, {} layers of width {}{steps} (denoises in one forward pass; \
+             --score-denoise takes the flow's gradient step instead)",
             d.layers, d.channels
         );
     }
