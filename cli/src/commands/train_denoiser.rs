@@ -9,8 +9,8 @@ use anyhow::{Context, bail};
 use tarflow::config::DenoiserConfig;
 use tarflow::train::start::same_file;
 use tarflow::train::{
-    AugmentConfig, ChannelChoice, DataConfig, Dataset, DenoiserEval, DenoiserTrainConfig,
-    DenoiserTrainer, checkpoint_model_config,
+    AugmentConfig, DataConfig, Dataset, DenoiserEval, DenoiserTrainConfig, DenoiserTrainer,
+    checkpoint_model_config,
 };
 
 use super::train::TrainArgs;
@@ -76,20 +76,11 @@ pub fn run(args: &TrainArgs) -> anyhow::Result<()> {
     let device = open_device(&args.device)?;
     let ckpt = checkpoint_path(&args.out);
     let resuming = ckpt.exists() && !args.fresh;
-    let data_config = |cfg: &tarflow::ModelConfig| -> anyhow::Result<DataConfig> {
-        Ok(DataConfig {
-            classes: cfg.class_names.clone(),
-            img_size: Some(cfg.img_size),
-            channels: ChannelChoice::from_count(cfg.in_channels)?,
-            ..DataConfig::default()
-        })
-    };
     let load_data = |cfg: &tarflow::ModelConfig| -> anyhow::Result<(Dataset, Option<Dataset>)> {
-        Ok(Dataset::load_split(
-            &args.data,
-            &data_config(cfg)?,
-            &mut |s| eprintln!("{s}"),
-        )?)
+        let config = DataConfig::default().for_model(cfg)?;
+        Ok(Dataset::load_split(&args.data, &config, &mut |s| {
+            eprintln!("{s}")
+        })?)
     };
     let (mut trainer, held) = if resuming {
         let cfg = checkpoint_model_config(&ckpt)?;

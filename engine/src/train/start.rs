@@ -393,12 +393,7 @@ impl RunRequest {
                 conflicts,
             });
         }
-        let cfg = DataConfig {
-            classes: m.class_names.clone(),
-            img_size: Some(m.img_size),
-            channels: ChannelChoice::from_count(m.in_channels)?,
-            ..self.data_config()
-        };
+        let cfg = self.data_config().for_model(m)?;
         let (data, test) = Dataset::load_split(root, &cfg, report)?;
         let config = self.train_config(root, test.is_some())?;
         let mut trainer = Trainer::from_model(&model, config, data, device)?;

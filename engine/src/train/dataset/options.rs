@@ -130,3 +130,16 @@ pub struct DataConfig {
     /// their ids, and class folders not among them get the next ids, in name order.
     pub classes: Vec<String>,
 }
+
+impl DataConfig {
+    /// These settings reading images in `model`'s format: its class ids, image size and
+    /// channels (what fine-tuning a model, or training its denoiser, needs of the data).
+    pub fn for_model(self, model: &crate::config::ModelConfig) -> Result<Self> {
+        Ok(Self {
+            classes: model.class_names.clone(),
+            img_size: Some(model.img_size),
+            channels: ChannelChoice::from_count(model.in_channels)?,
+            ..self
+        })
+    }
+}
