@@ -1,6 +1,7 @@
 //! `SampleOptions::alpha_cutoff` on the bundled demo model (RGBA): every delivered pixel (streamed
-//! patches, denoised and final images) has alpha 0 or 255, colours and the float images are those
-//! of the same run without it, and the fidelity report's samples get the same alpha.
+//! patches, denoised and final images) has alpha 0 or 255, opaque pixels keep the colours of the
+//! same run without it and transparent ones are transparent black, the float images are
+//! untouched, and the fidelity report's samples get the same pixels.
 
 use std::path::PathBuf;
 
@@ -39,18 +40,26 @@ fn snapped_alpha_is_binary_everywhere_and_changes_nothing_else() {
         "float images are exact either way"
     );
     let t = alpha_threshold(0.5);
-    let mut partial = 0;
+    let (mut partial, mut cleared) = (0, 0);
     for (x, y) in a.rgba.iter().zip(&b.rgba) {
         assert_eq!(x.pixels.len(), y.pixels.len());
         for (p, q) in x.pixels.chunks_exact(4).zip(y.pixels.chunks_exact(4)) {
-            assert_eq!(p[..3], q[..3], "colours unchanged");
-            assert_eq!(q[3], if p[3] < t { 0 } else { 255 });
+            if p[3] < t {
+                assert_eq!(q, [0, 0, 0, 0], "transparent pixels are transparent black");
+                cleared += usize::from(p[..3] != [0, 0, 0]);
+            } else {
+                assert_eq!(q, [p[0], p[1], p[2], 255], "opaque colours unchanged");
+            }
             partial += usize::from(p[3] != 0 && p[3] != 255);
         }
     }
     assert!(
         partial > 0,
         "the model's own alpha has partial values to snap"
+    );
+    assert!(
+        cleared > 0,
+        "the model leaves colour under some transparent pixels, which the cutoff clears"
     );
     assert_eq!(
         a.rgba,

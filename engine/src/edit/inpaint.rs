@@ -376,7 +376,7 @@ pub(crate) fn compose(
             let px = &mut out.pixels[q * 4..q * 4 + 4];
             px.copy_from_slice(&made.pixels[q * 4..q * 4 + 4]);
             if let Some(t) = t {
-                px[3] = if px[3] < t { 0 } else { 255 };
+                crate::sample::snap_pixel(px, t);
             }
         }
     }

@@ -50,7 +50,9 @@ pub use denoise::{
     DenoiseMethod, DenoiseRun, denoise, denoise_iterative, denoise_steps, denoise_with_sigma,
 };
 pub use events::{CancelToken, PatchEvent, Resampled, SampleEvent, Samples};
-pub use image::{RgbaImage, alpha_threshold, planes_to_rgba, snap_alpha, to_rgba8, to_u8};
+pub use image::{
+    RgbaImage, alpha_threshold, planes_to_rgba, snap_alpha, snap_pixel, to_rgba8, to_u8,
+};
 pub use noise::{prior_noise, prior_noise_range};
 pub use options::{GuideWhat, JacobiOptions, Labels, Method, SampleOptions};
 pub use sampler::Sampler;
