@@ -17,7 +17,9 @@ does real work), fp32, eval mode and torch.no_grad() for sampling, as the refere
 freezes the parameters and denoises with autograd). Workloads:
   S16 = 16x16 RGBA, patch 2 (N=64, D=16), 256 channels, 4 blocks x 2 layers, 8 classes,
         CFG w=1.5 (`model.reverse(z, y, guidance=1.5)`), denoising with sigma 0.05;
-  T32 = 32x32 RGB, patch 4 (N=64, D=48), 256 channels, 4 blocks x 2 layers, unconditional.
+  T32 = 32x32 RGB, patch 4 (N=64, D=48), 256 channels, 4 blocks x 2 layers, unconditional;
+  S32 = 32x32 RGBA, patch 2 (N=256, D=16), 128 channels, 4 blocks x 2 layers, 12 classes
+        (the sprite shape; training step only).
 Denoising is evaluate_fid.py's step: x.requires_grad; z, _, logdets = model(x, y);
 loss = model.get_loss(z, logdets); grad = autograd.grad(loss, [x]); x -= lr * grad with
 lr = db * img_size^2 * channels * sigma^2 (self_denoising_lr 1), in chunks of db = max(1, B // 4)
@@ -60,6 +62,9 @@ S16 = dict(in_channels=4, img_size=16, patch_size=2, channels=256, num_blocks=4,
            nvp=True, num_classes=NUM_CLASSES)
 T32 = dict(in_channels=3, img_size=32, patch_size=4, channels=256, num_blocks=4, layers_per_block=2,
            nvp=True, num_classes=0)
+# The sprite shape: 32x32 RGBA, patch 2 (N=256, D=16), the sprite model's width 128, 12 classes.
+S32 = dict(in_channels=4, img_size=32, patch_size=2, channels=128, num_blocks=4, layers_per_block=2,
+           nvp=True, num_classes=12)
 
 
 def load_reference(path):
@@ -130,6 +135,8 @@ def make_workloads(tf):
     t32 = build(tf, T32, 2)
     s16_train = build(tf, S16, 3, train=True)
     opt = torch.optim.AdamW(s16_train.parameters(), betas=(0.9, 0.95), lr=1e-4, weight_decay=1e-4)
+    s32_train = build(tf, S32, 4, train=True)
+    opt32 = torch.optim.AdamW(s32_train.parameters(), betas=(0.9, 0.95), lr=1e-4, weight_decay=1e-4)
     g = torch.Generator().manual_seed(7)
 
     def inputs(cfg, b, cond):
@@ -144,6 +151,8 @@ def make_workloads(tf):
     img1 = sample(s16, n1.clone(), y1, CFG)  # a sample to denoise (not timed)
     tx = torch.rand(32, 4, 16, 16, generator=g) * 2 - 1
     ty = torch.randint(NUM_CLASSES, (32,), generator=g)
+    sx = torch.rand(32, 4, 32, 32, generator=g) * 2 - 1
+    sy = torch.randint(S32["num_classes"], (32,), generator=g)
 
     def s16_sample_b1():
         return sample(s16, n1.clone(), y1, CFG)
@@ -174,6 +183,17 @@ def make_workloads(tf):
         opt.step()
         return loss.detach()
 
+    def s32_train_b32():
+        x = sx + SIGMA * torch.randn_like(sx)
+        mask = (torch.rand(sy.size(0)) < 0.1).int()
+        y = (1 - mask) * sy - mask
+        opt32.zero_grad()
+        z, outputs, logdets = s32_train(x, y)
+        loss = s32_train.get_loss(z, logdets)
+        loss.backward()
+        opt32.step()
+        return loss.detach()
+
     def t32_sample_b1():
         return sample(t32, nt1.clone(), None, 0)
 
@@ -187,6 +207,7 @@ def make_workloads(tf):
         ("s16_sample_denoise_b1", "S16 sample, batch 1, CFG 1.5 + denoise", composite(n1, y1), True, 1),
         ("s16_sample_denoise_b64", "S16 sample, batch 64, CFG 1.5 + denoise", composite(n64, y64), True, 64),
         ("s16_train_b32", "S16 training step, batch 32", s16_train_b32, False, 32),
+        ("s32_train_b32", "S32 (sprite shape) training step, batch 32", s32_train_b32, False, 32),
         ("t32_sample_b1", "T32 sample, batch 1", t32_sample_b1, False, 1),
         ("t32_sample_b64", "T32 sample, batch 64", t32_sample_b64, False, 64),
     ]

@@ -1,6 +1,8 @@
 //! One training step of the S16 workload (DESIGN.md section 5): 16x16 RGBA, patch 2, 256
 //! channels, 4 blocks x 2 layers, 8 classes, batch 32, on the CPU. Data: the shared minetest16
-//! folder when present, otherwise random 16x16 RGBA images in 8 classes.
+//! folder when present, otherwise random 16x16 RGBA images in 8 classes. And one of S32, the
+//! sprite shape: 32x32 RGBA, patch 2 (256 tokens of 16 values), 128 channels (the sprite
+//! model's width), 4 blocks x 2 layers, the 12 classes of `assets/sprites32/train`, batch 32.
 //!
 //! Run: `cargo bench --bench training`. Prints the peak resident memory at the end. Like the CLI,
 //! it lets malloc keep freed memory ([`tarflow::runtime::keep_freed_memory`]). Baseline of the
@@ -14,14 +16,8 @@ use tarflow::ModelConfig;
 use tarflow::candle::Device;
 use tarflow::train::{DataConfig, Dataset, Item, TrainConfig, Trainer};
 
-fn s16_data() -> Dataset {
-    let root = PathBuf::from(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/datasets/minetest16"
-    ));
-    if let Ok(d) = Dataset::load(&root, &DataConfig::default()) {
-        return d;
-    }
+/// Random `size` x `size` RGBA images in `classes` classes.
+fn random_data(size: usize, classes: usize) -> Dataset {
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut next = || {
         state ^= state << 13;
@@ -31,16 +27,37 @@ fn s16_data() -> Dataset {
     };
     let items = (0..256)
         .map(|i| Item {
-            pixels: (0..16 * 16 * 4).map(|_| next()).collect(),
-            width: 16,
-            height: 16,
-            label: Some(i % 8),
+            pixels: (0..size * size * 4).map(|_| next()).collect(),
+            width: size,
+            height: size,
+            label: Some(i % classes),
             file: i,
             frame: 0,
         })
         .collect();
-    let names = (0..8).map(|c| format!("class{c}")).collect();
-    Dataset::from_items(items, 4, 16, names).expect("synthetic data")
+    let names = (0..classes).map(|c| format!("class{c}")).collect();
+    Dataset::from_items(items, 4, size, names).expect("synthetic data")
+}
+
+fn s16_data() -> Dataset {
+    let root = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/datasets/minetest16"
+    ));
+    Dataset::load(&root, &DataConfig::default()).unwrap_or_else(|_| random_data(16, 8))
+}
+
+/// The sprite corpus's training split (in the repository).
+fn s32_data() -> Dataset {
+    let root = PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/assets/sprites32/train"
+    ));
+    let config = DataConfig {
+        img_size: Some(32),
+        ..DataConfig::default()
+    };
+    Dataset::load(&root, &config).unwrap_or_else(|_| random_data(32, 12))
 }
 
 fn peak_rss_mib() -> Option<f64> {
@@ -50,24 +67,31 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-fn training_step(c: &mut Criterion) {
-    let data = s16_data();
-    let model = ModelConfig::new(4, 16, 2, 256, 4, 2);
+/// A trainer of `model` on `data` at batch 32, past its first steps (so that Adam's moments and
+/// the EMA are all in play).
+fn warm_trainer(model: ModelConfig, data: Dataset) -> Trainer {
     let config = TrainConfig {
         batch_size: 32,
         holdout_fraction: 0.0,
         ..TrainConfig::default()
     };
     let mut trainer = Trainer::new(model, config, data, &Device::Cpu).expect("trainer");
-    // Past the first steps, so that Adam's moments and the EMA are all in play.
     for _ in 0..2 {
         trainer.step().expect("warm-up step");
     }
+    trainer
+}
+
+fn training_step(c: &mut Criterion) {
+    let mut s16 = warm_trainer(ModelConfig::new(4, 16, 2, 256, 4, 2), s16_data());
+    let s32_data = s32_data();
+    let mut s32_model = ModelConfig::new(4, 32, 2, 128, 4, 2);
+    s32_model.num_classes = s32_data.num_classes();
+    let mut s32 = warm_trainer(s32_model, s32_data);
     let mut group = c.benchmark_group("training");
     group.sample_size(10);
-    group.bench_function("s16_step_batch32", |b| {
-        b.iter(|| trainer.step().expect("step"))
-    });
+    group.bench_function("s16_step_batch32", |b| b.iter(|| s16.step().expect("step")));
+    group.bench_function("s32_step_batch32", |b| b.iter(|| s32.step().expect("step")));
     group.finish();
     if let Some(mib) = peak_rss_mib() {
         println!("peak resident memory: {mib:.0} MiB");

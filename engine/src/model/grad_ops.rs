@@ -60,7 +60,7 @@ fn sum_rows(g: &Tensor) -> candle_core::Result<Tensor> {
 /// Whether an elementwise pass over `len` values is worth splitting across threads (below about
 /// a quarter million values, waking the pool costs more than it saves).
 pub(crate) fn rows_parallel(len: usize) -> bool {
-    len >= 1 << 18 && rayon::current_num_threads() > 1
+    len >= 1 << 18 && crate::model::threads::available() > 1
 }
 
 /// `y (m, n) = x (m, k) W^T + b` on the `gemm` crate, for a PyTorch-layout weight W (n, k), all
@@ -90,7 +90,7 @@ pub(crate) fn linear_rows(
     for row in y.chunks_mut(n) {
         row.copy_from_slice(b);
     }
-    let threads = rayon::current_num_threads();
+    let threads = crate::model::threads::available();
     let par = if threads > 1 && m * n * k >= parallel_macs {
         gemm::Parallelism::Rayon(threads)
     } else {

@@ -11,6 +11,7 @@ pub mod meta_block;
 pub mod names;
 pub mod patchify;
 pub(crate) mod recipe;
+pub(crate) mod threads;
 pub mod time_embed;
 
 pub use denoiser::{Denoiser, supports_denoiser};

@@ -217,7 +217,7 @@ fn item_bwd_body(
 
 /// Whether a batch of `b` items is worth spreading over the pool.
 fn items_parallel(b: usize) -> bool {
-    b > 1 && rayon::current_num_threads() > 1
+    b > 1 && crate::model::threads::available() > 1
 }
 
 /// [`item_fwd`] over `b` items of `n` tokens.

@@ -316,8 +316,9 @@ pub(super) fn backward(
     let dxp = fit(&mut s.dxp, m * dd);
     let dpo = fit(&mut s.dout, m * d.out);
     // The derivative of `recipe::coupling`: y = (x - mu) e, e = exp(-alpha), log-det -alpha.
-    // d loss / d alpha from the log-determinant: the loss holds +mean(alpha) over (B, N, D).
-    let ld1 = 1.0 / (b * n * dd) as f32;
+    // d loss / d alpha from the log-determinant: the loss holds +mean(alpha) over (B, N, D),
+    // B the whole batch (`mean_over`).
+    let ld1 = 1.0 / (d.mean_over * n * dd) as f32;
     for bi in 0..b {
         let ld = ld1 * cond.weight(bi);
         dpo[(bi * n + n - 1) * d.out..(bi * n + n) * d.out].fill(0.0);

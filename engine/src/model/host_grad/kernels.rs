@@ -17,7 +17,7 @@ const PARALLEL_MACS: usize = 1 << 25;
 
 /// gemm's parallelism for a product of `macs` multiply-adds.
 fn parallelism(macs: usize) -> gemm::Parallelism {
-    let threads = rayon::current_num_threads();
+    let threads = crate::model::threads::available();
     if threads > 1 && macs >= PARALLEL_MACS {
         gemm::Parallelism::Rayon(threads)
     } else {

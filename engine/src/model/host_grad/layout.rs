@@ -6,6 +6,8 @@
 pub(super) struct PassDims {
     /// Items.
     pub(super) b: usize,
+    /// Items the loss is a mean over: the whole batch, of which these `b` may be a shard.
+    pub(super) mean_over: usize,
     /// Tokens per item.
     pub(super) n: usize,
     /// Token width (patch values).
@@ -80,5 +82,15 @@ impl Cond<'_> {
     /// The loss weight of item `bi`.
     pub(super) fn weight(&self, bi: usize) -> f32 {
         self.weights.and_then(|w| w.get(bi).copied()).unwrap_or(1.0)
+    }
+
+    /// The conditioning of items `items` alone (their index 0 is item `items.start`); `c` is
+    /// the width of a Fourier-feature row.
+    pub(super) fn items(&self, items: std::ops::Range<usize>, c: usize) -> Self {
+        Cond {
+            classes: &self.classes[items.clone()],
+            feats: self.feats.map(|f| &f[items.start * c..items.end * c]),
+            weights: self.weights.map(|w| &w[items]),
+        }
     }
 }

@@ -19,6 +19,7 @@ mod block;
 mod kernels;
 mod layout;
 mod params;
+mod shard;
 #[cfg(test)]
 mod tests;
 mod time;
@@ -27,12 +28,12 @@ use std::collections::BTreeMap;
 
 use candle_core::{Device, Tensor};
 
-use self::block::{BlockSaved, Scratch};
-use self::layout::{Cond, PassDims, fit};
+use self::layout::{Cond, PassDims};
 use self::params::{BlockParams, tensors_of, with_slices};
+use self::shard::{PassPlan, Shard, ShardOut, shard_ranges};
 use crate::config::{HEAD_DIM, MLP_EXPANSION, ModelConfig};
 use crate::error::{Error, Result};
-use crate::model::{Model, Permutation};
+use crate::model::{Model, Permutation, threads};
 
 /// Whether `TARFLOW_AUTOGRAD=1` asks for candle's autograd on every device (read once per
 /// process): the benchmarks' "before" baseline and a fallback.
@@ -104,10 +105,8 @@ pub struct LossAndGrads {
 pub struct HostGrad {
     config: ModelConfig,
     params: Vec<BlockParams<Tensor>>,
-    caches: Vec<BlockSaved>,
-    scratch: Scratch,
-    x: [Vec<f32>; 2],
-    logdet: Vec<f64>,
+    /// Buffers of each data-parallel shard ([`shard::shard_ranges`]).
+    shards: Vec<Shard>,
 }
 
 impl HostGrad {
@@ -122,10 +121,7 @@ impl HostGrad {
         Ok(Self {
             config: model.config().clone(),
             params: tensors_of(model)?,
-            caches: Vec::new(),
-            scratch: Scratch::default(),
-            x: [Vec::new(), Vec::new()],
-            logdet: Vec::new(),
+            shards: Vec::new(),
         })
     }
 
@@ -207,6 +203,7 @@ impl HostGrad {
         };
         let d = PassDims {
             b: batch,
+            mean_over: batch,
             n: cfg.num_patches(),
             d: cfg.patch_dim(),
             c: cfg.channels,
@@ -222,130 +219,111 @@ impl HostGrad {
             .collect();
         let shapes: BTreeMap<String, Vec<usize>> =
             crate::model::tensor_shapes(cfg).into_iter().collect();
-        let Self {
-            params,
-            caches,
-            scratch,
-            x,
-            logdet,
-            ..
-        } = self;
-        if caches.len() < blocks {
-            caches.resize_with(blocks, BlockSaved::default);
+        let plan = PassPlan {
+            image: (ch, size, p),
+            perms: &perms,
+            wants,
+        };
+        let width = cfg.channels;
+        let ranges = shard_ranges(batch);
+        if self.shards.len() < ranges.len() {
+            self.shards.resize_with(ranges.len(), Shard::default);
         }
-        with_slices(params, |w| {
-            let m = d.m();
-            let [cur, next] = x;
-            patchify(images, fit(cur, m * d.d), batch, ch, size, p);
-            fit(next, m * d.d);
-            logdet.clear();
-            logdet.resize(batch, 0.0);
-            for (t, (bw, cache)) in w.iter().zip(caches.iter_mut()).enumerate() {
-                block::forward(
-                    bw,
-                    perms[t].order(),
-                    &d,
-                    &cond,
-                    &cur[..m * d.d],
-                    &mut next[..m * d.d],
-                    cache,
-                    scratch,
-                    wants.params,
-                    logdet,
-                )?;
-                std::mem::swap(cur, next);
-            }
-            let nd = d.n * d.d;
-            let sq: Vec<f64> = cur[..m * d.d]
-                .chunks_exact(nd)
-                .map(|z| z.iter().map(|&v| f64::from(v) * f64::from(v)).sum())
-                .collect();
-            let total = (m * d.d) as f64;
-            let loss = sq
-                .iter()
-                .zip(logdet.iter())
-                .enumerate()
-                .map(|(bi, (s, ld))| f64::from(cond.weight(bi)) * (0.5 * s / nd as f64 - ld))
-                .sum::<f64>()
-                / batch as f64;
-            let c0 = 0.5 * (2.0 * std::f64::consts::PI).ln() + 128f64.ln();
-            let bits_per_dim = sq
-                .iter()
-                .zip(logdet.iter())
-                .map(|(s, ld)| ((0.5 * s / nd as f64 + c0 - ld) / std::f64::consts::LN_2) as f32)
-                .collect();
-            let mut out = LossAndGrads {
-                loss: loss as f32,
-                bits_per_dim,
-                input_grad: None,
-                param_grads: None,
+        let shards = &mut self.shards[..ranges.len()];
+        let outs = with_slices(&self.params, |w| {
+            let run = |shard: &mut Shard, r: &std::ops::Range<usize>| {
+                let ds = PassDims { b: r.len(), ..d };
+                let images = &images[r.start * per_item..r.end * per_item];
+                shard.run(w, &plan, &ds, &cond.items(r.clone(), width), images)
             };
-            if !(wants.params || wants.input) {
-                return Ok(out);
-            }
-            // d loss / dz = w_b z / (B N D).
-            let inv = (1.0 / total) as f32;
-            for (bi, z) in cur[..m * d.d].chunks_exact_mut(nd).enumerate() {
-                let k = inv * cond.weight(bi);
-                z.iter_mut().for_each(|v| *v *= k);
-            }
-            let mut grads: Option<Vec<BlockParams<Vec<f32>>>> = if wants.params {
-                Some(
-                    w.iter()
-                        .enumerate()
-                        .map(|(t, bw)| {
-                            bw.as_ref()
-                                .into_map(t, &mut |_, s: &&[f32]| Ok(vec![0f32; s.len()]))
-                        })
-                        .collect::<Result<_>>()?,
-                )
+            let threads = threads::available();
+            if threads > 1 && ranges.len() > 1 {
+                use rayon::prelude::*;
+                // Each shard on a thread of its own; its kernels share what is left over.
+                let per = (threads / ranges.len()).max(1);
+                shards
+                    .par_iter_mut()
+                    .zip(ranges.par_iter())
+                    .map(|(shard, r)| threads::with_budget(per, || run(shard, r)))
+                    .collect::<Result<Vec<_>>>()
             } else {
-                None
-            };
-            for t in (0..blocks).rev() {
-                let dx = (t > 0 || wants.input).then_some(&mut next[..m * d.d]);
-                let has_dx = dx.is_some();
-                block::backward(
-                    &w[t],
-                    perms[t].order(),
-                    &d,
-                    &cond,
-                    &cur[..m * d.d],
-                    dx,
-                    &caches[t],
-                    scratch,
-                    grads.as_mut().map(|g| &mut g[t]),
-                )?;
-                if has_dx {
-                    std::mem::swap(cur, next);
-                }
+                shards
+                    .iter_mut()
+                    .zip(&ranges)
+                    .map(|(s, r)| run(s, r))
+                    .collect()
             }
-            if wants.input {
-                let mut g = vec![0f32; images.len()];
-                unpatchify(&cur[..m * d.d], &mut g, batch, ch, size, p);
-                out.input_grad = Some(g);
-            }
-            if let Some(grads) = grads {
-                let mut named = BTreeMap::new();
-                for (t, g) in grads.into_iter().enumerate() {
-                    g.into_map(t, &mut |name, values: Vec<f32>| {
-                        let shape = shapes.get(&name).cloned().unwrap_or_default();
-                        if shape.iter().product::<usize>() != values.len() {
-                            return Err(Error::InvalidInput(format!(
-                                "host gradient of `{name}`: {} values for shape {shape:?} \
-                                 (internal error)",
-                                values.len()
-                            )));
-                        }
-                        named.insert(name, ParamGrad { shape, values });
-                        Ok(())
-                    })?;
-                }
-                out.param_grads = Some(named);
-            }
-            Ok(out)
-        })
+        })?;
+        combine(outs, batch, &shapes)
     }
+}
+
+/// The whole batch's results from its shards' (in shard order, so the sums are the same
+/// whatever ran them): the loss from the summed weighted NLLs, per-item figures and input
+/// gradients end to end, parameter gradients summed.
+fn combine(
+    outs: Vec<ShardOut>,
+    batch: usize,
+    shapes: &BTreeMap<String, Vec<usize>>,
+) -> Result<LossAndGrads> {
+    let loss = outs.iter().map(|o| o.weighted_nll).sum::<f64>() / batch as f64;
+    let mut bits_per_dim = Vec::with_capacity(batch);
+    let mut input_grad: Option<Vec<f32>> = None;
+    let mut per_shard = Vec::new();
+    for o in outs {
+        bits_per_dim.extend(o.bits_per_dim);
+        if let Some(g) = o.input_grad {
+            input_grad.get_or_insert_with(Vec::new).extend(g);
+        }
+        per_shard.extend(o.grads);
+    }
+    let param_grads = if per_shard.is_empty() {
+        None
+    } else {
+        // Every shard's gradients by name, in shard order.
+        let mut by_name: BTreeMap<String, Vec<Vec<f32>>> = BTreeMap::new();
+        for grads in per_shard {
+            for (t, g) in grads.into_iter().enumerate() {
+                g.into_map(t, &mut |name, values: Vec<f32>| {
+                    by_name.entry(name).or_default().push(values);
+                    Ok(())
+                })?;
+            }
+        }
+        let sum = |(name, parts): (String, Vec<Vec<f32>>)| -> Result<(String, ParamGrad)> {
+            let mut parts = parts.into_iter();
+            let mut values = parts.next().unwrap_or_default();
+            for part in parts {
+                values.iter_mut().zip(&part).for_each(|(a, b)| *a += b);
+            }
+            let shape = shapes.get(&name).cloned().unwrap_or_default();
+            if shape.iter().product::<usize>() != values.len() {
+                return Err(Error::InvalidInput(format!(
+                    "host gradient of `{name}`: {} values for shape {shape:?} (internal error)",
+                    values.len()
+                )));
+            }
+            Ok((name, ParamGrad { shape, values }))
+        };
+        let named: Vec<(String, ParamGrad)> = if threads::available() > 1 {
+            use rayon::prelude::*;
+            by_name
+                .into_iter()
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(sum)
+                .collect::<Result<_>>()?
+        } else {
+            by_name.into_iter().map(sum).collect::<Result<_>>()?
+        };
+        Some(named.into_iter().collect())
+    };
+    Ok(LossAndGrads {
+        loss: loss as f32,
+        bits_per_dim,
+        input_grad,
+        param_grads,
+    })
 }
 
 impl HostGrad {

@@ -380,6 +380,96 @@ fn s16_shaped_conditional_model_matches_autograd() {
     check_against_autograd(&cfg, 3, Some(vec![0, -1, 2]), 11);
 }
 
+/// The pass on `images` with every gradient, on a rayon pool of `threads` threads.
+fn pass_on_pool(
+    model: &Model,
+    images: &[f32],
+    batch: usize,
+    labels: &[i64],
+    levels: &[f32],
+    threads: usize,
+) -> LossAndGrads {
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        HostGrad::new(model)
+            .unwrap()
+            .loss_and_grads_at(
+                images,
+                batch,
+                Some(labels),
+                Some(levels),
+                Some(levels),
+                Wants {
+                    params: true,
+                    input: true,
+                },
+            )
+            .unwrap()
+    })
+}
+
+#[test]
+fn shards_give_the_same_bits_whatever_the_thread_count() {
+    // 7 items: four shards of 2, 2, 2 and 1; a noise-conditional, class-conditional model with
+    // mixed orders, so every per-item input of a shard (labels, levels, weights) is sliced.
+    let mut cfg = ModelConfig::new(4, 8, 2, 64, 2, 2)
+        .with_orders(vec![
+            crate::config::Order::Raster,
+            crate::config::Order::Column,
+        ])
+        .with_noise_range(Some(crate::config::NoiseRange { t0: 0.02, t1: 0.3 }));
+    cfg.num_classes = 3;
+    let (model, _) = model_with_vars(&cfg, 5);
+    let batch = 7;
+    let images: Vec<f32> = data(batch * 4 * 64, 9).iter().map(|v| v / 2.0).collect();
+    let labels = [0, 2, -1, 1, 1, 0, 2];
+    let levels: Vec<f32> = (0..batch).map(|i| 0.02 + 0.04 * i as f32).collect();
+    let one = pass_on_pool(&model, &images, batch, &labels, &levels, 1);
+    for threads in [2, 3, 5] {
+        let many = pass_on_pool(&model, &images, batch, &labels, &levels, threads);
+        assert_eq!(
+            one.loss.to_bits(),
+            many.loss.to_bits(),
+            "{threads} threads: loss"
+        );
+        assert_eq!(one.bits_per_dim, many.bits_per_dim, "{threads} threads");
+        assert_eq!(one.input_grad, many.input_grad, "{threads} threads");
+        assert_eq!(one.param_grads, many.param_grads, "{threads} threads");
+    }
+    // Each item alone: the same figures as inside its shard (its own bits per dim; its input
+    // gradient, which the batch mean divides by 7).
+    let per_item = 4 * 64;
+    for i in 0..batch {
+        let alone = pass_on_pool(
+            &model,
+            &images[i * per_item..(i + 1) * per_item],
+            1,
+            &labels[i..=i],
+            &levels[i..=i],
+            1,
+        );
+        assert_close(
+            &format!("item {i}: bits per dim"),
+            &alone.bits_per_dim,
+            &one.bits_per_dim[i..=i],
+            1e-6,
+        );
+        let scaled: Vec<f32> = one.input_grad.as_ref().unwrap()[i * per_item..(i + 1) * per_item]
+            .iter()
+            .map(|g| g * batch as f32)
+            .collect();
+        assert_close(
+            &format!("item {i}: input gradient"),
+            &scaled,
+            alone.input_grad.as_deref().unwrap(),
+            1e-5,
+        );
+    }
+}
+
 #[test]
 fn bad_inputs_are_errors() {
     let mut cfg = ModelConfig::new(3, 4, 1, 64, 1, 1);
@@ -405,7 +495,7 @@ proptest! {
         layers in 1usize..=2,
         nvp in any::<bool>(),
         conditional in any::<bool>(),
-        batch in 1usize..=4,
+        batch in 1usize..=6,
         patch in 1usize..=2,
         four_channels in any::<bool>(),
         no_labels in any::<bool>(),
