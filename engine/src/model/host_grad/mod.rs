@@ -16,6 +16,7 @@
 
 mod attention;
 mod block;
+mod isa;
 mod kernels;
 mod layout;
 mod params;

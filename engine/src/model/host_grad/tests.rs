@@ -134,6 +134,60 @@ fn layer_norm_forward_and_backward_match_autograd() {
 
 /// LayerNorm, Linear(C, 4C), erf GELU, Linear(4C, C) as the host layer runs it.
 #[test]
+fn vectorised_gelu_follows_the_erf_form_on_every_instruction_set() {
+    use candle_core::cpu::erf::erfc_f64;
+    // A fine grid over the range activations take, the tails, and zero.
+    let xs: Vec<f32> = (-4000..=4000)
+        .map(|i| i as f32 * 0.003)
+        .chain([-40.0, -20.0, -13.0, 13.0, 20.0, 40.0, 1e-30, -1e-30, 0.0])
+        .collect();
+    let reference = |x: f32| {
+        let x = f64::from(x);
+        // Phi(x) = erfc(-x / sqrt 2) / 2, accurate in both tails.
+        let cdf = 0.5 * erfc_f64(-x * std::f64::consts::FRAC_1_SQRT_2);
+        let pdf = (-0.5 * x * x).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        (cdf * x, cdf + x * pdf)
+    };
+    let mut first: Option<(Vec<f32>, Vec<f32>)> = None;
+    for isa in super::isa::Isa::available() {
+        let mut d = xs.clone();
+        let mut y = vec![0f32; xs.len()];
+        super::kernels::gelu_fwd_on(isa, &mut d, &mut y);
+        for ((&x, &g), &dg) in xs.iter().zip(&y).zip(&d) {
+            let (want, want_d) = reference(x);
+            let scale = f64::from(x.abs()).max(1.0);
+            assert!(
+                (f64::from(g) - want).abs() <= 2e-7 * scale,
+                "{isa:?}: gelu({x}) = {g}, want {want}"
+            );
+            assert!(
+                (f64::from(dg) - want_d).abs() <= 3e-7 * scale,
+                "{isa:?}: gelu'({x}) = {dg}, want {want_d}"
+            );
+        }
+        // The tails keep their relative accuracy (what a scalar `1 + erf` loses).
+        let tails = [-3.0f32, -5.0, -8.0];
+        let (mut td, mut ty) = (tails.to_vec(), vec![0f32; tails.len()]);
+        super::kernels::gelu_fwd_on(isa, &mut td, &mut ty);
+        for (&x, &g) in tails.iter().zip(&ty) {
+            let want = reference(x).0;
+            let r = ((f64::from(g) - want) / want).abs();
+            assert!(
+                r < 1e-5,
+                "{isa:?}: gelu({x}) = {g}, want {want} (relative {r})"
+            );
+        }
+        match &first {
+            None => first = Some((y, d)),
+            Some((y0, d0)) => {
+                assert_eq!(&y, y0, "{isa:?}: the same bits as the portable path");
+                assert_eq!(&d, d0, "{isa:?}: the same bits as the portable path");
+            }
+        }
+    }
+}
+
+#[test]
 fn gelu_mlp_backward_matches_autograd() {
     let (m, c) = (23, 64);
     let hid = 4 * c;
@@ -236,7 +290,7 @@ fn attention_forward_and_backward_match_autograd() {
     attention::backward(&qv, &p, &dout, &mut dqkv, batch_items, n, c);
     assert_close("dqkv", &dqkv, &host(g.get(qkv.as_tensor()).unwrap()), 1e-5);
     // Every instruction set this CPU has gives the same bits.
-    for isa in attention::Isa::available() {
+    for isa in super::isa::Isa::available() {
         let (mut p2, mut o2) = (vec![0f32; p.len()], vec![0f32; out.len()]);
         attention::forward_on(isa, &qv, &mut p2, &mut o2, batch_items, n, c);
         assert_eq!(o2, out, "{isa:?}: forward");
