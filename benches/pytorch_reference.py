@@ -172,27 +172,22 @@ def make_workloads(tf):
             return x
         return run
 
-    def s16_train_b32():
-        x = tx + SIGMA * torch.randn_like(tx)
-        mask = (torch.rand(ty.size(0)) < 0.1).int()
-        y = (1 - mask) * ty - mask
-        opt.zero_grad()
-        z, outputs, logdets = s16_train(x, y)
-        loss = s16_train.get_loss(z, logdets)
-        loss.backward()
-        opt.step()
-        return loss.detach()
+    def train_step(model, opt, images, labels):
+        """train.py's step: noise, labels dropped with p 0.1, loss, backward, AdamW."""
+        def step():
+            x = images + SIGMA * torch.randn_like(images)
+            mask = (torch.rand(labels.size(0)) < 0.1).int()
+            y = (1 - mask) * labels - mask
+            opt.zero_grad()
+            z, outputs, logdets = model(x, y)
+            loss = model.get_loss(z, logdets)
+            loss.backward()
+            opt.step()
+            return loss.detach()
+        return step
 
-    def s32_train_b32():
-        x = sx + SIGMA * torch.randn_like(sx)
-        mask = (torch.rand(sy.size(0)) < 0.1).int()
-        y = (1 - mask) * sy - mask
-        opt32.zero_grad()
-        z, outputs, logdets = s32_train(x, y)
-        loss = s32_train.get_loss(z, logdets)
-        loss.backward()
-        opt32.step()
-        return loss.detach()
+    s16_train_b32 = train_step(s16_train, opt, tx, ty)
+    s32_train_b32 = train_step(s32_train, opt32, sx, sy)
 
     def t32_sample_b1():
         return sample(t32, nt1.clone(), None, 0)
